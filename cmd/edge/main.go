@@ -1,0 +1,57 @@
+// Command edge is a Matrix homeserver in one binary.
+//
+//	edge init --server-name NAME [--dir DIR] [--listen ADDR]
+//	edge run [-c FILE]
+//	edge register USER [--admin] [--password P] [-c FILE]
+//	edge version
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+const usage = `edge: a Matrix homeserver in one binary
+
+Usage:
+  edge init --server-name NAME [--dir DIR] [--listen ADDR]   write edge.yaml and a signing key
+  edge run [-c FILE]                                         serve
+  edge register USER [--admin] [--password P] [-c FILE]      create a user (node running or stopped)
+  edge version                                               print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "init":
+		err = cmdInit(args)
+	case "run":
+		err = cmdRun(args)
+	case "register":
+		err = cmdRegister(args)
+	case "version", "--version", "-v":
+		err = cmdVersion(args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		err = fmt.Errorf("unknown command %q\n\n%s", cmd, usage)
+	}
+	if err != nil {
+		var ue usageError
+		fmt.Fprintln(os.Stderr, "edge:", err)
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// usageError marks mistakes on the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }

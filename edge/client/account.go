@@ -1,0 +1,429 @@
+package client
+
+import (
+	"errors"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"edge/edge/store"
+)
+
+func (s *Server) routesAccount() {
+	s.handle("GET /register/available", s.registerAvailable)
+	s.handle("POST /register", s.register)
+	s.handle("GET /login", s.loginFlows)
+	s.handle("POST /login", s.login)
+	s.authed("POST /logout", s.logout)
+	s.authed("POST /logout/all", s.logoutAll)
+	s.authed("GET /account/whoami", s.whoami)
+	s.authed("POST /account/password", s.changePassword)
+	s.authed("POST /account/deactivate", s.deactivate)
+	s.handle("GET /_matrix/client/v1/register/m.login.registration_token/validity", s.tokenValidity)
+}
+
+// localpartRE is the spec's user ID localpart grammar for new users.
+var localpartRE = regexp.MustCompile(`^[a-z0-9._=\-/+]+$`)
+
+func (s *Server) validateLocalpart(lp string) error {
+	if !localpartRE.MatchString(lp) {
+		return newErr(http.StatusBadRequest, "M_INVALID_USERNAME", "User ID may only contain a-z, 0-9, . _ = - / +")
+	}
+	if len(s.userID(lp)) > 255 {
+		return newErr(http.StatusBadRequest, "M_INVALID_USERNAME", "User ID too long")
+	}
+	return nil
+}
+
+// registerAvailable: GET /register/available?username=
+func (s *Server) registerAvailable(r *http.Request) (any, error) {
+	if err := check(s.limits.register, clientIP(r)); err != nil {
+		return nil, err
+	}
+	lp := strings.ToLower(r.URL.Query().Get("username"))
+	if err := s.validateLocalpart(lp); err != nil {
+		return nil, err
+	}
+	var taken bool
+	_ = s.Store.View(func(tx *store.Tx) error {
+		_, err := tx.User(lp)
+		taken = err == nil
+		return nil
+	})
+	if taken {
+		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	}
+	return map[string]bool{"available": true}, nil
+}
+
+type registerRequest struct {
+	Username                 string   `json:"username"`
+	Password                 string   `json:"password"`
+	DeviceID                 string   `json:"device_id"`
+	InitialDeviceDisplayName string   `json:"initial_device_display_name"`
+	InhibitLogin             bool     `json:"inhibit_login"`
+	RefreshToken             bool     `json:"refresh_token"`
+	Auth                     *uiaAuth `json:"auth"`
+}
+
+func (s *Server) registrationFlows() [][]string {
+	var flows [][]string
+	if s.Config.Registration.Enabled {
+		flows = append(flows, []string{"m.login.dummy"})
+	}
+	if len(s.Config.Registration.Tokens) > 0 {
+		flows = append(flows, []string{"m.login.registration_token"})
+	}
+	return flows
+}
+
+// register: POST /register
+func (s *Server) register(r *http.Request) (any, error) {
+	if err := check(s.limits.register, clientIP(r)); err != nil {
+		return nil, err
+	}
+	var req registerRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	kind := r.URL.Query().Get("kind")
+	if kind == "guest" {
+		if !s.Config.Registration.GuestAccess {
+			return nil, errForbidden("Guest access is disabled")
+		}
+	} else if kind != "" && kind != "user" {
+		return nil, errInvalidParam("Unknown kind %q", kind)
+	}
+	flows := s.registrationFlows()
+	if len(flows) == 0 && kind != "guest" {
+		return nil, errForbidden("Registration is disabled")
+	}
+	lp := strings.ToLower(req.Username)
+	if lp == "" || kind == "guest" {
+		lp = strings.ToLower(newToken("")[:12])
+		lp = strings.Map(func(r rune) rune {
+			if localpartRE.MatchString(string(r)) {
+				return r
+			}
+			return 'x'
+		}, lp)
+	}
+	if err := s.validateLocalpart(lp); err != nil {
+		return nil, err
+	}
+	if kind != "guest" {
+		if err := s.checkPasswordStrength(req.Password); err != nil {
+			return nil, err
+		}
+	}
+	var taken bool
+	_ = s.Store.View(func(tx *store.Tx) error {
+		_, err := tx.User(lp)
+		taken = err == nil
+		return nil
+	})
+	if taken {
+		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	}
+	if kind != "guest" {
+		params := map[string]any{}
+		err := s.uiaCheck(req.Auth, "", flows, params, func(a *uiaAuth) error {
+			if a.Type == "m.login.registration_token" {
+				for _, t := range s.Config.Registration.Tokens {
+					if t == a.Token {
+						return nil
+					}
+				}
+				return newErr(http.StatusUnauthorized, "M_FORBIDDEN", "Invalid registration token")
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	hash := ""
+	if req.Password != "" {
+		var err error
+		if hash, err = HashPassword(req.Password); err != nil {
+			return nil, err
+		}
+	}
+	userID := s.userID(lp)
+	resp := map[string]any{"user_id": userID, "home_server": s.Config.ServerName}
+	err := s.Store.Write(func(tx *store.Tx) error {
+		if err := tx.CreateUser(&store.User{Localpart: lp, PasswordHash: hash, Guest: kind == "guest", CreatedTS: time.Now().UnixMilli()}); err != nil {
+			return err
+		}
+		if req.InhibitLogin {
+			return nil
+		}
+		token, deviceID := s.newDevice(tx, userID, req.DeviceID, req.InitialDeviceDisplayName, r)
+		resp["access_token"], resp["device_id"] = token, deviceID
+		return nil
+	})
+	if errors.Is(err, store.ErrExists) {
+		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.Log.Info("registered user", "user_id", userID)
+	return resp, nil
+}
+
+func (s *Server) checkPasswordStrength(pw string) error {
+	if len(pw) < s.Config.Registration.MinPasswordLength {
+		return newErr(http.StatusBadRequest, "M_WEAK_PASSWORD", "Password must be at least %d characters", s.Config.Registration.MinPasswordLength)
+	}
+	return nil
+}
+
+// CreateUser makes a local account outside any request (edge register).
+func CreateUser(tx *store.Tx, localpartName, password string, admin bool) error {
+	hash := ""
+	if password != "" {
+		var err error
+		if hash, err = HashPassword(password); err != nil {
+			return err
+		}
+	}
+	return tx.CreateUser(&store.User{Localpart: localpartName, PasswordHash: hash, Admin: admin, CreatedTS: time.Now().UnixMilli()})
+}
+
+// ValidLocalpart tells whether a new user may have this localpart.
+func ValidLocalpart(lp string) bool { return localpartRE.MatchString(lp) }
+
+// newDevice creates (or takes over) a device and issues its access token.
+func (s *Server) newDevice(tx *store.Tx, userID, deviceID, displayName string, r *http.Request) (token, devID string) {
+	if deviceID == "" {
+		deviceID = strings.ToUpper(newToken("")[:10])
+		deviceID = strings.NewReplacer("-", "A", "_", "B").Replace(deviceID)
+	}
+	token = newToken("edge_")
+	d, err := tx.Device(userID, deviceID)
+	if err == nil {
+		tx.DeleteSession(d.TokenHash)
+		if displayName != "" {
+			d.DisplayName = displayName
+		}
+	} else {
+		d = &store.Device{UserID: userID, DeviceID: deviceID, DisplayName: displayName, CreatedTS: time.Now().UnixMilli()}
+	}
+	d.TokenHash = hashToken(token)
+	d.LastSeenTS = time.Now().UnixMilli()
+	d.LastSeenIP = clientIP(r)
+	tx.PutDevice(d)
+	tx.PutSession(d.TokenHash, &store.Session{UserID: userID, DeviceID: deviceID})
+	return token, deviceID
+}
+
+// tokenValidity: GET /_matrix/client/v1/register/m.login.registration_token/validity
+func (s *Server) tokenValidity(r *http.Request) (any, error) {
+	if err := check(s.limits.register, clientIP(r)); err != nil {
+		return nil, err
+	}
+	t := r.URL.Query().Get("token")
+	for _, tok := range s.Config.Registration.Tokens {
+		if tok == t {
+			return map[string]bool{"valid": true}, nil
+		}
+	}
+	return map[string]bool{"valid": false}, nil
+}
+
+// loginFlows: GET /login
+func (s *Server) loginFlows(r *http.Request) (any, error) {
+	return map[string]any{"flows": []map[string]any{{"type": "m.login.password"}}}, nil
+}
+
+type loginRequest struct {
+	Type       string `json:"type"`
+	Identifier *struct {
+		Type string `json:"type"`
+		User string `json:"user"`
+	} `json:"identifier"`
+	User                     string `json:"user"`
+	Password                 string `json:"password"`
+	DeviceID                 string `json:"device_id"`
+	InitialDeviceDisplayName string `json:"initial_device_display_name"`
+}
+
+// login: POST /login
+func (s *Server) login(r *http.Request) (any, error) {
+	if err := check(s.limits.login, clientIP(r)); err != nil {
+		return nil, err
+	}
+	var req loginRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Type != "m.login.password" {
+		return nil, newErr(http.StatusBadRequest, "M_UNKNOWN", "Unsupported login type %q", req.Type)
+	}
+	who := req.User
+	if req.Identifier != nil {
+		if req.Identifier.Type != "m.id.user" {
+			return nil, newErr(http.StatusBadRequest, "M_UNKNOWN", "Unsupported identifier type %q", req.Identifier.Type)
+		}
+		who = req.Identifier.User
+	}
+	if who == "" {
+		return nil, errMissingParam("Missing user identifier")
+	}
+	if strings.HasPrefix(who, "@") && !s.isLocalUser(who) {
+		return nil, errForbidden("Invalid username or password")
+	}
+	lp := strings.ToLower(localpart(who))
+	var resp map[string]any
+	err := s.Store.Write(func(tx *store.Tx) error {
+		u, err := tx.User(lp)
+		if err != nil || u.Deactivated || !checkPassword(u.PasswordHash, req.Password) {
+			return errForbidden("Invalid username or password")
+		}
+		userID := s.userID(lp)
+		token, deviceID := s.newDevice(tx, userID, req.DeviceID, req.InitialDeviceDisplayName, r)
+		resp = map[string]any{"user_id": userID, "access_token": token, "device_id": deviceID, "home_server": s.Config.ServerName}
+		if s.Config.PublicBaseURL != "" {
+			resp["well_known"] = map[string]any{"m.homeserver": map[string]string{"base_url": s.Config.PublicBaseURL}}
+		}
+		return nil
+	})
+	return resp, err
+}
+
+// logout: POST /logout
+func (s *Server) logout(r *http.Request, sess *Session) (any, error) {
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		return s.removeDevice(tx, sess.UserID, sess.DeviceID)
+	})
+}
+
+// logoutAll: POST /logout/all
+func (s *Server) logoutAll(r *http.Request, sess *Session) (any, error) {
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		devices, err := tx.Devices(sess.UserID)
+		if err != nil {
+			return err
+		}
+		for _, d := range devices {
+			if err := s.removeDevice(tx, sess.UserID, d.DeviceID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DeviceRemovalHooks run inside the transaction that deletes a device, so
+// features with per-device data (E2EE keys, to-device inboxes) delete it too.
+var DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
+
+func (s *Server) removeDevice(tx *store.Tx, userID, deviceID string) error {
+	if err := tx.DeleteDevice(userID, deviceID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	for _, h := range DeviceRemovalHooks {
+		h(tx, userID, deviceID)
+	}
+	return nil
+}
+
+// whoami: GET /account/whoami
+func (s *Server) whoami(r *http.Request, sess *Session) (any, error) {
+	var guest bool
+	_ = s.Store.View(func(tx *store.Tx) error {
+		if u, err := tx.User(localpart(sess.UserID)); err == nil {
+			guest = u.Guest
+		}
+		return nil
+	})
+	return map[string]any{"user_id": sess.UserID, "device_id": sess.DeviceID, "is_guest": guest}, nil
+}
+
+var passwordFlows = [][]string{{"m.login.password"}}
+
+// changePassword: POST /account/password
+func (s *Server) changePassword(r *http.Request, sess *Session) (any, error) {
+	var req struct {
+		NewPassword   string   `json:"new_password"`
+		LogoutDevices *bool    `json:"logout_devices"`
+		Auth          *uiaAuth `json:"auth"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := s.uiaCheck(req.Auth, sess.UserID, passwordFlows, nil, s.passwordStage(sess.UserID)); err != nil {
+		return nil, err
+	}
+	if req.NewPassword == "" {
+		return nil, errMissingParam("Missing new_password")
+	}
+	if err := s.checkPasswordStrength(req.NewPassword); err != nil {
+		return nil, err
+	}
+	hash, err := HashPassword(req.NewPassword)
+	if err != nil {
+		return nil, err
+	}
+	logout := req.LogoutDevices == nil || *req.LogoutDevices
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		u, err := tx.User(localpart(sess.UserID))
+		if err != nil {
+			return err
+		}
+		u.PasswordHash = hash
+		tx.PutUser(u)
+		if !logout {
+			return nil
+		}
+		devices, err := tx.Devices(sess.UserID)
+		if err != nil {
+			return err
+		}
+		for _, d := range devices {
+			if d.DeviceID != sess.DeviceID {
+				if err := s.removeDevice(tx, sess.UserID, d.DeviceID); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// deactivate: POST /account/deactivate
+func (s *Server) deactivate(r *http.Request, sess *Session) (any, error) {
+	var req struct {
+		Auth *uiaAuth `json:"auth"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := s.uiaCheck(req.Auth, sess.UserID, passwordFlows, nil, s.passwordStage(sess.UserID)); err != nil {
+		return nil, err
+	}
+	err := s.Store.Write(func(tx *store.Tx) error {
+		u, err := tx.User(localpart(sess.UserID))
+		if err != nil {
+			return err
+		}
+		u.Deactivated, u.PasswordHash = true, ""
+		tx.PutUser(u)
+		devices, err := tx.Devices(sess.UserID)
+		if err != nil {
+			return err
+		}
+		for _, d := range devices {
+			if err := s.removeDevice(tx, sess.UserID, d.DeviceID); err != nil {
+				return err
+			}
+		}
+		return s.leaveAllRooms(tx, sess.UserID)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"id_server_unbind_result": "no-support"}, nil
+}

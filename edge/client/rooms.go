@@ -1,0 +1,381 @@
+package client
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+
+	"edge/edge/room"
+	"edge/edge/store"
+)
+
+func (s *Server) routesRooms() {
+	s.authed("POST /createRoom", s.createRoom)
+	s.authed("POST /join/{roomIdOrAlias}", s.joinByIDOrAlias)
+	s.authed("POST /rooms/{roomId}/join", s.joinRoom)
+	s.authed("POST /rooms/{roomId}/invite", s.invite)
+	s.authed("POST /rooms/{roomId}/leave", s.leave)
+	s.authed("POST /rooms/{roomId}/forget", s.forget)
+	s.authed("POST /rooms/{roomId}/kick", s.membershipAction("leave", "kick"))
+	s.authed("POST /rooms/{roomId}/ban", s.membershipAction("ban", "ban"))
+	s.authed("POST /rooms/{roomId}/unban", s.membershipAction("leave", "unban"))
+	s.authed("GET /joined_rooms", s.joinedRooms)
+	s.authed("POST /rooms/{roomId}/upgrade", s.upgradeRoom)
+}
+
+type createRoomRequest struct {
+	Visibility                string            `json:"visibility"`
+	RoomAliasName             string            `json:"room_alias_name"`
+	Name                      string            `json:"name"`
+	Topic                     string            `json:"topic"`
+	Invite                    []string          `json:"invite"`
+	RoomVersion               string            `json:"room_version"`
+	CreationContent           json.RawMessage   `json:"creation_content"`
+	InitialState              []room.StateEvent `json:"initial_state"`
+	Preset                    string            `json:"preset"`
+	IsDirect                  bool              `json:"is_direct"`
+	PowerLevelContentOverride json.RawMessage   `json:"power_level_content_override"`
+}
+
+// createRoom: POST /createRoom
+func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
+	var req createRoomRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Preset == "" {
+		req.Preset = "private_chat"
+		if req.Visibility == "public" {
+			req.Preset = "public_chat"
+		}
+	}
+	switch req.Preset {
+	case "private_chat", "trusted_private_chat", "public_chat":
+	default:
+		return nil, errInvalidParam("Unknown preset %q", req.Preset)
+	}
+	if req.Visibility != "" && req.Visibility != "public" && req.Visibility != "private" {
+		return nil, errInvalidParam("Unknown visibility %q", req.Visibility)
+	}
+	if req.RoomVersion == "" {
+		req.RoomVersion = s.Config.Rooms.DefaultVersion
+	}
+	for _, u := range req.Invite {
+		if !validUserID(u) {
+			return nil, errInvalidParam("Invalid user ID %q", u)
+		}
+	}
+	for _, raw := range []json.RawMessage{req.CreationContent, req.PowerLevelContentOverride} {
+		if len(raw) > 0 && string(raw) != "null" && raw[0] != '{' {
+			return nil, errBadJSON("creation_content and power_level_content_override must be objects")
+		}
+	}
+	alias := ""
+	if req.RoomAliasName != "" {
+		if strings.ContainsAny(req.RoomAliasName, ":# ") {
+			return nil, errInvalidParam("room_alias_name must be a localpart")
+		}
+		alias = "#" + req.RoomAliasName + ":" + s.Config.ServerName
+	}
+	if err := check(s.limits.send, sess.UserID); err != nil {
+		return nil, err
+	}
+	var roomID string
+	err := s.Store.Write(func(tx *store.Tx) error {
+		if alias != "" {
+			if _, err := tx.Alias(alias); err == nil {
+				return newErr(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias already taken")
+			}
+		}
+		var err error
+		roomID, err = s.Rooms.CreateRoom(tx, room.CreateOptions{
+			Creator: sess.UserID, Version: req.RoomVersion, Preset: req.Preset,
+			CreationContent: req.CreationContent, PowerLevelsOverride: req.PowerLevelContentOverride,
+			Alias: alias, Name: req.Name, Topic: req.Topic, Invite: req.Invite, IsDirect: req.IsDirect,
+			InitialState: req.InitialState,
+		})
+		if err != nil {
+			return err
+		}
+		if alias != "" {
+			if err := tx.PutAlias(alias, roomID); err != nil {
+				return err
+			}
+		}
+		if req.Visibility == "public" {
+			tx.SetPublished(roomID, true)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"room_id": roomID}, nil
+}
+
+func validUserID(u string) bool {
+	return strings.HasPrefix(u, "@") && strings.Contains(u, ":") && len(u) <= 255
+}
+
+// joinByIDOrAlias: POST /join/{roomIdOrAlias}
+func (s *Server) joinByIDOrAlias(r *http.Request, sess *Session) (any, error) {
+	target := r.PathValue("roomIdOrAlias")
+	if strings.HasPrefix(target, "#") {
+		var roomID string
+		err := s.Store.View(func(tx *store.Tx) error {
+			var err error
+			roomID, err = tx.Alias(target)
+			return err
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, errNotFound("Room alias %s not found", target)
+		} else if err != nil {
+			return nil, err
+		}
+		return s.join(r, sess, roomID)
+	}
+	if !strings.HasPrefix(target, "!") {
+		return nil, errInvalidParam("%q is not a room ID or alias", target)
+	}
+	return s.join(r, sess, target)
+}
+
+// joinRoom: POST /rooms/{roomId}/join
+func (s *Server) joinRoom(r *http.Request, sess *Session) (any, error) {
+	return s.join(r, sess, r.PathValue("roomId"))
+}
+
+func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error) {
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	err := s.Store.Write(func(tx *store.Tx) error {
+		content := s.memberContent(tx, sess.UserID, "join", req.Reason)
+		_, err := s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
+		return err
+	})
+	if errors.Is(err, room.ErrRoomNotFound) {
+		return nil, errNotFound("No known room %s", roomID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"room_id": roomID}, nil
+}
+
+// memberContent is a member event's content carrying the user's profile.
+func (s *Server) memberContent(tx *store.Tx, userID, membership, reason string) map[string]any {
+	c := map[string]any{"membership": membership}
+	if membership == "join" {
+		if u, err := tx.User(localpart(userID)); err == nil {
+			if u.DisplayName != "" {
+				c["displayname"] = u.DisplayName
+			}
+			if u.AvatarURL != "" {
+				c["avatar_url"] = u.AvatarURL
+			}
+		}
+	}
+	if reason != "" {
+		c["reason"] = reason
+	}
+	return c
+}
+
+func (s *Server) sendMember(tx *store.Tx, roomID, sender, target string, content map[string]any) (*room.Event, error) {
+	raw, _ := json.Marshal(content)
+	sk := target
+	return s.Rooms.Send(tx, roomID, room.Proto{Type: "m.room.member", StateKey: &sk, Sender: sender, Content: raw})
+}
+
+// invite: POST /rooms/{roomId}/invite
+func (s *Server) invite(r *http.Request, sess *Session) (any, error) {
+	var req struct {
+		UserID string `json:"user_id"`
+		Reason string `json:"reason"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if !validUserID(req.UserID) {
+		return nil, errInvalidParam("Invalid user_id")
+	}
+	roomID := r.PathValue("roomId")
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		_, st, err := s.requireJoined(tx, roomID, sess.UserID)
+		if err != nil {
+			return err
+		}
+		switch s.membershipIn(tx, st, req.UserID) {
+		case "join":
+			return errForbidden("%s is already in the room", req.UserID)
+		case "ban":
+			return errForbidden("%s is banned from the room", req.UserID)
+		}
+		content := map[string]any{"membership": "invite"}
+		if req.Reason != "" {
+			content["reason"] = req.Reason
+		}
+		_, err = s.sendMember(tx, roomID, sess.UserID, req.UserID, content)
+		return err
+	})
+}
+
+// leave: POST /rooms/{roomId}/leave
+func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	roomID := r.PathValue("roomId")
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		_, st, err := s.roomState(tx, roomID)
+		if errors.Is(err, room.ErrRoomNotFound) {
+			return errNotFound("Unknown room %s", roomID)
+		} else if err != nil {
+			return err
+		}
+		switch s.membershipIn(tx, st, sess.UserID) {
+		case "join", "invite", "knock":
+		case "leave", "ban":
+			return nil // already out: leaving again is a no-op, as Synapse does
+		default:
+			return errForbidden("You are not in room %s", roomID)
+		}
+		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, s.memberContent(tx, sess.UserID, "leave", req.Reason))
+		return err
+	})
+}
+
+// leaveAllRooms makes a deactivated user leave every room.
+func (s *Server) leaveAllRooms(tx *store.Tx, userID string) error {
+	ms, err := tx.Memberships(userID)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Membership == "join" || m.Membership == "invite" || m.Membership == "knock" {
+			if _, err := s.sendMember(tx, m.RoomID, userID, userID, map[string]any{"membership": "leave"}); err != nil {
+				s.Log.Warn("leave on deactivation failed", "room_id", m.RoomID, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// forget: POST /rooms/{roomId}/forget
+func (s *Server) forget(r *http.Request, sess *Session) (any, error) {
+	roomID := r.PathValue("roomId")
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		m, err := tx.Membership(sess.UserID, roomID)
+		if errors.Is(err, store.ErrNotFound) {
+			return errNotFound("You have no membership in %s", roomID)
+		} else if err != nil {
+			return err
+		}
+		if m.Membership == "join" || m.Membership == "invite" || m.Membership == "knock" {
+			return newErr(http.StatusBadRequest, "M_UNKNOWN", "You must leave the room before forgetting it")
+		}
+		m.Forgotten = true
+		tx.SetMembership(sess.UserID, m)
+		return nil
+	})
+}
+
+// membershipAction serves kick, ban and unban: POST /rooms/{roomId}/{kick,ban,unban}
+func (s *Server) membershipAction(membership, action string) authedFunc {
+	return func(r *http.Request, sess *Session) (any, error) {
+		var req struct {
+			UserID string `json:"user_id"`
+			Reason string `json:"reason"`
+		}
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		if !validUserID(req.UserID) {
+			return nil, errInvalidParam("Invalid user_id")
+		}
+		roomID := r.PathValue("roomId")
+		return empty{}, s.Store.Write(func(tx *store.Tx) error {
+			_, st, err := s.requireJoined(tx, roomID, sess.UserID)
+			if err != nil {
+				return err
+			}
+			cur := s.membershipIn(tx, st, req.UserID)
+			switch action {
+			case "kick":
+				if cur != "join" && cur != "invite" && cur != "knock" {
+					return errForbidden("%s is not in the room", req.UserID)
+				}
+			case "unban":
+				if cur != "ban" {
+					return errForbidden("%s is not banned", req.UserID)
+				}
+			}
+			content := map[string]any{"membership": membership}
+			if req.Reason != "" {
+				content["reason"] = req.Reason
+			}
+			_, err = s.sendMember(tx, roomID, sess.UserID, req.UserID, content)
+			return err
+		})
+	}
+}
+
+// joinedRooms: GET /joined_rooms
+func (s *Server) joinedRooms(r *http.Request, sess *Session) (any, error) {
+	rooms := []string{}
+	err := s.Store.View(func(tx *store.Tx) error {
+		ms, err := tx.Memberships(sess.UserID)
+		for _, m := range ms {
+			if m.Membership == "join" {
+				rooms = append(rooms, m.RoomID)
+			}
+		}
+		return err
+	})
+	return map[string]any{"joined_rooms": rooms}, err
+}
+
+// upgradeRoom: POST /rooms/{roomId}/upgrade
+func (s *Server) upgradeRoom(r *http.Request, sess *Session) (any, error) {
+	var req struct {
+		NewVersion         string   `json:"new_version"`
+		AdditionalCreators []string `json:"additional_creators"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.NewVersion == "" {
+		return nil, errMissingParam("Missing new_version")
+	}
+	oldID := r.PathValue("roomId")
+	var newID string
+	err := s.Store.Write(func(tx *store.Tx) error {
+		var err error
+		newID, err = s.Rooms.Upgrade(tx, oldID, sess.UserID, req.NewVersion, req.AdditionalCreators)
+		if err != nil {
+			return err
+		}
+		// Move local aliases and the directory listing to the new room.
+		for _, a := range tx.RoomAliases(oldID) {
+			_ = tx.DeleteAlias(a)
+			_ = tx.PutAlias(a, newID)
+		}
+		if tx.Published(oldID) {
+			tx.SetPublished(oldID, false)
+			tx.SetPublished(newID, true)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"replacement_room": newID}, nil
+}

@@ -1,0 +1,200 @@
+package client
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"edge/edge/config"
+	"edge/edge/notify"
+	"edge/edge/room"
+	"edge/edge/store"
+)
+
+// Deps is what the client API needs from the node.
+type Deps struct {
+	Config   *config.Config
+	Store    *store.Store
+	Rooms    *room.Service
+	Notifier *notify.Notifier
+	Typing   *notify.Typing
+	Log      *slog.Logger
+}
+
+// Server serves /_matrix/client.
+type Server struct {
+	Deps
+	mux       *http.ServeMux
+	limits    *limiters
+	uia       *uiaSessions
+	startedAt time.Time
+
+	// SyncExtensions add streams to /sync (E2EE, presence).
+	SyncExtensions []SyncExtension
+	// SetPresence handles /sync's set_presence; nil ignores it.
+	SetPresence func(userID, presence string)
+	// UnreadCounts fills a joined room's unread_notifications.
+	UnreadCounts func(tx *store.Tx, userID, roomID string) map[string]int
+}
+
+// New makes the client API server and registers its routes.
+func New(d Deps) *Server {
+	if d.Log == nil {
+		d.Log = slog.Default()
+	}
+	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), startedAt: time.Now()}
+	for _, register := range []func(){
+		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
+		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
+		s.routesPush, s.routesAdminRegister,
+	} {
+		register()
+	}
+	return s
+}
+
+// Mux exposes the route table so the node can add other APIs beside it.
+func (s *Server) Mux() *http.ServeMux { return s.mux }
+
+// handlerFunc answers one request with a JSON body or an error.
+type handlerFunc func(r *http.Request) (any, error)
+
+// authedFunc is a handlerFunc for a logged-in device.
+type authedFunc func(r *http.Request, sess *Session) (any, error)
+
+// handle registers h for a client API path under both v3 and r0 (which
+// older clients still call) unless the pattern names its own prefix.
+func (s *Server) handle(pattern string, h handlerFunc) {
+	method, path, _ := strings.Cut(pattern, " ")
+	if strings.HasPrefix(path, "/_matrix/") || strings.HasPrefix(path, "/.well-known/") {
+		s.mux.Handle(method+" "+path, serveJSON(h))
+		return
+	}
+	s.mux.Handle(method+" /_matrix/client/v3"+path, serveJSON(h))
+	s.mux.Handle(method+" /_matrix/client/r0"+path, serveJSON(h))
+}
+
+// authed registers a handler that requires an access token.
+func (s *Server) authed(pattern string, h authedFunc) {
+	s.handle(pattern, func(r *http.Request) (any, error) {
+		sess, err := s.authenticate(r)
+		if err != nil {
+			return nil, err
+		}
+		return h(r, sess)
+	})
+}
+
+func serveJSON(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		resp, err := h(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
+	})
+}
+
+// Handler is the client API with its middleware: panic recovery, CORS,
+// body limits, and Matrix-shaped 404/405s.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.Log.Error("panic in handler", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+				writeError(w, errors.New("panic"))
+			}
+		}()
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
+		if r.Method == http.MethodOptions {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		if !strings.HasPrefix(r.URL.Path, "/_matrix/media/") && !strings.HasPrefix(r.URL.Path, "/_matrix/client/v1/media/") {
+			r.Body = http.MaxBytesReader(w, r.Body, s.Config.Limits.MaxRequestBytes)
+		}
+		handler, pattern := s.mux.Handler(r)
+		if pattern == "" {
+			rec := &statusRecorder{header: http.Header{}}
+			handler.ServeHTTP(rec, r)
+			if allow := rec.header.Get("Allow"); allow != "" {
+				h.Set("Allow", allow)
+			}
+			status := rec.status
+			if status != http.StatusMethodNotAllowed {
+				status = http.StatusNotFound
+			}
+			writeError(w, errUnrecognized(status))
+			return
+		}
+		s.mux.ServeHTTP(w, r) // (not handler: only ServeHTTP fills in PathValue)
+		s.Log.Debug("request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start))
+	})
+}
+
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(s int)           { r.status = s }
+
+// decode reads a JSON request body into v: M_NOT_JSON when it is not
+// JSON, M_BAD_JSON when it does not fit v, M_TOO_LARGE over the limit.
+func decode(r *http.Request, v any) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return newErr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body too large")
+		}
+		return errNotJSON("Could not read body")
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = []byte("{}")
+	}
+	if !json.Valid(body) {
+		return errNotJSON("Content not JSON")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return errBadJSON("%s", jsonMessage(err))
+	}
+	return nil
+}
+
+// decodeObject reads a body that must be a JSON object and returns it raw.
+func decodeObject(r *http.Request) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := decode(r, &raw); err != nil {
+		return nil, err
+	}
+	if t := strings.TrimSpace(string(raw)); !strings.HasPrefix(t, "{") {
+		return nil, errBadJSON("Body must be a JSON object")
+	}
+	return raw, nil
+}
+
+func jsonMessage(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return "Invalid type for field " + te.Field
+	}
+	return "Invalid JSON: " + err.Error()
+}
+
+type empty struct{}

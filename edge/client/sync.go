@@ -1,0 +1,570 @@
+package client
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"edge/edge/filter"
+	"edge/edge/notify"
+	"edge/edge/room"
+	"edge/edge/store"
+)
+
+func (s *Server) routesSync() {
+	s.authed("GET /sync", s.sync)
+	s.routesFilters()
+}
+
+// syncToken is a point in every stream: the store's position and the
+// in-memory typing serial.
+type syncToken struct {
+	pos, typing uint64
+}
+
+func (t syncToken) String() string { return fmt.Sprintf("s%d_%d", t.pos, t.typing) }
+
+func parseSyncToken(s string) (syncToken, bool) {
+	if !strings.HasPrefix(s, "s") {
+		return syncToken{}, false
+	}
+	a, b, _ := strings.Cut(s[1:], "_")
+	pos, err := strconv.ParseUint(a, 10, 64)
+	if err != nil {
+		return syncToken{}, false
+	}
+	typing, _ := strconv.ParseUint(b, 10, 64)
+	return syncToken{pos, typing}, true
+}
+
+const (
+	maxSyncTimeout       = 5 * time.Minute
+	defaultTimelineLimit = 10
+	maxTimelineLimit     = 500
+)
+
+// SyncExtension adds a stream to /sync (to-device, device lists, presence
+// …): it writes its part into resp and reports whether there was news.
+type SyncExtension func(tx *store.Tx, sess *Session, since, next uint64, initial bool, resp map[string]any) bool
+
+// timelineJSON and friends are /sync's room sections.
+type timelineJSON struct {
+	Events    []*room.ClientEvent `json:"events"`
+	Limited   bool                `json:"limited"`
+	PrevBatch string              `json:"prev_batch,omitempty"`
+}
+
+type eventsJSON struct {
+	Events []any `json:"events"`
+}
+
+type joinedRoomJSON struct {
+	Timeline            timelineJSON   `json:"timeline"`
+	State               eventsJSON     `json:"state"`
+	Ephemeral           eventsJSON     `json:"ephemeral"`
+	AccountData         eventsJSON     `json:"account_data"`
+	UnreadNotifications map[string]int `json:"unread_notifications"`
+	Summary             map[string]any `json:"summary"`
+}
+
+type leftRoomJSON struct {
+	Timeline    timelineJSON `json:"timeline"`
+	State       eventsJSON   `json:"state"`
+	AccountData eventsJSON   `json:"account_data"`
+}
+
+type invitedRoomJSON struct {
+	InviteState eventsJSON `json:"invite_state"`
+}
+
+type knockedRoomJSON struct {
+	KnockState eventsJSON `json:"knock_state"`
+}
+
+// sync: GET /sync
+func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
+	q := r.URL.Query()
+	var since syncToken
+	hasSince := false
+	if v := q.Get("since"); v != "" {
+		var ok bool
+		if since, ok = parseSyncToken(v); !ok {
+			return nil, errInvalidParam("Invalid since token")
+		}
+		hasSince = true
+	}
+	timeout := time.Duration(0)
+	if v := q.Get("timeout"); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < 0 {
+			return nil, errInvalidParam("Invalid timeout")
+		}
+		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
+	}
+	fullState := q.Get("full_state") == "true"
+	var f *filter.Filter
+	if err := s.Store.View(func(tx *store.Tx) error {
+		var err error
+		f, err = s.loadFilter(tx, sess.UserID, q.Get("filter"))
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if p := q.Get("set_presence"); p != "" && s.SetPresence != nil {
+		s.SetPresence(sess.UserID, p)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		// Listen before looking, so a commit between the look and the wait still wakes us.
+		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
+		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, f)
+		if err != nil || news || !hasSince || timeout == 0 {
+			w.Close()
+			return resp, err
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			w.Close()
+			return resp, nil
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-w.C:
+		case <-timer.C:
+		case <-r.Context().Done():
+			timer.Stop()
+			w.Close()
+			return resp, nil
+		}
+		timer.Stop()
+		w.Close()
+	}
+}
+
+// syncKeys is what a user's sync listens to: the user and their rooms.
+func (s *Server) syncKeys(userID string) []string {
+	keys := []string{notify.UserKey(userID)}
+	_ = s.Store.View(func(tx *store.Tx) error {
+		ms, _ := tx.Memberships(userID)
+		for _, m := range ms {
+			if m.Membership == "join" {
+				keys = append(keys, notify.RoomKey(m.RoomID))
+			}
+		}
+		return nil
+	})
+	return keys
+}
+
+func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bool, f *filter.Filter) (map[string]any, bool, error) {
+	var resp map[string]any
+	news := false
+	err := s.Store.View(func(tx *store.Tx) error {
+		next := syncToken{pos: tx.Pos(), typing: s.Typing.Serial()}
+		join, invite, leave, knock := map[string]any{}, map[string]any{}, map[string]any{}, map[string]any{}
+		ms, err := tx.Memberships(sess.UserID)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if !f.AllowsRoom(m.RoomID) {
+				continue
+			}
+			changed := !hasSince || m.Pos > since.pos
+			switch m.Membership {
+			case "join":
+				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, next, f)
+				if err != nil {
+					return err
+				}
+				if has || fullState || changed {
+					join[m.RoomID] = jr
+					news = news || has || changed
+				}
+			case "invite":
+				if changed || fullState {
+					invite[m.RoomID] = &invitedRoomJSON{InviteState: eventsJSON{s.strippedState(tx, m)}}
+					news = true
+				}
+			case "knock":
+				if changed || fullState {
+					knock[m.RoomID] = &knockedRoomJSON{KnockState: eventsJSON{s.strippedState(tx, m)}}
+					news = true
+				}
+			case "leave", "ban":
+				if m.Forgotten || (!hasSince && !f.IncludeLeave()) || (!changed && !(fullState && f.IncludeLeave())) {
+					continue
+				}
+				lr, err := s.syncLeft(tx, sess, m, since, hasSince, f)
+				if err != nil {
+					return err
+				}
+				leave[m.RoomID] = lr
+				news = true
+			}
+		}
+		var accountData []any
+		ads, err := tx.AccountDataSince(sess.UserID, sinceOrZero(since, hasSince))
+		if err != nil {
+			return err
+		}
+		adFilter := f.AccountDataFilter()
+		for _, ad := range ads {
+			if ad.RoomID != "" || !adFilter.Match(filter.EventView{Type: ad.Type}) {
+				continue
+			}
+			accountData = append(accountData, map[string]any{"type": ad.Type, "content": ad.Content})
+		}
+		news = news || len(accountData) > 0
+		resp = map[string]any{
+			"next_batch":   next.String(),
+			"rooms":        map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
+			"account_data": eventsJSON{orEmpty(accountData)},
+			"presence":     eventsJSON{[]any{}},
+			"to_device":    eventsJSON{[]any{}},
+			"device_lists": map[string]any{"changed": []string{}, "left": []string{}},
+			"device_one_time_keys_count": map[string]int{},
+		}
+		for _, ext := range s.SyncExtensions {
+			if ext(tx, sess, sinceOrZero(since, hasSince), next.pos, !hasSince, resp) {
+				news = true
+			}
+		}
+		return nil
+	})
+	return resp, news, err
+}
+
+func sinceOrZero(t syncToken, has bool) uint64 {
+	if !has {
+		return 0
+	}
+	return t.pos
+}
+
+func orEmpty(v []any) []any {
+	if v == nil {
+		return []any{}
+	}
+	return v
+}
+
+// syncJoined builds one joined room's section. full means the client has
+// no state for this room yet (initial sync, new join, or full_state).
+func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full bool, next syncToken, f *filter.Filter) (*joinedRoomJSON, bool, error) {
+	r, err := tx.Room(m.RoomID)
+	if err != nil {
+		return nil, false, err
+	}
+	lower := uint64(0)
+	if hasSince && !full {
+		lower = since.pos
+	}
+	tl, limited, firstPos, err := s.collectTimeline(tx, sess, r, lower, next.pos, f.TimelineLimit(defaultTimelineLimit, maxTimelineLimit), f.RoomTimeline())
+	if err != nil {
+		return nil, false, err
+	}
+	jr := &joinedRoomJSON{
+		Timeline:            timelineJSON{Events: s.renderAll(tx, tl, sess), Limited: limited || (full && hasSince)},
+		UnreadNotifications: map[string]int{"notification_count": 0, "highlight_count": 0},
+		Summary:             map[string]any{},
+	}
+	if len(tl) > 0 {
+		jr.Timeline.PrevBatch = pageToken(firstPos - 1)
+	} else {
+		jr.Timeline.PrevBatch = pageToken(next.pos)
+	}
+	// State: everything at the timeline's start for a full sync; for a
+	// limited incremental one, what changed between since and that start.
+	var stateEvs []*room.Event
+	if full || limited {
+		startState, err := s.stateBeforeTimeline(tx, r, tl, next.pos)
+		if err != nil {
+			return nil, false, err
+		}
+		var base *room.State
+		if !full {
+			if base, err = s.stateAtPos(tx, r, since.pos); err != nil {
+				return nil, false, err
+			}
+		}
+		stateEvs, err = s.stateDiff(tx, base, startState)
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	sf := f.RoomState()
+	lazy, _ := f.LazyLoadMembers()
+	senders := map[string]bool{sess.UserID: true}
+	for _, ev := range tl {
+		senders[ev.Sender] = true
+	}
+	var state []any
+	for _, ev := range stateEvs {
+		if !sf.Match(eventView(ev)) {
+			continue
+		}
+		if lazy && ev.Type == "m.room.member" && !senders[*ev.StateKey] {
+			continue
+		}
+		state = append(state, s.render(tx, ev, sess))
+	}
+	if lazy && !full && len(tl) > 0 {
+		// Members of new senders, so the client can render their names.
+		for _, ev := range s.lazyMembers(tx, r.RoomID, tl, false, nil) {
+			state = append(state, s.render(tx, ev, sess))
+		}
+	}
+	jr.State.Events = orEmpty(state)
+	jr.Ephemeral.Events = orEmpty(s.ephemeral(tx, sess, r.RoomID, since, hasSince && !full, f))
+	var rad []any
+	ads, err := tx.AccountDataSince(sess.UserID, sinceOrZero(since, hasSince && !full))
+	if err != nil {
+		return nil, false, err
+	}
+	for _, ad := range ads {
+		if ad.RoomID == r.RoomID {
+			rad = append(rad, map[string]any{"type": ad.Type, "content": ad.Content})
+		}
+	}
+	jr.AccountData.Events = orEmpty(rad)
+	if s.UnreadCounts != nil {
+		jr.UnreadNotifications = s.UnreadCounts(tx, sess.UserID, r.RoomID)
+	}
+	if full {
+		jr.Summary = s.roomSummary(tx, r)
+	}
+	has := len(tl) > 0 || len(state) > 0 || len(jr.Ephemeral.Events) > 0 || len(rad) > 0
+	return jr, has, nil
+}
+
+// collectTimeline walks a room's timeline backwards from upper to just
+// above lower, keeping up to limit events the user may see.
+func (s *Server) collectTimeline(tx *store.Tx, sess *Session, r *store.Room, lower, upper uint64, limit int, tf *filter.RoomEventFilter) (evs []*room.Event, limited bool, firstPos uint64, err error) {
+	vis := s.newVisibility(tx, r.RoomID, sess.UserID)
+	firstPos = upper + 1
+	tx.Timeline(r.NID, upper, true, func(pos, nid uint64) bool {
+		if pos <= lower {
+			return false
+		}
+		if len(evs) >= limit {
+			limited = true
+			return false
+		}
+		ev, e := s.Rooms.Event(tx, nid)
+		if e != nil {
+			err = e
+			return false
+		}
+		firstPos = pos
+		if vis.canSee(ev) && tf.Match(eventView(ev)) {
+			evs = append(evs, ev)
+		}
+		return true
+	})
+	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
+		evs[i], evs[j] = evs[j], evs[i]
+	}
+	return evs, limited, firstPos, err
+}
+
+// stateBeforeTimeline is the state just before the first timeline event,
+// or the state at upper when the timeline is empty.
+func (s *Server) stateBeforeTimeline(tx *store.Tx, r *store.Room, tl []*room.Event, upper uint64) (*room.State, error) {
+	if len(tl) > 0 {
+		return s.Rooms.State(tx, tl[0].StateBefore)
+	}
+	return s.stateAtPos(tx, r, upper)
+}
+
+// stateAtPos is the room state after the last event at or before pos.
+func (s *Server) stateAtPos(tx *store.Tx, r *store.Room, pos uint64) (*room.State, error) {
+	var nid uint64
+	tx.Timeline(r.NID, pos, true, func(_, n uint64) bool { nid = n; return false })
+	if nid == 0 {
+		return s.Rooms.State(tx, 0)
+	}
+	ev, err := s.Rooms.Event(tx, nid)
+	if err != nil {
+		return nil, err
+	}
+	return s.Rooms.StateAfter(tx, ev)
+}
+
+// stateDiff lists the events of to that are not in from (nil from: all of to).
+func (s *Server) stateDiff(tx *store.Tx, from, to *room.State) ([]*room.Event, error) {
+	var out []*room.Event
+	var err error
+	to.Each(func(k, nid uint64) bool {
+		if from != nil {
+			if old, ok := from.Get(k); ok && old == nid {
+				return true
+			}
+		}
+		var ev *room.Event
+		if ev, err = s.Rooms.Event(tx, nid); err != nil {
+			return false
+		}
+		out = append(out, ev)
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
+	return out, err
+}
+
+// syncLeft builds a left room's section: its timeline up to the leave.
+func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince bool, f *filter.Filter) (*leftRoomJSON, error) {
+	r, err := tx.Room(m.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	lower := sinceOrZero(since, hasSince)
+	tl, limited, firstPos, err := s.collectTimeline(tx, sess, r, lower, m.Pos, f.TimelineLimit(defaultTimelineLimit, maxTimelineLimit), f.RoomTimeline())
+	if err != nil {
+		return nil, err
+	}
+	lr := &leftRoomJSON{Timeline: timelineJSON{Events: s.renderAll(tx, tl, sess), Limited: limited}}
+	if len(tl) > 0 {
+		lr.Timeline.PrevBatch = pageToken(firstPos - 1)
+	}
+	startState, err := s.stateBeforeTimeline(tx, r, tl, m.Pos)
+	if err != nil {
+		return nil, err
+	}
+	var base *room.State
+	if hasSince {
+		if base, err = s.stateAtPos(tx, r, since.pos); err != nil {
+			return nil, err
+		}
+	}
+	evs, err := s.stateDiff(tx, base, startState)
+	if err != nil {
+		return nil, err
+	}
+	var state []any
+	for _, ev := range evs {
+		state = append(state, s.render(tx, ev, sess))
+	}
+	lr.State.Events = orEmpty(state)
+	lr.AccountData.Events = []any{}
+	return lr, nil
+}
+
+// strippedTypes are the state events an invitee or knocker sees.
+var strippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+	"m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
+
+// strippedState is the invite_state/knock_state of a room: stripped
+// events of the state at the membership event, plus that event.
+func (s *Server) strippedState(tx *store.Tx, m *store.Membership) []any {
+	out := []any{}
+	ev, err := s.Rooms.Event(tx, m.Event)
+	if err != nil {
+		return out
+	}
+	st, err := s.Rooms.State(tx, ev.StateBefore)
+	if err != nil {
+		return out
+	}
+	for _, t := range strippedTypes {
+		if se, _ := s.Rooms.StateEvent(tx, st, t, ""); se != nil {
+			out = append(out, stripped(se))
+		}
+	}
+	if inviter, _ := s.Rooms.StateEvent(tx, st, "m.room.member", ev.Sender); inviter != nil && ev.Sender != *ev.StateKey {
+		out = append(out, stripped(inviter))
+	}
+	return append(out, stripped(ev))
+}
+
+func stripped(ev *room.Event) map[string]any {
+	return map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+}
+
+// roomSummary is the m.heroes / member counts block.
+func (s *Server) roomSummary(tx *store.Tx, r *store.Room) map[string]any {
+	st, err := s.Rooms.State(tx, r.State)
+	if err != nil {
+		return map[string]any{}
+	}
+	joined, invited := 0, 0
+	var heroes []string
+	st.Each(func(k, nid uint64) bool {
+		evType, sk, err := tx.StateKey(k)
+		if err != nil || evType != "m.room.member" {
+			return true
+		}
+		ev, err := s.Rooms.Event(tx, nid)
+		if err != nil {
+			return true
+		}
+		switch ev.Membership() {
+		case "join":
+			joined++
+		case "invite":
+			invited++
+		default:
+			return true
+		}
+		heroes = append(heroes, sk)
+		return true
+	})
+	sort.Strings(heroes)
+	if len(heroes) > 5 {
+		heroes = heroes[:5]
+	}
+	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}
+}
+
+// ephemeral gathers typing and receipts for a room.
+func (s *Server) ephemeral(tx *store.Tx, sess *Session, roomID string, since syncToken, incremental bool, f *filter.Filter) []any {
+	var out []any
+	ef := f.RoomEphemeral()
+	typingSince := uint64(0)
+	if incremental {
+		typingSince = since.typing
+	}
+	if users, changed := s.Typing.Since(roomID, typingSince); changed && ef.Match(filter.EventView{Type: "m.typing", RoomID: roomID}) {
+		out = append(out, map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}})
+	}
+	if !ef.Match(filter.EventView{Type: "m.receipt", RoomID: roomID}) {
+		return out
+	}
+	posSince := uint64(0)
+	if incremental {
+		posSince = since.pos
+	}
+	receipts, err := tx.ReceiptsSince(roomID, posSince)
+	if err != nil || len(receipts) == 0 {
+		return out
+	}
+	content := map[string]map[string]map[string]any{}
+	for _, rc := range receipts {
+		if rc.Type == "m.read.private" && rc.UserID != sess.UserID {
+			continue
+		}
+		byType := content[rc.EventID]
+		if byType == nil {
+			byType = map[string]map[string]any{}
+			content[rc.EventID] = byType
+		}
+		users := byType[rc.Type]
+		if users == nil {
+			users = map[string]any{}
+			byType[rc.Type] = users
+		}
+		data := map[string]any{"ts": rc.TS}
+		if rc.ThreadID != "" {
+			data["thread_id"] = rc.ThreadID
+		}
+		users[rc.UserID] = data
+	}
+	if len(content) > 0 {
+		out = append(out, map[string]any{"type": "m.receipt", "content": content})
+	}
+	return out
+}
+

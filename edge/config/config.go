@@ -1,0 +1,251 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole of edge.yaml. Every field has a default (see Default),
+// so a file only needs the fields an operator changes.
+type Config struct {
+	// ServerName is the Matrix server name: the part after the colon in user IDs.
+	ServerName string `yaml:"server_name"`
+	// SigningKeyPath is the ed25519 key file in Synapse's format; relative paths
+	// are resolved against the config file's directory.
+	SigningKeyPath string `yaml:"signing_key_path"`
+	// DatabasePath is the bbolt file; relative to the config file's directory.
+	DatabasePath string `yaml:"database_path"`
+	// Listen is the address of the client and federation listener.
+	Listen string `yaml:"listen"`
+	// PublicBaseURL is what /.well-known/matrix/client advertises; empty means
+	// the well-known endpoint answers 404 and clients use the host they typed.
+	PublicBaseURL string `yaml:"public_base_url"`
+
+	Registration Registration `yaml:"registration"`
+	RateLimits   RateLimits   `yaml:"rate_limits"`
+	Limits       Limits       `yaml:"limits"`
+	Rooms        Rooms        `yaml:"rooms"`
+	Log          Log          `yaml:"log"`
+
+	// Dir is the directory of the loaded file; relative paths resolve against it.
+	Dir string `yaml:"-"`
+}
+
+// Registration controls who may create accounts.
+type Registration struct {
+	// Enabled opens POST /register to anyone (the classic guide's setting).
+	Enabled bool `yaml:"enabled"`
+	// Tokens, when non-empty, makes registration require one of these tokens
+	// (m.login.registration_token, MSC3231) even when Enabled is false.
+	Tokens []string `yaml:"tokens"`
+	// SharedSecret enables the admin registration endpoint
+	// (/_synapse/admin/v1/register) for operators and test suites.
+	SharedSecret string `yaml:"shared_secret"`
+	// GuestAccess allows kind=guest registration.
+	GuestAccess bool `yaml:"guest_access"`
+	// MinPasswordLength rejects shorter passwords with M_WEAK_PASSWORD.
+	MinPasswordLength int `yaml:"min_password_length"`
+}
+
+// RateLimits are token buckets per client IP (login, register) or per user
+// (send). A rate of 0 disables that limit.
+type RateLimits struct {
+	LoginPerSecond    float64 `yaml:"login_per_second"`
+	LoginBurst        int     `yaml:"login_burst"`
+	RegisterPerSecond float64 `yaml:"register_per_second"`
+	RegisterBurst     int     `yaml:"register_burst"`
+	SendPerSecond     float64 `yaml:"send_per_second"`
+	SendBurst         int     `yaml:"send_burst"`
+}
+
+// Limits bound what one request may cost.
+type Limits struct {
+	// MaxRequestBytes caps client request bodies (media uploads excepted).
+	MaxRequestBytes int64 `yaml:"max_request_bytes"`
+	// StateCacheSize is the number of materialised state snapshots kept in memory.
+	StateCacheSize int `yaml:"state_cache_size"`
+	// EventCacheSize is the number of parsed events kept in memory.
+	EventCacheSize int `yaml:"event_cache_size"`
+}
+
+// Rooms holds room defaults.
+type Rooms struct {
+	// DefaultVersion is used by createRoom when the client names none.
+	DefaultVersion string `yaml:"default_version"`
+}
+
+// Log selects the log level: debug, info, warn or error.
+type Log struct {
+	Level string `yaml:"level"`
+}
+
+// Default returns the configuration `edge init` writes for serverName.
+func Default(serverName string) *Config {
+	return &Config{
+		ServerName:     serverName,
+		SigningKeyPath: "signing.key",
+		DatabasePath:   "edge.db",
+		Listen:         "[::]:8008",
+		Registration: Registration{
+			Enabled:           true,
+			MinPasswordLength: 8,
+		},
+		RateLimits: RateLimits{
+			LoginPerSecond: 0.5, LoginBurst: 10,
+			RegisterPerSecond: 0.2, RegisterBurst: 5,
+			SendPerSecond: 20, SendBurst: 100,
+		},
+		Limits: Limits{
+			MaxRequestBytes: 1 << 20,
+			StateCacheSize:  256,
+			EventCacheSize:  10000,
+		},
+		Rooms: Rooms{DefaultVersion: "12"},
+		Log:   Log{Level: "info"},
+	}
+}
+
+// ErrNoConfig is returned by Load when the file does not exist.
+var ErrNoConfig = errors.New("config file not found")
+
+// FieldError names the field that is wrong and why.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Load reads and validates the file at path. Fields missing from the file keep
+// their defaults.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s (create one with `edge init --server-name NAME`)", ErrNoConfig, path)
+	} else if err != nil {
+		return nil, err
+	}
+	cfg := Default("")
+	if err := yaml.Unmarshal(data, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %s", path, yamlMessage(err))
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dir = filepath.Dir(abs)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func yamlMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), "yaml: ")
+}
+
+// Validate checks every field and returns the first problem as a *FieldError.
+func (c *Config) Validate() error {
+	if c.ServerName == "" {
+		return &FieldError{"server_name", "is required (e.g. example.org)"}
+	}
+	if err := ValidateServerName(c.ServerName); err != nil {
+		return &FieldError{"server_name", err.Error()}
+	}
+	if c.SigningKeyPath == "" {
+		return &FieldError{"signing_key_path", "is required"}
+	}
+	if c.DatabasePath == "" {
+		return &FieldError{"database_path", "is required"}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return &FieldError{"listen", fmt.Sprintf("%q is not host:port", c.Listen)}
+	}
+	if c.Limits.MaxRequestBytes < 1024 {
+		return &FieldError{"limits.max_request_bytes", "must be at least 1024"}
+	}
+	if c.Limits.StateCacheSize < 1 {
+		return &FieldError{"limits.state_cache_size", "must be at least 1"}
+	}
+	if c.Limits.EventCacheSize < 1 {
+		return &FieldError{"limits.event_cache_size", "must be at least 1"}
+	}
+	if !knownRoomVersion(c.Rooms.DefaultVersion) {
+		return &FieldError{"rooms.default_version", fmt.Sprintf("%q is not a stable room version (1-12)", c.Rooms.DefaultVersion)}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return &FieldError{"log.level", fmt.Sprintf("%q is not one of debug, info, warn, error", c.Log.Level)}
+	}
+	if c.Registration.MinPasswordLength < 0 {
+		return &FieldError{"registration.min_password_length", "must not be negative"}
+	}
+	for _, rl := range []struct {
+		name  string
+		rate  float64
+		burst int
+	}{
+		{"rate_limits.login", c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst},
+		{"rate_limits.register", c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst},
+		{"rate_limits.send", c.RateLimits.SendPerSecond, c.RateLimits.SendBurst},
+	} {
+		if rl.rate < 0 || (rl.rate > 0 && rl.burst < 1) {
+			return &FieldError{rl.name, "rate must be >= 0 and burst >= 1 when the rate is set"}
+		}
+	}
+	return nil
+}
+
+func knownRoomVersion(v string) bool {
+	switch v {
+	case "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12":
+		return true
+	}
+	return false
+}
+
+// ValidateServerName checks the grammar of the spec's server name: a DNS name
+// or IP literal with an optional port.
+func ValidateServerName(name string) error {
+	host := name
+	if h, port, err := net.SplitHostPort(name); err == nil {
+		host = h
+		if port == "" || len(port) > 5 || strings.Trim(port, "0123456789") != "" {
+			return fmt.Errorf("%q has an invalid port", name)
+		}
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		if net.ParseIP(host[1:len(host)-1]) == nil {
+			return fmt.Errorf("%q is not a valid IPv6 literal", name)
+		}
+		return nil
+	}
+	if host == "" || len(host) > 255 {
+		return fmt.Errorf("%q is not a valid host name", name)
+	}
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return fmt.Errorf("%q contains %q, which is not allowed in a server name", name, r)
+		}
+	}
+	return nil
+}
+
+// Path resolves p against the config file's directory.
+func (c *Config) Path(p string) string {
+	if filepath.IsAbs(p) || c.Dir == "" {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+// RequestTimeout is the longest a client request (other than /sync) may run.
+const RequestTimeout = 60 * time.Second

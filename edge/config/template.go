@@ -1,0 +1,77 @@
+package config
+
+import (
+	"fmt"
+	"os"
+)
+
+// WriteFile writes a commented edge.yaml for c; it refuses to overwrite.
+func WriteFile(path string, c *Config) error {
+	text := fmt.Sprintf(`# edge.yaml: configuration of an edge Matrix homeserver.
+# Relative paths are resolved against this file's directory.
+
+# The name in your users' IDs (@alice:%[1]s). It cannot change later.
+server_name: %[1]q
+
+# ed25519 signing key, Synapse's format ("ed25519 <version> <seed>"): a
+# Synapse signing key can be copied here to keep the server's identity.
+signing_key_path: %[2]q
+
+# The database: one bbolt file.
+database_path: %[3]q
+
+# Client and federation API listener (plain HTTP).
+listen: %[4]q
+
+# Advertised in /.well-known/matrix/client when set (e.g. https://matrix.example.org).
+public_base_url: %[5]q
+
+registration:
+  # Anyone may register (like the classic guide's enable_registration).
+  enabled: %[6]t
+  # Registration tokens (MSC3231): when set, registering needs one of them.
+  tokens: []
+  # Secret for /_synapse/admin/v1/register; empty disables it.
+  shared_secret: ""
+  guest_access: false
+  min_password_length: %[7]d
+
+# Token buckets: per client IP for login and register, per user for sends.
+# A rate of 0 switches that limit off.
+rate_limits:
+  login_per_second: %[8]g
+  login_burst: %[9]d
+  register_per_second: %[10]g
+  register_burst: %[11]d
+  send_per_second: %[12]g
+  send_burst: %[13]d
+
+limits:
+  max_request_bytes: %[14]d
+  # Materialised room states and parsed events kept in memory.
+  state_cache_size: %[15]d
+  event_cache_size: %[16]d
+
+rooms:
+  # Version for new rooms when the client asks for none (1-12).
+  default_version: %[17]q
+
+log:
+  level: %[18]s
+`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
+		c.Registration.Enabled, c.Registration.MinPasswordLength,
+		c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst,
+		c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst,
+		c.RateLimits.SendPerSecond, c.RateLimits.SendBurst,
+		c.Limits.MaxRequestBytes, c.Limits.StateCacheSize, c.Limits.EventCacheSize,
+		c.Rooms.DefaultVersion, c.Log.Level)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

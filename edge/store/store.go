@@ -1,0 +1,249 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Sentinel errors. Callers test them with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrClosed   = errors.New("store closed")
+)
+
+// Store is the node's database. It is safe for concurrent use.
+type Store struct {
+	db     *bolt.DB
+	writes chan *writeReq
+	done   chan struct{}
+	pos    atomic.Uint64 // last committed stream position
+}
+
+type writeReq struct {
+	fn  func(*Tx) error
+	err chan error
+}
+
+// schemaVersion is the version this code writes; migrations bring older
+// files up to it, one step at a time, each in its own transaction.
+const schemaVersion = 1
+
+var migrations = []func(*bolt.Tx) error{
+	// 0 → 1: the initial catalog.
+	func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	},
+}
+
+// Open opens or creates the database at path and migrates it.
+func Open(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        2 * time.Second, // another process holds the file: fail, don't hang
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: the database is in use by another edge process", path)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{db: db, writes: make(chan *writeReq, 1024), done: make(chan struct{})}
+	if err := s.migrate(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := db.View(func(tx *bolt.Tx) error {
+		s.pos.Store(getU64(tx.Bucket(bMeta).Get(keyPos)))
+		return nil
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	go s.writer()
+	return s, nil
+}
+
+func (s *Store) migrate() error {
+	for {
+		var done bool
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			var v uint64
+			if m := tx.Bucket(bMeta); m != nil {
+				v = getU64(m.Get(keySchema))
+			}
+			if v > schemaVersion {
+				return fmt.Errorf("database schema %d is newer than this edge (%d): upgrade edge", v, schemaVersion)
+			}
+			if v == schemaVersion {
+				done = true
+				return nil
+			}
+			if err := migrations[v](tx); err != nil {
+				return fmt.Errorf("migrate schema %d → %d: %w", v, v+1, err)
+			}
+			return tx.Bucket(bMeta).Put(keySchema, u64(v+1))
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// Close stops the writer and closes the file. Pending writes complete first.
+func (s *Store) Close() error {
+	close(s.writes)
+	<-s.done
+	return s.db.Close()
+}
+
+// Pos is the last committed stream position.
+func (s *Store) Pos() uint64 { return s.pos.Load() }
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+}
+
+// Write runs fn in a read-write transaction and returns once it is durable.
+// fn may run more than once (when a request batched with it fails), so it
+// must have no effects outside the transaction; use Tx.OnCommit for those.
+func (s *Store) Write(fn func(*Tx) error) (err error) {
+	req := &writeReq{fn: fn, err: make(chan error, 1)}
+	defer func() {
+		if recover() != nil { // send on closed channel: the store is closing
+			err = ErrClosed
+		}
+	}()
+	s.writes <- req
+	return <-req.err
+}
+
+// maxBatch bounds how many requests share one transaction.
+const maxBatch = 256
+
+// writer is the single goroutine that writes. It takes every request that
+// is already waiting into one transaction, so concurrent senders share an
+// fsync while a lone sender never waits for a timer.
+func (s *Store) writer() {
+	defer close(s.done)
+	for first := range s.writes {
+		batch := []*writeReq{first}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-s.writes:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit runs a batch in one transaction. If one request fails, the
+// transaction is rolled back, that request gets its error, and the rest are
+// run again without it.
+func (s *Store) commit(batch []*writeReq) {
+	for len(batch) > 0 {
+		var failed = -1
+		var failErr error
+		var hooks []func()
+		var pos uint64
+		err := s.db.Update(func(btx *bolt.Tx) error {
+			hooks = hooks[:0]
+			for i, r := range batch {
+				tx := &Tx{tx: btx, writable: true}
+				if err := runSafely(r.fn, tx); err != nil {
+					failed, failErr = i, err
+					return err
+				}
+				hooks = append(hooks, tx.hooks...)
+			}
+			pos = getU64(btx.Bucket(bMeta).Get(keyPos))
+			return nil
+		})
+		if failed >= 0 {
+			batch[failed].err <- failErr
+			batch = append(batch[:failed], batch[failed+1:]...)
+			continue
+		}
+		if err == nil {
+			s.pos.Store(pos)
+			for _, h := range hooks {
+				h()
+			}
+		}
+		for _, r := range batch {
+			r.err <- err
+		}
+		return
+	}
+}
+
+// runSafely turns a panic in a request's function into an error so one bad
+// request cannot take down the writer (and with it every other request).
+func runSafely(fn func(*Tx) error, tx *Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic in write transaction: %v", p)
+		}
+	}()
+	return fn(tx)
+}
+
+// Tx is one transaction. Its methods are the whole storage interface.
+type Tx struct {
+	tx       *bolt.Tx
+	writable bool
+	hooks    []func()
+}
+
+// Writable tells whether this is a write transaction.
+func (t *Tx) Writable() bool { return t.writable }
+
+// OnCommit registers f to run after the transaction is durable.
+func (t *Tx) OnCommit(f func()) { t.hooks = append(t.hooks, f) }
+
+// NextPos allocates the next stream position.
+func (t *Tx) NextPos() uint64 {
+	m := t.tx.Bucket(bMeta)
+	p := getU64(m.Get(keyPos)) + 1
+	must(m.Put(keyPos, u64(p)))
+	return p
+}
+
+// Pos is the latest stream position as seen by this transaction.
+func (t *Tx) Pos() uint64 { return getU64(t.tx.Bucket(bMeta).Get(keyPos)) }
+
+// nextNID allocates a numeric id shared by events, state keys, snapshots,
+// rooms and filters; one sequence keeps them all unique and ordered.
+func (t *Tx) nextNID() uint64 {
+	m := t.tx.Bucket(bMeta)
+	n := getU64(m.Get(keyNextNID)) + 1
+	must(m.Put(keyNextNID, u64(n)))
+	return n
+}
+
+// must panics on bbolt write errors, which only happen on a read-only
+// transaction or an over-long key: programming errors. runSafely turns the
+// panic back into an error for the request.
+func must(err error) {
+	if err != nil {
+		panic(err)
+	}
+}

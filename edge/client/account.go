@@ -316,15 +316,11 @@ func (s *Server) logoutAll(r *http.Request, sess *Session) (any, error) {
 	})
 }
 
-// DeviceRemovalHooks run inside the transaction that deletes a device, so
-// features with per-device data (E2EE keys, to-device inboxes) delete it too.
-var DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
-
 func (s *Server) removeDevice(tx *store.Tx, userID, deviceID string) error {
 	if err := tx.DeleteDevice(userID, deviceID); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	for _, h := range DeviceRemovalHooks {
+	for _, h := range s.DeviceRemovalHooks {
 		h(tx, userID, deviceID)
 	}
 	return nil

@@ -38,6 +38,10 @@ type Server struct {
 	SyncExtensions []SyncExtension
 	// SetPresence handles /sync's set_presence; nil ignores it.
 	SetPresence func(userID, presence string)
+	// DeviceRemovalHooks run inside the transaction that deletes a device,
+	// so features with per-device data (E2EE keys, to-device inboxes)
+	// delete it too.
+	DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
 	// UnreadCounts fills a joined room's unread_notifications.
 	UnreadCounts func(tx *store.Tx, userID, roomID string) map[string]int
 }
@@ -51,7 +55,7 @@ func New(d Deps) *Server {
 	for _, register := range []func(){
 		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
-		s.routesPush, s.routesAdminRegister,
+		s.routesPush, s.routesAdminRegister, s.routesKeys,
 	} {
 		register()
 	}

@@ -220,12 +220,12 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 		}
 		news = news || len(accountData) > 0
 		resp = map[string]any{
-			"next_batch":   next.String(),
-			"rooms":        map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
-			"account_data": eventsJSON{orEmpty(accountData)},
-			"presence":     eventsJSON{[]any{}},
-			"to_device":    eventsJSON{[]any{}},
-			"device_lists": map[string]any{"changed": []string{}, "left": []string{}},
+			"next_batch":                 next.String(),
+			"rooms":                      map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
+			"account_data":               eventsJSON{orEmpty(accountData)},
+			"presence":                   eventsJSON{[]any{}},
+			"to_device":                  eventsJSON{[]any{}},
+			"device_lists":               map[string]any{"changed": []string{}, "left": []string{}},
 			"device_one_time_keys_count": map[string]int{},
 		}
 		for _, ext := range s.SyncExtensions {
@@ -567,4 +567,3 @@ func (s *Server) ephemeral(tx *store.Tx, sess *Session, roomID string, since syn
 	}
 	return out
 }
-

@@ -15,7 +15,7 @@ type State struct {
 	ID     uint64
 	baseID uint64
 	base   map[uint64]uint64
-	delta map[uint64]uint64
+	delta  map[uint64]uint64
 }
 
 // Get returns the event NID for a state-key NID.

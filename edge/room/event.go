@@ -136,15 +136,22 @@ func orEmpty(b json.RawMessage) json.RawMessage {
 	return b
 }
 
+// parseV1Refs reads v1/v2 event references: [id, hashes] pairs on the
+// wire; bare IDs are accepted too, as some test suites write them.
 func parseV1Refs(raw json.RawMessage) ([]string, error) {
-	var refs [][]json.RawMessage
+	var refs []json.RawMessage
 	if err := json.Unmarshal(orEmpty(raw), &refs); err != nil {
 		return nil, fmt.Errorf("%w: event references: %v", ErrBadEvent, err)
 	}
 	out := make([]string, 0, len(refs))
 	for _, r := range refs {
 		var s string
-		if len(r) == 0 || json.Unmarshal(r[0], &s) != nil {
+		if json.Unmarshal(r, &s) == nil {
+			out = append(out, s)
+			continue
+		}
+		var pair []json.RawMessage
+		if json.Unmarshal(r, &pair) != nil || len(pair) == 0 || json.Unmarshal(pair[0], &s) != nil {
 			return nil, fmt.Errorf("%w: event reference is not [id, hashes]", ErrBadEvent)
 		}
 		out = append(out, s)
@@ -153,31 +160,63 @@ func parseV1Refs(raw json.RawMessage) ([]string, error) {
 }
 
 // PDU converts the event to mautrix's PDU type, which eventauth works on.
-// v1/v2 events are converted from their own wire format.
+// v1/v2 events get their references flattened to IDs; use VerifyContentHash
+// and VerifySignature, not the returned PDU, to check their hashes.
 func (e *Event) PDU() (*pdu.PDU, error) {
-	var p pdu.PDU
-	if id.RoomVersion(e.Version).EventIDFormat() == id.EventIDFormatCustom {
-		var v1 pdu.RoomV1PDU
-		if err := jsonv2.Unmarshal(e.Raw, &v1); err != nil {
+	raw := e.Raw
+	if e.isV1() {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(e.Raw, &m); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 		}
-		p = pdu.PDU{
-			Content: v1.Content, Depth: v1.Depth, Hashes: v1.Hashes, OriginServerTS: v1.OriginServerTS,
-			Redacts: v1.Redacts, RoomID: v1.RoomID, Sender: v1.Sender, Signatures: v1.Signatures,
-			StateKey: v1.StateKey, Type: v1.Type, Unsigned: v1.Unsigned,
-		}
-		for _, r := range v1.AuthEvents {
-			p.AuthEvents = append(p.AuthEvents, r.ID)
-		}
-		for _, r := range v1.PrevEvents {
-			p.PrevEvents = append(p.PrevEvents, r.ID)
-		}
-	} else if err := jsonv2.Unmarshal(e.Raw, &p); err != nil {
+		delete(m, "event_id")
+		m["prev_events"], _ = json.Marshal(e.PrevEvents)
+		m["auth_events"], _ = json.Marshal(e.AuthEvents)
+		raw, _ = json.Marshal(m)
+	}
+	var p pdu.PDU
+	if err := jsonv2.Unmarshal(raw, &p); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
 	p.InternalMeta.EventID = id.EventID(e.ID)
 	p.InternalMeta.Rejected = e.Flags&store.FlagRejected != 0
 	return &p, nil
+}
+
+func (e *Event) isV1() bool {
+	return id.RoomVersion(e.Version).EventIDFormat() == id.EventIDFormatCustom
+}
+
+// wirePDU is the event in its room version's own wire type, for hashing
+// and signatures.
+func (e *Event) wirePDU() (pdu.AnyPDU, error) {
+	if e.isV1() {
+		var v1 pdu.RoomV1PDU
+		if err := jsonv2.Unmarshal(e.Raw, &v1); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+		}
+		return &v1, nil
+	}
+	var p pdu.PDU
+	if err := jsonv2.Unmarshal(e.Raw, &p); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	return &p, nil
+}
+
+// VerifyContentHash checks hashes.sha256 against the event's content.
+func (e *Event) VerifyContentHash() bool {
+	p, err := e.wirePDU()
+	return err == nil && p.VerifyContentHash()
+}
+
+// VerifySignature checks serverName's signature on the event.
+func (e *Event) VerifySignature(serverName string, getKey pdu.GetKeyFunc) error {
+	p, err := e.wirePDU()
+	if err != nil {
+		return err
+	}
+	return p.VerifySignature(id.RoomVersion(e.Version), serverName, getKey)
 }
 
 // ClientEvent is the client-server API's event format.

@@ -293,26 +293,41 @@ func (s *Service) v1Refs(tx *store.Tx, ids []string) ([]pdu.V1EventReference, er
 
 // authorize runs the spec's auth rules against the event's auth_events.
 func (s *Service) authorize(tx *store.Tx, ev *Event) error {
+	return Authorize(ev, func(eventID string) (*Event, error) { return s.EventByID(tx, eventID) }, s.getKey)
+}
+
+// Authorize checks ev against the auth rules of its room version, looking
+// its auth events (and, from v12, its create event) up with lookup, which
+// returns ErrEventNotFound for unknown events. It is pure: state
+// resolution, federation and the vectors' tests call it with their own lookups.
+func Authorize(ev *Event, lookup func(eventID string) (*Event, error), getKey pdu.GetKeyFunc) error {
 	p, err := ev.PDU()
 	if err != nil {
 		return err
 	}
 	getEvents := func(ids []id.EventID) ([]*pdu.PDU, error) {
-		out := make([]*pdu.PDU, len(ids))
-		for i, eid := range ids {
-			ae, err := s.EventByID(tx, string(eid))
+		out := make([]*pdu.PDU, 0, len(ids))
+		for _, eid := range ids {
+			ae, err := lookup(string(eid))
 			if errors.Is(err, ErrEventNotFound) {
+				// eventauth wants a nil in place of a missing auth event,
+				// but an empty result for a missing v12 create event.
+				if len(ids) > 1 || string(eid) != createIDOf(ev.RoomID) {
+					out = append(out, nil)
+				}
 				continue
 			} else if err != nil {
 				return nil, err
 			}
-			if out[i], err = ae.PDU(); err != nil {
+			ap, err := ae.PDU()
+			if err != nil {
 				return nil, err
 			}
+			out = append(out, ap)
 		}
 		return out, nil
 	}
-	if err := eventauth.Authorize(id.RoomVersion(ev.Version), p, nil, getEvents, s.getKey); err != nil {
+	if err := eventauth.Authorize(id.RoomVersion(ev.Version), p, nil, getEvents, getKey); err != nil {
 		return fmt.Errorf("%w: %w", ErrForbidden, err)
 	}
 	return nil
@@ -418,22 +433,43 @@ func (s *Service) RedactedBy(tx *store.Tx, ev *Event) *Event {
 	return red
 }
 
-// Redact returns the redacted form of an event's JSON for its room version.
+// Redact returns the redacted form of an event's JSON for its room version
+// (https://spec.matrix.org/latest/rooms/v11/#redactions): top-level keys
+// outside the version's list are dropped, content is pruned by mautrix's
+// per-type rules. Working on the raw object keeps both event formats (v1/v2
+// reference pairs, v3+ IDs) exactly as they were.
 func Redact(ev *Event) ([]byte, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(ev.Raw, &m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
 	rv := id.RoomVersion(ev.Version)
-	if rv.EventIDFormat() == id.EventIDFormatCustom {
-		var v1 pdu.RoomV1PDU
-		if err := jsonv2.Unmarshal(ev.Raw, &v1); err != nil {
-			return nil, err
+	keep := redactionKeepsTopLevel
+	if rv.UpdatedRedactionRules() {
+		keep = redactionKeepsTopLevelV11
+	}
+	out := make(map[string]json.RawMessage, len(keep))
+	for _, k := range keep {
+		if v, ok := m[k]; ok {
+			out[k] = v
 		}
-		return jsonv2.Marshal(v1.Redact(rv))
 	}
-	var p pdu.PDU
-	if err := jsonv2.Unmarshal(ev.Raw, &p); err != nil {
-		return nil, err
+	var evType string
+	_ = json.Unmarshal(m["type"], &evType)
+	if c, ok := m["content"]; ok {
+		out["content"] = json.RawMessage(pdu.RedactContent(evType, []byte(c), rv))
 	}
-	return jsonv2.Marshal(p.Redact(rv))
+	return json.Marshal(out)
 }
+
+// The top-level keys the redaction algorithm keeps: v1–v10, and v11+
+// (MSC2176 dropped origin, membership and prev_state).
+var (
+	redactionKeepsTopLevel = []string{"event_id", "type", "room_id", "sender", "state_key", "hashes",
+		"signatures", "depth", "prev_events", "prev_state", "auth_events", "origin", "origin_server_ts", "membership"}
+	redactionKeepsTopLevelV11 = []string{"event_id", "type", "room_id", "sender", "state_key", "hashes",
+		"signatures", "depth", "prev_events", "auth_events", "origin_server_ts"}
+)
 
 // Relation is content.m.relates_to.
 type Relation struct {
@@ -449,6 +485,9 @@ func relatesTo(content json.RawMessage) Relation {
 	_ = json.Unmarshal(content, &c)
 	return c.R
 }
+
+// createIDOf is the create event ID a v12 room ID names.
+func createIDOf(roomID string) string { return "$" + strings.TrimPrefix(roomID, "!") }
 
 func isLocal(userID, serverName string) bool {
 	i := strings.IndexByte(userID, ':')

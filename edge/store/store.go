@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,8 @@ type Store struct {
 	writes chan *writeReq
 	done   chan struct{}
 	pos    atomic.Uint64 // last committed stream position
+	closed sync.Once
+	err    error
 }
 
 type writeReq struct {
@@ -101,10 +104,14 @@ func (s *Store) migrate() error {
 }
 
 // Close stops the writer and closes the file. Pending writes complete first.
+// Closing twice is harmless.
 func (s *Store) Close() error {
-	close(s.writes)
-	<-s.done
-	return s.db.Close()
+	s.closed.Do(func() {
+		close(s.writes)
+		<-s.done
+		s.err = s.db.Close()
+	})
+	return s.err
 }
 
 // Pos is the last committed stream position.

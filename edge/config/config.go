@@ -32,6 +32,7 @@ type Config struct {
 	RateLimits   RateLimits   `yaml:"rate_limits"`
 	Limits       Limits       `yaml:"limits"`
 	Rooms        Rooms        `yaml:"rooms"`
+	Federation   Federation   `yaml:"federation"`
 	Log          Log          `yaml:"log"`
 
 	// Dir is the directory of the loaded file; relative paths resolve against it.
@@ -107,8 +108,9 @@ func Default(serverName string) *Config {
 			StateCacheSize:  256,
 			EventCacheSize:  10000,
 		},
-		Rooms: Rooms{DefaultVersion: "12"},
-		Log:   Log{Level: "info"},
+		Rooms:      Rooms{DefaultVersion: "12"},
+		Federation: DefaultFederation(),
+		Log:        Log{Level: "info"},
 	}
 }
 
@@ -184,6 +186,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return &FieldError{"log.level", fmt.Sprintf("%q is not one of debug, info, warn, error", c.Log.Level)}
+	}
+	if err := c.Federation.validate(); err != nil {
+		return err
 	}
 	if c.Registration.MinPasswordLength < 0 {
 		return &FieldError{"registration.min_password_length", "must not be negative"}

@@ -2,6 +2,7 @@ package room
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	jsonv2 "encoding/json/v2"
@@ -67,15 +68,26 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 	if o.Preset == "trusted_private_chat" && rv.PrivilegedRoomCreators() && len(o.Invite) > 0 {
 		createContent["additional_creators"] = o.Invite
 	}
-	create, err := s.buildCreate(o.Version, o.Creator, mustJSON(createContent))
-	if err != nil {
-		return "", err
+	// From v12 the room ID is the create event's hash: two identical create
+	// events in the same millisecond (one user creating rooms in parallel)
+	// would name the same room, so a collision moves the timestamp on.
+	var create *Event
+	var r *store.Room
+	for bump := int64(0); ; bump++ {
+		var err error
+		if create, err = s.buildCreate(o.Version, o.Creator, mustJSON(createContent), bump); err != nil {
+			return "", err
+		}
+		r = &store.Room{RoomID: create.RoomID, Version: o.Version}
+		err = tx.CreateRoom(r)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, store.ErrExists) || bump >= 100 {
+			return "", err
+		}
 	}
 	roomID := create.RoomID
-	r := &store.Room{RoomID: roomID, Version: o.Version}
-	if err := tx.CreateRoom(r); err != nil {
-		return "", err
-	}
 	if err := s.authorize(tx, create); err != nil {
 		return "", err
 	}
@@ -148,10 +160,10 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 	return roomID, nil
 }
 
-func (s *Service) buildCreate(version, creator string, content json.RawMessage) (*Event, error) {
+func (s *Service) buildCreate(version, creator string, content json.RawMessage, bumpMS int64) (*Event, error) {
 	rv := id.RoomVersion(version)
 	sk := ""
-	ts := s.now().UnixMilli()
+	ts := s.now().UnixMilli() + bumpMS
 	if rv.EventIDFormat() == id.EventIDFormatCustom {
 		v1 := &pdu.RoomV1PDU{
 			Content: jsonValue(content), Depth: 1, OriginServerTS: ts, Sender: id.UserID(creator),

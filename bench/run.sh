@@ -6,7 +6,8 @@
 #   bench/run.sh [target...]        targets: dendrite (default), edge
 #   HSBENCH_FLAGS="-msgs 500 -wake 50" bench/run.sh dendrite edge
 # Env: HSBENCH_FLAGS (extra hsbench flags), EDGE_BIN (default ./bin/edge),
-# SETTLE (seconds before idle RSS is read), KEEP_DATA=1 (reuse server state).
+# SETTLE (seconds before idle RSS is read), KEEP_DATA=1 (reuse server state),
+# DENDRITE_PORT / EDGE_PORT (loopback ports, default 18008 / 18009).
 #
 # Everything lives under .cache/ (binaries in .cache/bin, server state and
 # results in .cache/bench); server state is wiped per run unless KEEP_DATA=1.
@@ -131,6 +132,12 @@ start_edge() {
 		rm -rf "$dir"
 		mkdir -p "$dir"
 		"$binary" init --server-name localhost --dir "$dir" --listen "127.0.0.1:$port" || return 1
+		# Same policy as for Dendrite: rate limits off ("a rate of 0 switches that limit off").
+		sed -i -E 's/^(  [a-z]+_per_second:) .*/\1 0/' "$dir/edge.yaml"
+		if grep -qE '^  [a-z]+_per_second: [^0]' "$dir/edge.yaml"; then
+			echo "edge config: rate limits still on" >&2
+			return 1
+		fi
 	fi
 	"$binary" run -c "$dir/edge.yaml" >"$dir/stdout.log" 2>&1 &
 	pid=$!
@@ -139,10 +146,11 @@ start_edge() {
 
 # --- driver -----------------------------------------------------------------
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "building hsbench ..."
 go build -o "$bin/hsbench" ./bench/hsbench
 
-declare -A ports=([dendrite]=18008 [edge]=18009)
+declare -A ports=([dendrite]=${DENDRITE_PORT:-18008} [edge]=${EDGE_PORT:-18009})
 files=() failed=()
 for target in "${targets[@]}"; do
 	port=${ports[$target]:-}
@@ -172,11 +180,12 @@ echo
 echo "- command: \`${HSBENCH_FLAGS:+HSBENCH_FLAGS=\"$HSBENCH_FLAGS\" }bench/run.sh ${targets[*]}\`"
 echo "- machine: $(uname -m), $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(go env GOVERSION)"
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "- load average (1/5/15 min) at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- hsbench runs on the same machine as the server (shares its CPUs); all on loopback"
 [[ " ${targets[*]} " == *" dendrite "* ]] &&
 	echo "- dendrite: $DENDRITE_VERSION, sqlite, rate limiting disabled, open registration (-really-enable-open-registration)"
 [[ " ${targets[*]} " == *" edge "* ]] &&
-	echo "- edge: $EDGE_BIN, provisional start-up (see bench/run.sh)"
+	echo "- edge: $EDGE_BIN ($("$EDGE_BIN" version 2>/dev/null || echo "version unknown")), rate limits set to 0, provisional start-up (see bench/run.sh)"
 echo
 ((${#files[@]})) && "$bin/hsbench" -report "${files[@]}" | tee "$results/report.md"
 if ((${#failed[@]})); then

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"edge/edge/notify"
 	"edge/edge/room"
 	"edge/edge/store"
+	"edge/federation"
+	"edge/wellknown"
 )
 
 // Version is set at build time with -ldflags "-X edge/edge.Version=…".
@@ -27,8 +30,12 @@ type Node struct {
 	Notifier *notify.Notifier
 	Typing   *notify.Typing
 	Client   *client.Server
+	Fed      *federation.Server
+	Resolver *wellknown.Resolver
 	Log      *slog.Logger
 	Keys     []config.SigningKey
+
+	wellKnown http.Handler
 }
 
 // Open builds a node from its configuration.
@@ -47,7 +54,39 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 		cfg.Limits.StateCacheSize, cfg.Limits.EventCacheSize)
 	n.Rooms.OnEvent = n.onEvent
 	n.Client = client.New(client.Deps{Config: cfg, Store: st, Rooms: n.Rooms, Notifier: n.Notifier, Typing: n.Typing, Log: log})
+	if err := n.openFederation(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return n, nil
+}
+
+// openFederation builds discovery (both ways) and the federation transport.
+func (n *Node) openFederation() error {
+	cfg := n.Config
+	var roots *x509.CertPool
+	if f := cfg.Federation.TrustCAFile; f != "" {
+		var err error
+		if roots, err = federation.LoadRootCAs(cfg.Path(f)); err != nil {
+			return fmt.Errorf("federation.trust_ca_file: %w", err)
+		}
+	}
+	var err error
+	n.Resolver, err = wellknown.New(wellknown.Options{RootCAs: roots, AllowPrivate: cfg.Federation.AllowPrivateAddresses, Logger: n.Log})
+	if err != nil {
+		return fmt.Errorf("discovery: %w", err)
+	}
+	if n.wellKnown, err = wellknown.NewHandler(wellknown.Discovery{Server: cfg.WellKnownServer, HomeserverBaseURL: cfg.PublicBaseURL}); err != nil {
+		return fmt.Errorf("well_known_server: %w", err)
+	}
+	n.Fed, err = federation.New(federation.Deps{Config: cfg, Store: n.Store, Keys: n.Keys, Resolver: n.Resolver,
+		RootCAs: roots, Log: n.Log, Version: Version})
+	if err != nil {
+		return err
+	}
+	n.Rooms.GetKey = n.Fed.Keyring.GetKey
+	n.Fed.ACLSource = federation.RoomACLSource(n.Store, n.Rooms)
+	return nil
 }
 
 // onEvent wakes the syncs an event concerns: the room's members, and for a
@@ -60,11 +99,23 @@ func (n *Node) onEvent(ev *room.Event) {
 	n.Notifier.Notify(keys...)
 }
 
-// Handler serves every API of the node.
-func (n *Node) Handler() http.Handler { return n.Client.Handler() }
+// Handler serves every API of the node: discovery, the server-server API
+// (with its own body limits and X-Matrix auth) and the client API.
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/.well-known/matrix/", n.wellKnown)
+	fed := n.Fed.Handler()
+	mux.Handle("/_matrix/federation/", fed)
+	mux.Handle("/_matrix/key/", fed)
+	mux.Handle("/", n.Client.Handler())
+	return mux
+}
 
 // Serve serves on ln until ctx is done, then shuts down gracefully.
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
+	if err := n.Fed.Start(); err != nil {
+		return err
+	}
 	srv := &http.Server{
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -97,5 +148,8 @@ func (n *Node) Run(ctx context.Context) error {
 	return n.Serve(ctx, ln)
 }
 
-// Close releases the store.
-func (n *Node) Close() error { return n.Store.Close() }
+// Close stops federation's background work, then releases the store.
+func (n *Node) Close() error {
+	n.Fed.Close()
+	return n.Store.Close()
+}

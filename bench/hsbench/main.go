@@ -282,7 +282,8 @@ func (b *bench) do(ctx context.Context, fn func() error) error {
 	}
 }
 
-// newUser registers a fresh user via the m.login.dummy flow.
+// newUser registers a fresh user. It does not use RegisterDummy, which fails
+// on servers that register without an interactive-auth round trip.
 func (b *bench) newUser(ctx context.Context) (*mautrix.Client, error) {
 	cli, err := mautrix.NewClient(b.url, "", "")
 	if err != nil {
@@ -291,8 +292,15 @@ func (b *bench) newUser(ctx context.Context) (*mautrix.Client, error) {
 	cli.Client = b.http
 	req := &mautrix.ReqRegister[any]{Username: "hsb" + randHex(6), Password: randHex(16)}
 	var resp *mautrix.RespRegister
-	err = b.do(ctx, func() (err error) {
-		resp, err = cli.RegisterDummy(ctx, req)
+	err = b.do(ctx, func() error {
+		r, uia, err := cli.Register(ctx, req)
+		if uia != nil && uia.HasSingleStageFlow(mautrix.AuthTypeDummy) {
+			req.Auth = mautrix.BaseAuthData{Type: mautrix.AuthTypeDummy, Session: uia.Session}
+			r, _, err = cli.Register(ctx, req)
+		} else if uia != nil {
+			return errors.New("server offers no m.login.dummy registration flow")
+		}
+		resp = r
 		return err
 	})
 	if err != nil {
@@ -723,13 +731,17 @@ func printReport(files []string) error {
 			return "–"
 		})
 	}
-	row("sync wake latency p50 (ms)", func(r result) string {
+	wakeN := "n=–"
+	if w := rs[0].Wake; w != nil {
+		wakeN = fmt.Sprintf("n=%d", w.Samples)
+	}
+	row("sync wake latency p50 (ms, "+wakeN+")", func(r result) string {
 		if r.Wake == nil {
 			return "–"
 		}
 		return fmt.Sprintf("%.3f", r.Wake.P50ms)
 	})
-	row("sync wake latency p99 (ms)", func(r result) string {
+	row("sync wake latency p99 (ms, "+wakeN+")", func(r result) string {
 		if r.Wake == nil {
 			return "–"
 		}
@@ -740,7 +752,7 @@ func printReport(files []string) error {
 			return "–"
 		}
 		x := r.InitialSync
-		return fmt.Sprintf("%.3f (%d rooms × %d msgs, %d KiB)", x.MedianMS, x.Rooms, x.RoomMsgs, x.Bytes/1024)
+		return fmt.Sprintf("%.3f (of %d; %d rooms × %d msgs, %d KiB)", x.MedianMS, len(x.RunsMS), x.Rooms, x.RoomMsgs, x.Bytes/1024)
 	})
 	row("rate-limited responses (retried), all phases", func(r result) string { return fmt.Sprint(r.RateLimited) })
 	var names []string

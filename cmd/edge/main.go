@@ -18,6 +18,7 @@ Usage:
   edge init --server-name NAME [--dir DIR] [--listen ADDR]   write edge.yaml and a signing key
   edge run [-c FILE]                                         serve
   edge register USER [--admin] [--password P] [-c FILE]      create a user (node running or stopped)
+  edge keys list|rotate [-c FILE]                            show or rotate the signing keys
   edge version                                               print the version
 `
 
@@ -34,6 +35,8 @@ func main() {
 		err = cmdRun(args)
 	case "register":
 		err = cmdRegister(args)
+	case "keys":
+		err = cmdKeys(args)
 	case "version", "--version", "-v":
 		err = cmdVersion(args)
 	case "help", "-h", "--help":

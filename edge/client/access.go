@@ -67,16 +67,25 @@ type visibility struct {
 	userID  string
 	current string // the user's current membership
 	left    uint64 // stream position of the user's leave/ban, if not joined
+	// wasJoined: the user was joined just before that leave/ban, so
+	// "shared" history up to it is theirs (they joined after it was sent).
+	wasJoined bool
+	// ignored: senders whose non-state events the user does not want to see.
+	ignored map[string]bool
 	memo    map[uint64][2]string
 }
 
 func (s *Server) newVisibility(tx *store.Tx, roomID, userID string) *visibility {
-	v := &visibility{s: s, tx: tx, userID: userID, memo: map[uint64][2]string{}}
+	v := &visibility{s: s, tx: tx, userID: userID, ignored: s.ignoredUsers(tx, userID), memo: map[uint64][2]string{}}
 	if _, st, err := s.roomState(tx, roomID); err == nil {
 		v.current = s.membershipIn(tx, st, userID)
 	}
 	if m, err := tx.Membership(userID, roomID); err == nil && m.Membership != "join" {
 		v.left = m.Pos
+		if ev, err := s.Rooms.Event(tx, m.Event); err == nil {
+			_, before := v.at(ev.StateBefore)
+			v.wasJoined = before == "join"
+		}
 	}
 	return v
 }
@@ -101,6 +110,9 @@ func (v *visibility) canSee(ev *room.Event) bool {
 	if ev.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
 		return false
 	}
+	if !ev.IsState() && v.ignored[ev.Sender] {
+		return false // state from ignored users still shows, so rooms look the same
+	}
 	hv, mem := v.at(ev.StateBefore)
 	if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == v.userID {
 		mem = ev.Membership() // one's own membership change is always visible to oneself
@@ -112,10 +124,13 @@ func (v *visibility) canSee(ev *room.Event) bool {
 	case "world_readable":
 		return true
 	case "shared":
+		// Allowed to members at the time and to anyone who joined later
+		// (spec: "the user joined the room at any point after the event
+		// was sent"), which for a user who has left ends at the leave.
 		if mem == "join" || v.current == "join" {
 			return true
 		}
-		return v.left != 0 && ev.Pos <= v.left && mem != ""
+		return v.left != 0 && ev.Pos <= v.left && v.wasJoined
 	case "invited":
 		return mem == "join" || mem == "invite"
 	default: // joined

@@ -67,15 +67,17 @@ type registerRequest struct {
 	Auth                     *uiaAuth `json:"auth"`
 }
 
+// registrationFlows are the UIA flows of POST /register: configured
+// tokens are required whether or not registration is otherwise open, as
+// the configuration documents (Synapse's registration_requires_token).
 func (s *Server) registrationFlows() [][]string {
-	var flows [][]string
-	if s.Config.Registration.Enabled {
-		flows = append(flows, []string{"m.login.dummy"})
+	switch {
+	case len(s.Config.Registration.Tokens) > 0:
+		return [][]string{{"m.login.registration_token"}}
+	case s.Config.Registration.Enabled:
+		return [][]string{{"m.login.dummy"}}
 	}
-	if len(s.Config.Registration.Tokens) > 0 {
-		flows = append(flows, []string{"m.login.registration_token"})
-	}
-	return flows
+	return nil
 }
 
 // register: POST /register
@@ -223,6 +225,10 @@ func (s *Server) newDevice(tx *store.Tx, userID, deviceID, displayName string, r
 func (s *Server) tokenValidity(r *http.Request) (any, error) {
 	if err := check(s.limits.register, clientIP(r)); err != nil {
 		return nil, err
+	}
+	if len(s.Config.Registration.Tokens) == 0 {
+		// No tokens configured: every token is invalid, which the spec says with a 403.
+		return nil, errForbidden("Registration tokens are not enabled on this homeserver")
 	}
 	t := r.URL.Query().Get("token")
 	for _, tok := range s.Config.Registration.Tokens {

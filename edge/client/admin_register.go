@@ -17,12 +17,12 @@ import (
 // `edge register` adds users to a running node, and what test suites such
 // as Complement use. Off unless registration.shared_secret is set.
 
+// nonces are the server's outstanding registration nonces, each usable once
+// within a minute.
 type nonces struct {
 	mu sync.Mutex
 	m  map[string]time.Time
 }
-
-var adminNonces = &nonces{m: map[string]time.Time{}}
 
 func (s *Server) routesAdminRegister() {
 	s.handle("GET /_synapse/admin/v1/register", s.adminRegisterNonce)
@@ -35,14 +35,14 @@ func (s *Server) adminRegisterNonce(r *http.Request) (any, error) {
 		return nil, errNotFound("Shared-secret registration is disabled")
 	}
 	n := newToken("")[:32]
-	adminNonces.mu.Lock()
-	for k, t := range adminNonces.m {
+	s.nonces.mu.Lock()
+	for k, t := range s.nonces.m {
 		if time.Since(t) > time.Minute {
-			delete(adminNonces.m, k)
+			delete(s.nonces.m, k)
 		}
 	}
-	adminNonces.m[n] = time.Now()
-	adminNonces.mu.Unlock()
+	s.nonces.m[n] = time.Now()
+	s.nonces.mu.Unlock()
 	return map[string]string{"nonce": n}, nil
 }
 
@@ -74,11 +74,11 @@ func (s *Server) adminRegister(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	adminNonces.mu.Lock()
-	_, ok := adminNonces.m[req.Nonce]
-	delete(adminNonces.m, req.Nonce)
-	adminNonces.mu.Unlock()
-	if !ok {
+	s.nonces.mu.Lock()
+	issued, ok := s.nonces.m[req.Nonce]
+	delete(s.nonces.m, req.Nonce)
+	s.nonces.mu.Unlock()
+	if !ok || time.Since(issued) > time.Minute {
 		return nil, errForbidden("Unrecognised nonce")
 	}
 	want := SharedSecretMAC(secret, req.Nonce, req.Username, req.Password, req.Admin)

@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -284,7 +285,12 @@ func (s *Server) members(r *http.Request, sess *Session) (any, error) {
 			return err
 		}
 		if at := q.Get("at"); at != "" {
-			if st, err = s.stateAtToken(tx, roomID, at, st); err != nil {
+			// Someone who left may look back, not past their leave.
+			limit := uint64(math.MaxUint64)
+			if vis := s.newVisibility(tx, roomID, sess.UserID); vis.current != "join" && vis.left != 0 {
+				limit = vis.left
+			}
+			if st, err = s.stateAtToken(tx, roomID, at, limit, st); err != nil {
 				return err
 			}
 		}
@@ -310,13 +316,14 @@ func (s *Server) members(r *http.Request, sess *Session) (any, error) {
 	return map[string]any{"chunk": chunk}, err
 }
 
-// stateAtToken is the room state at a pagination or sync token, bounded by
-// what the viewer may see (fallback).
-func (s *Server) stateAtToken(tx *store.Tx, roomID, token string, fallback *room.State) (*room.State, error) {
+// stateAtToken is the room state at a pagination or sync token, no later
+// than stream position limit; fallback when the room had no events yet.
+func (s *Server) stateAtToken(tx *store.Tx, roomID, token string, limit uint64, fallback *room.State) (*room.State, error) {
 	pos, ok := parsePos(token)
 	if !ok {
 		return nil, errInvalidParam("Invalid token %q", token)
 	}
+	pos = min(pos, limit)
 	r, err := tx.Room(roomID)
 	if err != nil {
 		return nil, err
@@ -337,7 +344,8 @@ func (s *Server) stateAtToken(tx *store.Tx, roomID, token string, fallback *room
 func (s *Server) joinedMembers(r *http.Request, sess *Session) (any, error) {
 	joined := map[string]any{}
 	err := s.Store.View(func(tx *store.Tx) error {
-		st, err := s.viewState(tx, r.PathValue("roomId"), sess.UserID)
+		// The spec: "The current user must be in the room for it to work".
+		_, st, err := s.requireJoined(tx, r.PathValue("roomId"), sess.UserID)
 		if err != nil {
 			return err
 		}

@@ -81,7 +81,7 @@ func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 		}
 		var chunk []*room.Event
 		var last uint64
-		more := false
+		examined, more := false, false
 		tx.Timeline(rm.NID, start, backwards, func(pos, nid uint64) bool {
 			if hasTo && ((backwards && pos <= to) || (!backwards && pos > to)) {
 				return false
@@ -90,7 +90,7 @@ func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 				more = true
 				return false
 			}
-			last = pos
+			last, examined = pos, true
 			ev, err := s.Rooms.Event(tx, nid)
 			if err != nil || !vis.canSee(ev) || !f.matchRoomEvent(ev) {
 				return true
@@ -99,12 +99,13 @@ func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 			return true
 		})
 		resp = map[string]any{"start": pageToken(from), "chunk": s.renderAll(tx, chunk, sess)}
-		if more || (len(chunk) == 0 && last != 0) {
-			if backwards {
-				resp["end"] = pageToken(last - 1)
-			} else {
-				resp["end"] = pageToken(last)
-			}
+		switch {
+		case more && !examined: // limit 0: nothing read, so carry on from where we began
+			resp["end"] = pageToken(from)
+		case (more || len(chunk) == 0) && examined && backwards:
+			resp["end"] = pageToken(last - 1)
+		case (more || len(chunk) == 0) && examined:
+			resp["end"] = pageToken(last)
 		}
 		if f.LazyLoadMembers {
 			resp["state"] = s.renderAll(tx, s.lazyMembers(tx, roomID, chunk, f.IncludeRedundantMembers, nil), sess)
@@ -164,24 +165,32 @@ func (s *Server) eventContext(r *http.Request, sess *Session) (any, error) {
 		if err != nil {
 			return err
 		}
-		collect := func(from uint64, backwards bool, n int) ([]*room.Event, uint64) {
-			var out []*room.Event
-			last := from
+		// collect walks up to n visible events from from; the tokens go just
+		// past the last event it looked at, or stay at ev when it looked at none.
+		collect := func(from uint64, backwards bool, n int) (out []*room.Event, token string) {
+			token = pageToken(ev.Pos)
+			if backwards {
+				token = pageToken(ev.Pos - 1)
+			}
 			tx.Timeline(rm.NID, from, backwards, func(pos, nid uint64) bool {
 				if len(out) >= n {
 					return false
 				}
-				last = pos
+				if backwards {
+					token = pageToken(pos - 1)
+				} else {
+					token = pageToken(pos)
+				}
 				e, err := s.Rooms.Event(tx, nid)
 				if err == nil && vis.canSee(e) && f.matchRoomEvent(e) {
 					out = append(out, e)
 				}
 				return true
 			})
-			return out, last
+			return out, token
 		}
-		before, firstPos := collect(ev.Pos-1, true, limit/2)
-		after, lastPos := collect(ev.Pos+1, false, limit-limit/2)
+		before, startToken := collect(ev.Pos-1, true, limit/2)
+		after, endToken := collect(ev.Pos+1, false, limit-limit/2)
 		st, err := s.Rooms.StateAfter(tx, ev)
 		if err != nil {
 			return err
@@ -198,8 +207,8 @@ func (s *Server) eventContext(r *http.Request, sess *Session) (any, error) {
 			"event":         s.render(tx, ev, sess),
 			"events_before": s.renderAll(tx, before, sess),
 			"events_after":  s.renderAll(tx, after, sess),
-			"start":         pageToken(firstPos - 1),
-			"end":           pageToken(lastPos),
+			"start":         startToken,
+			"end":           endToken,
 			"state":         s.renderAll(tx, state, sess),
 		}
 		return nil

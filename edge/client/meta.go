@@ -8,7 +8,6 @@ import (
 
 func (s *Server) routesMeta() {
 	s.handle("GET /_matrix/client/versions", s.versions)
-	s.handle("GET /.well-known/matrix/client", s.wellKnownClient)
 	s.authed("GET /capabilities", s.capabilities)
 }
 
@@ -24,14 +23,6 @@ func (s *Server) versions(r *http.Request) (any, error) {
 		"versions":          supportedSpecVersions,
 		"unstable_features": map[string]bool{"org.matrix.msc3231": true},
 	}, nil
-}
-
-// wellKnownClient: GET /.well-known/matrix/client
-func (s *Server) wellKnownClient(r *http.Request) (any, error) {
-	if s.Config.PublicBaseURL == "" {
-		return nil, errNotFound("No client well-known configured")
-	}
-	return map[string]any{"m.homeserver": map[string]string{"base_url": s.Config.PublicBaseURL}}, nil
 }
 
 // capabilities: GET /capabilities

@@ -372,10 +372,33 @@ func (s *Server) upgradeRoom(r *http.Request, sess *Session) (any, error) {
 			tx.SetPublished(oldID, false)
 			tx.SetPublished(newID, true)
 		}
+		s.moveCanonicalAlias(tx, oldID, newID, sess.UserID)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return map[string]string{"replacement_room": newID}, nil
+}
+
+// moveCanonicalAlias carries the old room's canonical alias over to its
+// replacement and clears it in the old room, as Synapse does, so clients
+// following the alias land in the new room. Best effort: the upgrade
+// stands even if the sender lacks the power for either event.
+func (s *Server) moveCanonicalAlias(tx *store.Tx, oldID, newID, sender string) {
+	_, st, err := s.roomState(tx, oldID)
+	if err != nil {
+		return
+	}
+	ev, err := s.Rooms.StateEvent(tx, st, "m.room.canonical_alias", "")
+	if err != nil || ev == nil || string(ev.Content) == "{}" {
+		return
+	}
+	sk := ""
+	if _, err := s.Rooms.Send(tx, newID, room.Proto{Type: "m.room.canonical_alias", StateKey: &sk, Sender: sender, Content: ev.Content}); err != nil {
+		s.Log.Warn("upgrade: canonical alias not copied", "room_id", newID, "err", err)
+	}
+	if _, err := s.Rooms.Send(tx, oldID, room.Proto{Type: "m.room.canonical_alias", StateKey: &sk, Sender: sender, Content: json.RawMessage(`{}`)}); err != nil {
+		s.Log.Warn("upgrade: canonical alias not cleared", "room_id", oldID, "err", err)
+	}
 }

@@ -32,6 +32,7 @@ type Server struct {
 	mux       *http.ServeMux
 	limits    *limiters
 	uia       *uiaSessions
+	nonces    *nonces
 	startedAt time.Time
 
 	// SyncExtensions add streams to /sync (E2EE, presence).
@@ -51,7 +52,7 @@ func New(d Deps) *Server {
 	if d.Log == nil {
 		d.Log = slog.Default()
 	}
-	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), startedAt: time.Now()}
+	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), nonces: &nonces{m: map[string]time.Time{}}, startedAt: time.Now()}
 	for _, register := range []func(){
 		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
@@ -72,15 +73,16 @@ type handlerFunc func(r *http.Request) (any, error)
 type authedFunc func(r *http.Request, sess *Session) (any, error)
 
 // handle registers h for a client API path under both v3 and r0 (which
-// older clients still call) unless the pattern names its own prefix.
+// older clients still call) unless the pattern names its own prefix
+// (/_matrix/…, /_synapse/… or /.well-known/…).
 func (s *Server) handle(pattern string, h handlerFunc) {
 	method, path, _ := strings.Cut(pattern, " ")
-	if strings.HasPrefix(path, "/_matrix/") || strings.HasPrefix(path, "/.well-known/") {
-		s.mux.Handle(method+" "+path, serveJSON(h))
+	if strings.HasPrefix(path, "/_matrix/") || strings.HasPrefix(path, "/_synapse/") || strings.HasPrefix(path, "/.well-known/") {
+		s.mux.Handle(method+" "+path, s.serveJSON(h))
 		return
 	}
-	s.mux.Handle(method+" /_matrix/client/v3"+path, serveJSON(h))
-	s.mux.Handle(method+" /_matrix/client/r0"+path, serveJSON(h))
+	s.mux.Handle(method+" /_matrix/client/v3"+path, s.serveJSON(h))
+	s.mux.Handle(method+" /_matrix/client/r0"+path, s.serveJSON(h))
 }
 
 // authed registers a handler that requires an access token.
@@ -94,10 +96,14 @@ func (s *Server) authed(pattern string, h authedFunc) {
 	})
 }
 
-func serveJSON(h handlerFunc) http.Handler {
+func (s *Server) serveJSON(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		resp, err := h(r)
 		if err != nil {
+			if toError(err).Status >= 500 {
+				// The client only sees M_UNKNOWN; the operator needs the cause.
+				s.Log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
 			writeError(w, err)
 			return
 		}

@@ -113,8 +113,14 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if p := q.Get("set_presence"); p != "" && s.SetPresence != nil {
-		s.SetPresence(sess.UserID, p)
+	switch p := q.Get("set_presence"); p {
+	case "":
+	case "online", "offline", "unavailable":
+		if s.SetPresence != nil {
+			s.SetPresence(sess.UserID, p)
+		}
+	default:
+		return nil, errInvalidParam("set_presence must be online, offline or unavailable")
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -169,6 +175,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 		if err != nil {
 			return err
 		}
+		ignored := s.ignoredUsers(tx, sess.UserID)
 		for _, m := range ms {
 			if !f.AllowsRoom(m.RoomID) {
 				continue
@@ -185,6 +192,9 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 					news = news || has || changed
 				}
 			case "invite":
+				if len(ignored) > 0 && s.invitedByIgnored(tx, m, ignored) {
+					continue // the spec: invites from ignored users are not sent
+				}
 				if changed || fullState {
 					invite[m.RoomID] = &invitedRoomJSON{InviteState: eventsJSON{s.strippedState(tx, m)}}
 					news = true
@@ -451,6 +461,12 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 	lr.State.Events = orEmpty(state)
 	lr.AccountData.Events = []any{}
 	return lr, nil
+}
+
+// invitedByIgnored tells whether an invite membership was sent by an ignored user.
+func (s *Server) invitedByIgnored(tx *store.Tx, m *store.Membership, ignored map[string]bool) bool {
+	ev, err := s.Rooms.Event(tx, m.Event)
+	return err == nil && ignored[ev.Sender]
 }
 
 // strippedTypes are the state events an invitee or knocker sees.

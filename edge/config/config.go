@@ -27,6 +27,9 @@ type Config struct {
 	// PublicBaseURL is what /.well-known/matrix/client advertises; empty means
 	// the well-known endpoint answers 404 and clients use the host they typed.
 	PublicBaseURL string `yaml:"public_base_url"`
+	// WellKnownServer is the m.server delegation /.well-known/matrix/server
+	// publishes ("host:port", e.g. matrix.example.org:443); empty: none.
+	WellKnownServer string `yaml:"well_known_server"`
 
 	Registration Registration `yaml:"registration"`
 	RateLimits   RateLimits   `yaml:"rate_limits"`
@@ -136,7 +139,7 @@ func Load(path string) (*Config, error) {
 	}
 	cfg := Default("")
 	if err := yaml.Unmarshal(data, cfg); err != nil {
-		return nil, fmt.Errorf("%s: %s", path, yamlMessage(err))
+		return nil, fmt.Errorf("%s: %s", path, yamlMessage(data, err))
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -149,8 +152,54 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-func yamlMessage(err error) string {
-	return strings.TrimPrefix(err.Error(), "yaml: ")
+// yamlMessage rewrites yaml's "line N: …" into "field.path: …" so an
+// operator sees which setting is wrong, not just where.
+func yamlMessage(data []byte, err error) string {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return strings.TrimPrefix(err.Error(), "yaml: ")
+	}
+	var root yaml.Node
+	paths := map[int]string{}
+	if yaml.Unmarshal(data, &root) == nil {
+		collectPaths(&root, "", paths)
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		var line int
+		if _, scanErr := fmt.Sscanf(m, "line %d:", &line); scanErr == nil {
+			if p, ok := paths[line]; ok {
+				m = p + ":" + strings.SplitN(m, ":", 2)[1]
+			}
+		}
+		msgs = append(msgs, m)
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// collectPaths maps the line of every mapping value to its dotted key path.
+func collectPaths(n *yaml.Node, prefix string, out map[int]string) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			collectPaths(c, prefix, out)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			if prefix != "" {
+				key = prefix + "." + key
+			}
+			out[n.Content[i+1].Line] = key
+			collectPaths(n.Content[i+1], key, out)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", prefix, i)
+			out[c.Line] = p
+			collectPaths(c, p, out)
+		}
+	}
 }
 
 // Validate checks every field and returns the first problem as a *FieldError.
@@ -169,6 +218,11 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return &FieldError{"listen", fmt.Sprintf("%q is not host:port", c.Listen)}
+	}
+	if c.WellKnownServer != "" {
+		if err := ValidateServerName(c.WellKnownServer); err != nil {
+			return &FieldError{"well_known_server", err.Error()}
+		}
 	}
 	if c.Limits.MaxRequestBytes < 1024 {
 		return &FieldError{"limits.max_request_bytes", "must be at least 1024"}

@@ -3,7 +3,63 @@ package config
 import (
 	"fmt"
 	"os"
+	"sort"
+	"strconv"
+	"strings"
 )
+
+// yamlList renders strings as a YAML flow sequence.
+func yamlList(items []string) string {
+	q := make([]string, len(items))
+	for i, it := range items {
+		q[i] = strconv.Quote(it)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// federationSection renders the federation settings with comments.
+func federationSection(f Federation) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `# Server-server API.
+federation:
+  # Let outbound federation reach loopback/private addresses (LAN, tests).
+  allow_private_addresses: %t
+  # valid_until_ts of our published signing keys.
+  key_validity: %s
+  # Retired keys (Synapse's old_signing_keys format); empty: <signing key>.old
+  old_signing_keys_path: %q
+  # Notaries asked for a server's keys when it cannot be asked directly.
+  trusted_key_servers:`, f.AllowPrivateAddresses, f.KeyValidity, f.OldSigningKeysPath)
+	if len(f.TrustedKeyServers) == 0 {
+		b.WriteString(" []\n")
+	} else {
+		b.WriteString("\n")
+		for _, ks := range f.TrustedKeyServers {
+			fmt.Fprintf(&b, "    - server_name: %q\n      verify_keys:\n", ks.ServerName)
+			ids := make([]string, 0, len(ks.VerifyKeys))
+			for id := range ks.VerifyKeys {
+				ids = append(ids, id)
+			}
+			sort.Strings(ids)
+			for _, id := range ids {
+				fmt.Fprintf(&b, "        %q: %q\n", id, ks.VerifyKeys[id])
+			}
+		}
+	}
+	fmt.Fprintf(&b, `  # Extra CA certificates (PEM) trusted for outbound federation.
+  trust_ca_file: %q
+  request_timeout: %s
+  max_request_bytes: %d
+  max_response_bytes: %d
+  key_cache_size: %d
+  # Per-destination queue bound and retry backoff.
+  queue_limit: %d
+  retry_min_interval: %s
+  retry_max_interval: %s
+`, f.TrustCAFile, f.RequestTimeout, f.MaxRequestBytes, f.MaxResponseBytes, f.KeyCacheSize,
+		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval)
+	return b.String()
+}
 
 // WriteFile writes a commented edge.yaml for c; it refuses to overwrite.
 func WriteFile(path string, c *Config) error {
@@ -26,14 +82,19 @@ listen: %[4]q
 # Advertised in /.well-known/matrix/client when set (e.g. https://matrix.example.org).
 public_base_url: %[5]q
 
+# Delegation published at /.well-known/matrix/server ("host:port"), for a
+# server name whose federation is served elsewhere; empty publishes none.
+well_known_server: %[23]q
+
 registration:
   # Anyone may register (like the classic guide's enable_registration).
   enabled: %[6]t
   # Registration tokens (MSC3231): when set, registering needs one of them.
-  tokens: []
-  # Secret for /_synapse/admin/v1/register; empty disables it.
-  shared_secret: ""
-  guest_access: false
+  tokens: %[19]s
+  # Secret for /_synapse/admin/v1/register (and `+"`edge register`"+` on a
+  # running node); empty disables it.
+  shared_secret: %[20]q
+  guest_access: %[21]t
   min_password_length: %[7]d
 
 # Token buckets: per client IP for login and register, per user for sends.
@@ -58,13 +119,16 @@ rooms:
 
 log:
   level: %[18]s
-`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
+
+%[22]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
 		c.Registration.Enabled, c.Registration.MinPasswordLength,
 		c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst,
 		c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst,
 		c.RateLimits.SendPerSecond, c.RateLimits.SendBurst,
 		c.Limits.MaxRequestBytes, c.Limits.StateCacheSize, c.Limits.EventCacheSize,
-		c.Rooms.DefaultVersion, c.Log.Level)
+		c.Rooms.DefaultVersion, c.Log.Level,
+		yamlList(c.Registration.Tokens), c.Registration.SharedSecret, c.Registration.GuestAccess,
+		federationSection(c.Federation), c.WellKnownServer)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

@@ -13,7 +13,6 @@ import (
 	jsonv2 "encoding/json/v2"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"maunium.net/go/mautrix/federation/eventauth"
 	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
 
@@ -301,36 +300,7 @@ func (s *Service) authorize(tx *store.Tx, ev *Event) error {
 // returns ErrEventNotFound for unknown events. It is pure: state
 // resolution, federation and the vectors' tests call it with their own lookups.
 func Authorize(ev *Event, lookup func(eventID string) (*Event, error), getKey pdu.GetKeyFunc) error {
-	p, err := ev.PDU()
-	if err != nil {
-		return err
-	}
-	getEvents := func(ids []id.EventID) ([]*pdu.PDU, error) {
-		out := make([]*pdu.PDU, 0, len(ids))
-		for _, eid := range ids {
-			ae, err := lookup(string(eid))
-			if errors.Is(err, ErrEventNotFound) {
-				// eventauth wants a nil in place of a missing auth event,
-				// but an empty result for a missing v12 create event.
-				if len(ids) > 1 || string(eid) != createIDOf(ev.RoomID) {
-					out = append(out, nil)
-				}
-				continue
-			} else if err != nil {
-				return nil, err
-			}
-			ap, err := ae.PDU()
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, ap)
-		}
-		return out, nil
-	}
-	if err := eventauth.Authorize(id.RoomVersion(ev.Version), p, nil, getEvents, getKey); err != nil {
-		return fmt.Errorf("%w: %w", ErrForbidden, err)
-	}
-	return nil
+	return authorizeEvent(ev, lookup, getKey)
 }
 
 func (s *Service) getKey(serverName string, keyID id.KeyID, minValid time.Time) (id.SigningKey, time.Time, error) {

@@ -52,7 +52,15 @@ func (s *Service) Upgrade(tx *store.Tx, oldRoomID, sender, newVersion string, ad
 			}
 		}
 	}
-	createContent["predecessor"] = map[string]any{"room_id": oldRoomID}
+	// The predecessor names the old room's last event, which v12 made
+	// optional but older versions' clients use to stitch timelines.
+	predecessor := map[string]any{"room_id": oldRoomID}
+	if len(old.Extremities) > 0 {
+		if last, err := s.Event(tx, old.Extremities[0]); err == nil {
+			predecessor["event_id"] = last.ID
+		}
+	}
+	createContent["predecessor"] = predecessor
 	if rv.PrivilegedRoomCreators() && len(additionalCreators) > 0 {
 		createContent["additional_creators"] = additionalCreators
 	}

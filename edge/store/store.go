@@ -23,7 +23,9 @@ type Store struct {
 	writes chan *writeReq
 	done   chan struct{}
 	pos    atomic.Uint64 // last committed stream position
-	closed sync.Once
+	// mu orders Write's send against Close's close of the channel.
+	mu     sync.RWMutex
+	closed bool
 	err    error
 }
 
@@ -106,11 +108,16 @@ func (s *Store) migrate() error {
 // Close stops the writer and closes the file. Pending writes complete first.
 // Closing twice is harmless.
 func (s *Store) Close() error {
-	s.closed.Do(func() {
-		close(s.writes)
-		<-s.done
-		s.err = s.db.Close()
-	})
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return s.err
+	}
+	s.closed = true
+	close(s.writes)
+	s.mu.Unlock()
+	<-s.done
+	s.err = s.db.Close()
 	return s.err
 }
 
@@ -125,14 +132,15 @@ func (s *Store) View(fn func(*Tx) error) error {
 // Write runs fn in a read-write transaction and returns once it is durable.
 // fn may run more than once (when a request batched with it fails), so it
 // must have no effects outside the transaction; use Tx.OnCommit for those.
-func (s *Store) Write(fn func(*Tx) error) (err error) {
+func (s *Store) Write(fn func(*Tx) error) error {
 	req := &writeReq{fn: fn, err: make(chan error, 1)}
-	defer func() {
-		if recover() != nil { // send on closed channel: the store is closing
-			err = ErrClosed
-		}
-	}()
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
 	s.writes <- req
+	s.mu.RUnlock()
 	return <-req.err
 }
 

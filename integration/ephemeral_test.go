@@ -469,8 +469,9 @@ func TestPresence(t *testing.T) {
 	if seen.Presence != event.PresenceOnline || seen.StatusMsg != "hacking" {
 		t.Errorf("alice's presence seen by bob = %+v", seen)
 	}
-	// Someone who never set a presence is offline.
-	if p, err := alice.GetPresence(ctx, bob.UserID); err != nil || p.Presence != event.PresenceOffline {
+	// Bob never set a presence, but his /sync without set_presence marked
+	// him online, as the spec says of an omitted set_presence.
+	if p, err := alice.GetPresence(ctx, bob.UserID); err != nil || p.Presence != event.PresenceOnline {
 		t.Errorf("bob's presence = %+v, %v", p, err)
 	}
 

@@ -21,11 +21,14 @@ func TestProfileSetAndGet(t *testing.T) {
 	}
 	ctx := ctxT(t)
 
-	// Nothing set yet: the whole profile and each field are 404.
-	_, err = bob.GetProfile(ctx, alice.UserID)
-	udWantErr(t, err, 404, "M_NOT_FOUND")
+	// A new user's display name is their localpart (as Synapse does);
+	// fields never set are 404.
+	prof, err := bob.GetProfile(ctx, alice.UserID)
+	if err != nil || prof.DisplayName != alice.UserID.Localpart() {
+		t.Fatalf("new user's profile = %+v, %v; want displayname %q", prof, err, alice.UserID.Localpart())
+	}
 	var field map[string]any
-	udWantErr(t, bob.GetProfileField(ctx, alice.UserID, "displayname", &field), 404, "M_NOT_FOUND")
+	udWantErr(t, bob.GetProfileField(ctx, alice.UserID, "avatar_url", &field), 404, "M_NOT_FOUND")
 
 	if err := alice.SetDisplayName(ctx, "  Alice Liddell "); err != nil {
 		t.Fatal(err)
@@ -140,8 +143,10 @@ func TestProfileErrors(t *testing.T) {
 	st, body := put(alice, alice.UserID, "displayname", map[string]any{"displayname": strings.Repeat("é", 256)})
 	udWantStatus(t, st, body, 200, "")
 	// None of the refused writes touched bob's profile.
-	_, err = alice.GetProfile(ctxT(t), bob.UserID)
-	udWantErr(t, err, 404, "M_NOT_FOUND")
+	prof, err := alice.GetProfile(ctxT(t), bob.UserID)
+	if err != nil || prof.DisplayName != bob.UserID.Localpart() || !prof.AvatarURL.IsEmpty() {
+		t.Fatalf("bob's profile after refused writes = %+v, %v", prof, err)
+	}
 }
 
 // TestProfilePropagatesToRooms checks that a profile change sends a new

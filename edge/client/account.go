@@ -155,7 +155,7 @@ func (s *Server) register(r *http.Request) (any, error) {
 	userID := s.userID(lp)
 	resp := map[string]any{"user_id": userID, "home_server": s.Config.ServerName}
 	err := s.Store.Write(func(tx *store.Tx) error {
-		if err := tx.CreateUser(&store.User{Localpart: lp, PasswordHash: hash, Guest: kind == "guest", CreatedTS: time.Now().UnixMilli()}); err != nil {
+		if err := tx.CreateUser(&store.User{Localpart: lp, PasswordHash: hash, Guest: kind == "guest", CreatedTS: time.Now().UnixMilli(), DisplayName: lp}); err != nil {
 			return err
 		}
 		if req.InhibitLogin {
@@ -191,7 +191,8 @@ func CreateUser(tx *store.Tx, localpartName, password string, admin bool) error 
 			return err
 		}
 	}
-	return tx.CreateUser(&store.User{Localpart: localpartName, PasswordHash: hash, Admin: admin, CreatedTS: time.Now().UnixMilli()})
+	// Like Synapse, a new user's display name starts as the localpart.
+	return tx.CreateUser(&store.User{Localpart: localpartName, PasswordHash: hash, Admin: admin, CreatedTS: time.Now().UnixMilli(), DisplayName: localpartName})
 }
 
 // ValidLocalpart tells whether a new user may have this localpart.
@@ -199,7 +200,9 @@ func ValidLocalpart(lp string) bool { return localpartRE.MatchString(lp) }
 
 // newDevice creates (or takes over) a device and issues its access token.
 func (s *Server) newDevice(tx *store.Tx, userID, deviceID, displayName string, r *http.Request) (token, devID string) {
-	if deviceID == "" {
+	// A device ID must never equal one of the user's cross-signing public
+	// keys (spec: cross-signing); such a request gets a fresh ID instead.
+	if deviceID == "" || isCrossSigningKey(tx, userID, deviceID) {
 		deviceID = strings.ToUpper(newToken("")[:10])
 		deviceID = strings.NewReplacer("-", "A", "_", "B").Replace(deviceID)
 	}

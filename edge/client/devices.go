@@ -95,6 +95,8 @@ func (s *Server) updateDevice(r *http.Request, sess *Session) (any, error) {
 		}
 		d.DisplayName = *req.DisplayName
 		tx.PutDevice(d)
+		// Peers show unsigned.device_display_name from /keys/query.
+		s.markDeviceListChange(tx, sess.UserID, "")
 		return nil
 	})
 }

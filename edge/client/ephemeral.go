@@ -184,7 +184,10 @@ func (s *Server) putReceipt(tx *store.Tx, userID, rType, threadID string, ev *ro
 	tx.PutReceipt(&store.Receipt{RoomID: ev.RoomID, Type: rType, UserID: userID, ThreadID: threadID,
 		EventID: ev.ID, TS: time.Now().UnixMilli()})
 	roomID := ev.RoomID
-	tx.OnCommit(func() { s.Notifier.Notify(notify.RoomKey(roomID)) })
+	tx.OnCommit(func() {
+		s.forgetUnread(userID) // a threaded receipt changes what counts
+		s.Notifier.Notify(notify.RoomKey(roomID))
+	})
 }
 
 // putFullyRead moves the m.fully_read marker (room account data); it may

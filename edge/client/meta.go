@@ -36,6 +36,7 @@ func (s *Server) capabilities(r *http.Request, sess *Session) (any, error) {
 		"m.room_versions":   map[string]any{"default": s.Config.Rooms.DefaultVersion, "available": available},
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": true},
+		"m.profile_fields":  map[string]bool{"enabled": true},
 		"m.3pid_changes":    map[string]bool{"enabled": false},
 		"m.get_login_token": map[string]bool{"enabled": false},
 	}}, nil

@@ -93,7 +93,10 @@ func (s *Server) changePushRules(userID string, change func(*push.Rules) error) 
 		}
 		tx.PutKV(pushNamespace, userID, blob)
 		tx.PutAccountData(userID, "", pushRulesType, content)
-		tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
+		tx.OnCommit(func() {
+			s.forgetUnread(userID) // counted under the old rules
+			s.Notifier.Notify(notify.UserKey(userID))
+		})
 		return nil
 	})
 	if err != nil {
@@ -300,6 +303,28 @@ const maxUnreadScan = 1000
 // after the user's read-up-to mark (the later of m.read and
 // m.read.private, per thread as the spec's threaded receipts say) that
 // others sent and the user's push rules make notify or highlight.
+// unreadMemo remembers a (user, room)'s counts up to a stream position,
+// so each /sync evaluates only the events that arrived since, not the
+// whole unread backlog. An entry is valid while its fingerprint (the
+// user's membership event and read-up-to position) is unchanged; receipts
+// and push-rule changes drop the user's entries (forgetUnread).
+type unreadMemo struct {
+	fingerprint [2]uint64
+	upTo        uint64
+	counts      [2]int
+	scanned     int
+}
+
+func (s *Server) forgetUnread(userID string) {
+	s.unreadMu.Lock()
+	for k := range s.unread {
+		if k[0] == userID {
+			delete(s.unread, k)
+		}
+	}
+	s.unreadMu.Unlock()
+}
+
 func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]int {
 	counts := map[string]int{"notification_count": 0, "highlight_count": 0}
 	r, err := tx.Room(roomID)
@@ -314,9 +339,21 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 	marks.unthreaded = marks.receiptPos("")
 	// Nothing before the join notifies the user, nor anything read.
 	floor := max(m.Pos, marks.unthreaded)
+	key := [2]string{userID, roomID}
+	fp := [2]uint64{m.Event, floor}
+	now := tx.Pos()
+	s.unreadMu.Lock()
+	memo, ok := s.unread[key]
+	s.unreadMu.Unlock()
+	if ok && memo.fingerprint == fp && memo.upTo <= now {
+		counts["notification_count"], counts["highlight_count"] = memo.counts[0], memo.counts[1]
+		floor = max(floor, memo.upTo)
+	} else {
+		memo = unreadMemo{fingerprint: fp}
+	}
 	var pc *pushContext
-	scanned := 0
-	tx.Timeline(r.NID, tx.Pos(), true, func(pos, nid uint64) bool {
+	scanned := memo.scanned
+	tx.Timeline(r.NID, now, true, func(pos, nid uint64) bool {
 		if pos <= floor || scanned >= maxUnreadScan {
 			return false
 		}
@@ -343,8 +380,19 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 		}
 		return true
 	})
+	memo.upTo, memo.scanned = now, scanned
+	memo.counts = [2]int{counts["notification_count"], counts["highlight_count"]}
+	s.unreadMu.Lock()
+	if s.unread == nil || len(s.unread) > maxUnreadMemos {
+		s.unread = map[[2]string]unreadMemo{} // crude bound: start over
+	}
+	s.unread[key] = memo
+	s.unreadMu.Unlock()
 	return counts
 }
+
+// maxUnreadMemos bounds the memo's memory (about 100 bytes an entry).
+const maxUnreadMemos = 100000
 
 // readMarks finds a user's read-up-to positions in one room.
 type readMarks struct {

@@ -102,6 +102,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 			if err := tx.PutAlias(alias, roomID); err != nil {
 				return err
 			}
+			s.recordAliasCreator(tx, alias, sess.UserID)
 		}
 		if req.Visibility == "public" {
 			tx.SetPublished(roomID, true)

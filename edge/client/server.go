@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"edge/edge/config"
@@ -45,6 +46,9 @@ type Server struct {
 	DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
 	// UnreadCounts fills a joined room's unread_notifications.
 	UnreadCounts func(tx *store.Tx, userID, roomID string) map[string]int
+
+	unreadMu sync.Mutex
+	unread   map[[2]string]unreadMemo
 }
 
 // New makes the client API server and registers its routes.

@@ -115,6 +115,10 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 	}
 	switch p := q.Get("set_presence"); p {
 	case "":
+		// Omitted means the polling client is online (spec: set_presence).
+		if s.SetPresence != nil {
+			s.SetPresence(sess.UserID, "online")
+		}
 	case "online", "offline", "unavailable":
 		if s.SetPresence != nil {
 			s.SetPresence(sess.UserID, p)
@@ -175,6 +179,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 		if err != nil {
 			return err
 		}
+		roomAD := &roomAccountData{tx: tx, userID: sess.UserID}
 		ignored := s.ignoredUsers(tx, sess.UserID)
 		for _, m := range ms {
 			if !f.AllowsRoom(m.RoomID) {
@@ -183,7 +188,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 			changed := !hasSince || m.Pos > since.pos
 			switch m.Membership {
 			case "join":
-				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, next, f)
+				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, next, f, roomAD)
 				if err != nil {
 					return err
 				}
@@ -248,6 +253,35 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 	return resp, news, err
 }
 
+// roomAccountData reads a user's account data once per distinct since
+// position in a sync and groups it by room, instead of once per room.
+type roomAccountData struct {
+	tx      *store.Tx
+	userID  string
+	bySince map[uint64]map[string][]*store.AccountData
+}
+
+func (a *roomAccountData) room(roomID string, since uint64) ([]*store.AccountData, error) {
+	if a.bySince == nil {
+		a.bySince = map[uint64]map[string][]*store.AccountData{}
+	}
+	byRoom, ok := a.bySince[since]
+	if !ok {
+		ads, err := a.tx.AccountDataSince(a.userID, since)
+		if err != nil {
+			return nil, err
+		}
+		byRoom = map[string][]*store.AccountData{}
+		for _, ad := range ads {
+			if ad.RoomID != "" {
+				byRoom[ad.RoomID] = append(byRoom[ad.RoomID], ad)
+			}
+		}
+		a.bySince[since] = byRoom
+	}
+	return byRoom[roomID], nil
+}
+
 func sinceOrZero(t syncToken, has bool) uint64 {
 	if !has {
 		return 0
@@ -264,7 +298,7 @@ func orEmpty(v []any) []any {
 
 // syncJoined builds one joined room's section. full means the client has
 // no state for this room yet (initial sync, new join, or full_state).
-func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full bool, next syncToken, f *filter.Filter) (*joinedRoomJSON, bool, error) {
+func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, false, err
@@ -331,12 +365,13 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	jr.State.Events = orEmpty(state)
 	jr.Ephemeral.Events = orEmpty(s.ephemeral(tx, sess, r.RoomID, since, hasSince && !full, f))
 	var rad []any
-	ads, err := tx.AccountDataSince(sess.UserID, sinceOrZero(since, hasSince && !full))
+	ads, err := roomAD.room(r.RoomID, sinceOrZero(since, hasSince && !full))
 	if err != nil {
 		return nil, false, err
 	}
+	raf := f.RoomAccountData()
 	for _, ad := range ads {
-		if ad.RoomID == r.RoomID {
+		if raf.Match(filter.EventView{Type: ad.Type, RoomID: ad.RoomID}) {
 			rad = append(rad, map[string]any{"type": ad.Type, "content": ad.Content})
 		}
 	}
@@ -557,10 +592,19 @@ func (s *Server) ephemeral(tx *store.Tx, sess *Session, roomID string, since syn
 	if err != nil || len(receipts) == 0 {
 		return out
 	}
-	content := map[string]map[string]map[string]any{}
+	// One m.receipt event per thread: a user's unthreaded and threaded
+	// receipts on the same event must not overwrite each other.
+	byThread := map[string]map[string]map[string]map[string]any{}
+	var threads []string
 	for _, rc := range receipts {
 		if rc.Type == "m.read.private" && rc.UserID != sess.UserID {
 			continue
+		}
+		content := byThread[rc.ThreadID]
+		if content == nil {
+			content = map[string]map[string]map[string]any{}
+			byThread[rc.ThreadID] = content
+			threads = append(threads, rc.ThreadID)
 		}
 		byType := content[rc.EventID]
 		if byType == nil {
@@ -578,8 +622,9 @@ func (s *Server) ephemeral(tx *store.Tx, sess *Session, roomID string, since syn
 		}
 		users[rc.UserID] = data
 	}
-	if len(content) > 0 {
-		out = append(out, map[string]any{"type": "m.receipt", "content": content})
+	sort.Strings(threads)
+	for _, th := range threads {
+		out = append(out, map[string]any{"type": "m.receipt", "content": byThread[th]})
 	}
 	return out
 }

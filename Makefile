@@ -54,7 +54,8 @@ deps:
 	@scripts/deps.sh
 
 bench: build
-	bench/run.sh edge dendrite
+	$(GO) test -tags goolm -run XXX -bench . -benchtime 2000x ./edge/room/ ./integration/
+	bench/run.sh dendrite edge
 
 clean:
 	rm -rf bin dist

@@ -14,7 +14,7 @@ func (s *Server) routesRooms() {
 	s.authed("POST /createRoom", s.createRoom)
 	s.authed("POST /join/{roomIdOrAlias}", s.joinByIDOrAlias)
 	s.authed("POST /rooms/{roomId}/join", s.joinRoom)
-	s.authed("POST /rooms/{roomId}/invite", s.invite)
+	s.authed("POST /rooms/{roomId}/invite", s.membershipAction("invite", "invite"))
 	s.authed("POST /rooms/{roomId}/leave", s.leave)
 	s.authed("POST /rooms/{roomId}/forget", s.forget)
 	s.authed("POST /rooms/{roomId}/kick", s.membershipAction("leave", "kick"))
@@ -193,39 +193,6 @@ func (s *Server) sendMember(tx *store.Tx, roomID, sender, target string, content
 	return s.Rooms.Send(tx, roomID, room.Proto{Type: "m.room.member", StateKey: &sk, Sender: sender, Content: raw})
 }
 
-// invite: POST /rooms/{roomId}/invite
-func (s *Server) invite(r *http.Request, sess *Session) (any, error) {
-	var req struct {
-		UserID string `json:"user_id"`
-		Reason string `json:"reason"`
-	}
-	if err := decode(r, &req); err != nil {
-		return nil, err
-	}
-	if !validUserID(req.UserID) {
-		return nil, errInvalidParam("Invalid user_id")
-	}
-	roomID := r.PathValue("roomId")
-	return empty{}, s.Store.Write(func(tx *store.Tx) error {
-		_, st, err := s.requireJoined(tx, roomID, sess.UserID)
-		if err != nil {
-			return err
-		}
-		switch s.membershipIn(tx, st, req.UserID) {
-		case "join":
-			return errForbidden("%s is already in the room", req.UserID)
-		case "ban":
-			return errForbidden("%s is banned from the room", req.UserID)
-		}
-		content := map[string]any{"membership": "invite"}
-		if req.Reason != "" {
-			content["reason"] = req.Reason
-		}
-		_, err = s.sendMember(tx, roomID, sess.UserID, req.UserID, content)
-		return err
-	})
-}
-
 // leave: POST /rooms/{roomId}/leave
 func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 	var req struct {
@@ -289,7 +256,8 @@ func (s *Server) forget(r *http.Request, sess *Session) (any, error) {
 	})
 }
 
-// membershipAction serves kick, ban and unban: POST /rooms/{roomId}/{kick,ban,unban}
+// membershipAction serves invite, kick, ban and unban:
+// POST /rooms/{roomId}/{invite,kick,ban,unban}
 func (s *Server) membershipAction(membership, action string) authedFunc {
 	return func(r *http.Request, sess *Session) (any, error) {
 		var req struct {
@@ -310,6 +278,13 @@ func (s *Server) membershipAction(membership, action string) authedFunc {
 			}
 			cur := s.membershipIn(tx, st, req.UserID)
 			switch action {
+			case "invite":
+				switch cur {
+				case "join":
+					return errForbidden("%s is already in the room", req.UserID)
+				case "ban":
+					return errForbidden("%s is banned from the room", req.UserID)
+				}
 			case "kick":
 				if cur != "join" && cur != "invite" && cur != "knock" {
 					return errForbidden("%s is not in the room", req.UserID)

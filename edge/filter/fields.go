@@ -2,8 +2,8 @@ package filter
 
 import (
 	"bytes"
+	"edge/edge/jsonpath"
 	"fmt"
-	"strings"
 
 	"github.com/tidwall/gjson"
 )
@@ -34,7 +34,7 @@ func ApplyEventFields(event []byte, fields []string) ([]byte, error) {
 	root := &fieldNode{}
 	for _, f := range fields {
 		n := root
-		for _, seg := range splitPath(f) {
+		for _, seg := range jsonpath.Split(f) {
 			if n.all {
 				break // a shorter path already selects this whole subtree
 			}
@@ -93,26 +93,4 @@ func writeSelected(b *bytes.Buffer, obj gjson.Result, node *fieldNode) int {
 	})
 	b.WriteByte('}')
 	return n
-}
-
-// splitPath splits a dot-separated property path (appendices, "Dot-separated
-// property paths"): "\." is a literal dot, "\\" a literal backslash, any
-// other backslash is kept as is.
-func splitPath(path string) []string {
-	var parts []string
-	var cur strings.Builder
-	for i := 0; i < len(path); i++ {
-		c := path[i]
-		switch {
-		case c == '\\' && i+1 < len(path) && (path[i+1] == '.' || path[i+1] == '\\'):
-			cur.WriteByte(path[i+1])
-			i++
-		case c == '.':
-			parts = append(parts, cur.String())
-			cur.Reset()
-		default:
-			cur.WriteByte(c)
-		}
-	}
-	return append(parts, cur.String())
 }

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"edge/edge/jsonpath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -163,34 +164,12 @@ func (e *evalEvent) condMatches(c *Condition) bool {
 	return false // the spec: unrecognised conditions never match
 }
 
-// splitPath splits a dot-separated property path (appendices, "Dot-separated
-// property paths"): "\." is a literal dot, "\\" a literal backslash, any
-// other backslash is kept as is.
-func splitPath(path string) []string {
-	var parts []string
-	var cur strings.Builder
-	for i := 0; i < len(path); i++ {
-		c := path[i]
-		switch {
-		case c == '\\' && i+1 < len(path) && (path[i+1] == '.' || path[i+1] == '\\'):
-			cur.WriteByte(path[i+1])
-			i++
-		case c == '.':
-			parts = append(parts, cur.String())
-			cur.Reset()
-		default:
-			cur.WriteByte(c)
-		}
-	}
-	return append(parts, cur.String())
-}
-
 // lookup walks the path through nested objects only, comparing keys
 // exactly, which sidesteps gjson's own path syntax (wildcards, array
 // indexes, modifiers) that Matrix paths do not have.
 func lookup(doc gjson.Result, path string) gjson.Result {
 	cur := doc
-	for _, seg := range splitPath(path) {
+	for _, seg := range jsonpath.Split(path) {
 		if !cur.IsObject() {
 			return gjson.Result{}
 		}

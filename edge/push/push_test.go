@@ -488,22 +488,6 @@ func TestConditions(t *testing.T) {
 	}
 }
 
-func TestSplitPath(t *testing.T) {
-	cases := map[string][]string{
-		"content.body":              {"content", "body"},
-		`content.m\.relates_to.rel`: {"content", "m.relates_to", "rel"},
-		`content.m\\foo`:            {"content", `m\foo`},
-		`content.m\x`:               {"content", `m\x`},
-		`a\\.b`:                     {`a\`, "b"},
-		"":                          {""},
-	}
-	for in, want := range cases {
-		if got := splitPath(in); !reflect.DeepEqual(got, want) {
-			t.Errorf("splitPath(%q) = %q want %q", in, got, want)
-		}
-	}
-}
-
 func TestActionsHelpers(t *testing.T) {
 	cases := []struct {
 		acts      string

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -227,71 +226,36 @@ func wantAllow(t *testing.T, err error) {
 // TestAuthRuleNumbers replays the shared vectors and checks that each
 // rejection names the rule the vector names (numbered per room version).
 func TestAuthRuleNumbers(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "vectors", "auth", "*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no auth vectors: %v", err)
-	}
 	checked := 0
-	for _, path := range files {
-		var f struct {
-			RoomVersion string                       `json:"room_version"`
-			SigningKeys map[string]map[string]string `json:"signing_keys"`
-			Events      []json.RawMessage            `json:"events"`
-			Cases       []struct {
-				ID       string          `json:"id"`
-				Event    json.RawMessage `json:"event"`
-				Expected string          `json:"expected"`
-				Rule     struct {
-					Number string `json:"spec_rule_number"`
-				} `json:"rule"`
-			} `json:"cases"`
+	forEachAuthVector(t, func(v authVector) {
+		err := authorizeEvent(v.Event, v.Lookup, v.GetKey)
+		if (err == nil) != (v.Expected == "allow") {
+			t.Errorf("%s/%s: got %v, want %s", v.File, v.ID, err, v.Expected)
+			return
 		}
-		loadJSON(t, strings.TrimPrefix(path, filepath.Join("testdata", "vectors")+"/"), &f)
-		pool := map[string]*Event{}
-		for _, raw := range f.Events {
-			ev := vectorEvent(t, f.RoomVersion, raw)
-			pool[ev.ID] = ev
+		if err == nil {
+			return
 		}
-		lookup := func(eventID string) (*Event, error) {
-			if ev, ok := pool[eventID]; ok {
-				return ev, nil
-			}
-			return nil, ErrEventNotFound
+		var ae *AuthError
+		if !errors.As(err, &ae) {
+			t.Errorf("%s/%s: %v is not an AuthError", v.File, v.ID, err)
+			return
 		}
-		getKey := func(server string, keyID id.KeyID, _ time.Time) (id.SigningKey, time.Time, error) {
-			return id.SigningKey(f.SigningKeys[server][string(keyID)]), time.Now().Add(time.Hour), nil
+		// "room v10 auth rule 9.1 / 2" names either of two rules; "4.2"
+		// names the rule whose only sub-rule 4.2.1 rejects.
+		want := v.Rule[strings.LastIndex(v.Rule, "rule ")+len("rule "):]
+		ok := false
+		for _, alt := range strings.Split(want, " / ") {
+			if !strings.Contains(alt, ".") && strings.Contains(want, ".") {
+				alt = want[:strings.LastIndex(want[:strings.Index(want, " ")], ".")+1] + alt
+			}
+			ok = ok || ae.Rule == alt || strings.HasPrefix(ae.Rule, alt+".")
 		}
-		for _, c := range f.Cases {
-			ev := vectorEvent(t, f.RoomVersion, c.Event)
-			err := authorizeEvent(ev, lookup, getKey)
-			if (err == nil) != (c.Expected == "allow") {
-				t.Errorf("%s/%s: got %v, want %s", filepath.Base(path), c.ID, err, c.Expected)
-				continue
-			}
-			if err == nil {
-				continue
-			}
-			var ae *AuthError
-			if !errors.As(err, &ae) {
-				t.Errorf("%s/%s: %v is not an AuthError", filepath.Base(path), c.ID, err)
-				continue
-			}
-			// "room v10 auth rule 9.1 / 2" names either of two rules; "4.2"
-			// names the rule whose only sub-rule 4.2.1 rejects.
-			want := c.Rule.Number[strings.LastIndex(c.Rule.Number, "rule ")+len("rule "):]
-			ok := false
-			for _, alt := range strings.Split(want, " / ") {
-				if !strings.Contains(alt, ".") && strings.Contains(want, ".") {
-					alt = want[:strings.LastIndex(want[:strings.Index(want, " ")], ".")+1] + alt
-				}
-				ok = ok || ae.Rule == alt || strings.HasPrefix(ae.Rule, alt+".")
-			}
-			if !ok {
-				t.Errorf("%s/%s: rejected by rule %s (%s), vector says %s", filepath.Base(path), c.ID, ae.Rule, ae.Msg, c.Rule.Number)
-			}
-			checked++
+		if !ok {
+			t.Errorf("%s/%s: rejected by rule %s (%s), vector says %s", v.File, v.ID, ae.Rule, ae.Msg, v.Rule)
 		}
-	}
+		checked++
+	})
 	if checked < 200 {
 		t.Fatalf("only %d rejections checked", checked)
 	}

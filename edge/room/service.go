@@ -456,9 +456,6 @@ func relatesTo(content json.RawMessage) Relation {
 	return c.R
 }
 
-// createIDOf is the create event ID a v12 room ID names.
-func createIDOf(roomID string) string { return "$" + strings.TrimPrefix(roomID, "!") }
-
 func isLocal(userID, serverName string) bool {
 	i := strings.IndexByte(userID, ':')
 	return i > 0 && userID[i+1:] == serverName

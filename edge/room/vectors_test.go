@@ -221,9 +221,18 @@ func TestSpecSigningVector(t *testing.T) {
 	}
 }
 
-// TestAuthVectors replays every auth-rule case: the candidate event is
-// authorised against exactly its auth_events from the file's pool.
-func TestAuthVectors(t *testing.T) {
+// authVector is one case of testdata/vectors/auth with the event pool of
+// its file as a lookup.
+type authVector struct {
+	File, ID, Expected, Rule string
+	Event                    *Event
+	Lookup                   func(eventID string) (*Event, error)
+	GetKey                   pdu.GetKeyFunc
+}
+
+// forEachAuthVector calls fn for every auth-rule case and returns how many ran.
+func forEachAuthVector(t *testing.T, fn func(v authVector)) int {
+	t.Helper()
 	files, err := filepath.Glob(filepath.Join("testdata", "vectors", "auth", "*.json"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no auth vectors: %v", err)
@@ -260,22 +269,31 @@ func TestAuthVectors(t *testing.T) {
 		}
 		for _, c := range f.Cases {
 			total++
-			t.Run(filepath.Base(path)+"/"+c.ID, func(t *testing.T) {
-				ev := vectorEvent(t, f.RoomVersion, c.Event)
-				err := Authorize(ev, lookup, getKey)
-				if err != nil && !errors.Is(err, ErrForbidden) {
-					t.Fatalf("unexpected error kind: %v", err)
-				}
-				got := "allow"
-				if err != nil {
-					got = "reject"
-				}
-				if got != c.Expected {
-					t.Errorf("%s (%s): got %s (%v), want %s", c.ID, c.Rule.Number, got, err, c.Expected)
-				}
-			})
+			fn(authVector{File: filepath.Base(path), ID: c.ID, Expected: c.Expected, Rule: c.Rule.Number,
+				Event: vectorEvent(t, f.RoomVersion, c.Event), Lookup: lookup, GetKey: getKey})
 		}
 	}
+	return total
+}
+
+// TestAuthVectors replays every auth-rule case: the candidate event is
+// authorised against exactly its auth_events from the file's pool.
+func TestAuthVectors(t *testing.T) {
+	total := forEachAuthVector(t, func(v authVector) {
+		t.Run(v.File+"/"+v.ID, func(t *testing.T) {
+			err := Authorize(v.Event, v.Lookup, v.GetKey)
+			if err != nil && !errors.Is(err, ErrForbidden) {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
+			got := "allow"
+			if err != nil {
+				got = "reject"
+			}
+			if got != v.Expected {
+				t.Errorf("%s (%s): got %s (%v), want %s", v.ID, v.Rule, got, err, v.Expected)
+			}
+		})
+	})
 	if total < 100 {
 		t.Fatalf("only %d auth cases ran", total)
 	}

@@ -160,7 +160,7 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return err
 	})
 	if errors.Is(err, room.ErrRoomNotFound) {
-		return nil, errNotFound("No known room %s", roomID)
+		return s.remoteJoin(r, sess, roomID)
 	}
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -46,6 +47,9 @@ type Server struct {
 	DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
 	// UnreadCounts fills a joined room's unread_notifications.
 	UnreadCounts func(tx *store.Tx, userID, roomID string) map[string]int
+	// RemoteJoin joins a room this server does not know through other
+	// servers (see remotejoin.go); nil: unknown rooms are 404.
+	RemoteJoin func(ctx context.Context, userID, roomID string, servers []string) error
 
 	unreadMu sync.Mutex
 	unread   map[[2]string]unreadMemo

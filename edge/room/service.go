@@ -45,7 +45,10 @@ type Service struct {
 	GetKey pdu.GetKeyFunc
 	// OnEvent runs after an event is durable, for notification and fan-out.
 	OnEvent func(ev *Event)
-	now     func() time.Time
+	// InTx runs inside the transaction that stores a local event (Send,
+	// CreateRoom), so federation queues it atomically; an error aborts it.
+	InTx func(tx *store.Tx, ev *Event) error
+	now  func() time.Time
 }
 
 // New makes a Service with the given cache sizes.
@@ -342,6 +345,11 @@ func (s *Service) persist(tx *store.Tx, r *store.Room, st *State, ev *Event) err
 	}
 	if ev.Type == "m.room.redaction" && ev.Redacts != "" {
 		if err := s.applyRedaction(tx, r, ev); err != nil {
+			return err
+		}
+	}
+	if s.InTx != nil {
+		if err := s.InTx(tx, ev); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,355 @@
+package room
+
+// Room-layer APIs for events that come from other servers: state before a
+// remote event, persisting it with a given state, creating a room from a
+// send_join answer, join templates and signing someone else's PDU.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	jsonv2 "encoding/json/v2"
+
+	"maunium.net/go/mautrix/federation/pdu"
+	"maunium.net/go/mautrix/id"
+
+	"edge/edge/store"
+)
+
+// ErrFork: the event's prev_events do not form a straight line with the
+// room's state, and combining the states needs state resolution, which is
+// not wired into the remote path yet.
+// TODO(issue 6): call ResolveState over the prev events' states instead.
+var ErrFork = errors.New("event needs state resolution (fork), not supported yet")
+
+// StateBeforeEvent computes the state before a remote event from its
+// prev_events. Every prev event must be stored (ErrEventNotFound names
+// the first missing one). One prev event: the state after it. Several:
+// accepted only when their states after are equal; otherwise ErrFork.
+func (s *Service) StateBeforeEvent(tx *store.Tx, ev *Event) (*State, error) {
+	if len(ev.PrevEvents) == 0 {
+		return nil, fmt.Errorf("%w: %s has no prev_events", ErrBadEvent, ev.ID)
+	}
+	var first *State
+	for _, pid := range ev.PrevEvents {
+		prev, err := s.EventByID(tx, pid)
+		if err != nil {
+			return nil, fmt.Errorf("prev event %s: %w", pid, err)
+		}
+		if prev.RoomID != ev.RoomID {
+			return nil, fmt.Errorf("%w: prev event %s is in another room", ErrBadEvent, pid)
+		}
+		st, err := s.StateAfter(tx, prev)
+		if err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = st
+		} else if !sameState(first, st) {
+			return nil, ErrFork
+		}
+	}
+	return first, nil
+}
+
+// sameState compares two states entry by entry.
+func sameState(a, b *State) bool {
+	if a.ID != 0 && a.ID == b.ID {
+		return true
+	}
+	if a.Len() != b.Len() {
+		return false
+	}
+	same := true
+	a.Each(func(k, v uint64) bool {
+		w, ok := b.Get(k)
+		same = ok && w == v
+		return same
+	})
+	return same
+}
+
+// AuthStateFor returns the entries of st that the auth rules look at for
+// ev (the auth event selection, plus the create event).
+func (s *Service) AuthStateFor(tx *store.Tx, ev *Event, st *State) (map[StateKeyPair]*Event, error) {
+	p, err := ev.PDU()
+	if err != nil {
+		return nil, err
+	}
+	out := map[StateKeyPair]*Event{}
+	add := func(t, k string) error {
+		e, err := s.StateEvent(tx, st, t, k)
+		if err != nil {
+			return err
+		}
+		if e != nil {
+			out[StateKeyPair{t, k}] = e
+		}
+		return nil
+	}
+	if err := add("m.room.create", ""); err != nil {
+		return nil, err
+	}
+	for _, k := range p.AuthEventSelection(id.RoomVersion(ev.Version)) {
+		if err := add(k.Type, k.StateKey); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// PersistRemote stores a remote event whose state before is before. With
+// flags holding FlagRejected, FlagSoftFailed or FlagOutlier the event is
+// only stored (it answers federation, it is not shown); otherwise it joins
+// the timeline, becomes a forward extremity in place of its prev events,
+// and a state event updates the room's current state. The room's
+// federation hook (InTx) does not run: the event came from elsewhere.
+func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags store.EventFlags) error {
+	r, err := tx.Room(ev.RoomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrRoomNotFound
+	} else if err != nil {
+		return err
+	}
+	if before.ID == 0 {
+		before.ID = s.states.with(tx, before, nil)
+	}
+	se := &store.Event{EventID: ev.ID, RoomNID: r.NID, StateBefore: before.ID, Flags: flags, JSON: ev.Raw}
+	if flags&(store.FlagRejected|store.FlagSoftFailed|store.FlagOutlier) != 0 {
+		if err := tx.PutEvent(se); err != nil {
+			return err
+		}
+		ev.NID, ev.StateBefore, ev.Flags = se.NID, before.ID, flags
+		tx.OnCommit(func() { s.events.Add(ev.NID, ev) })
+		return nil
+	}
+	cur, err := s.states.load(tx, r.State)
+	if err != nil {
+		return err
+	}
+	// The event continues the current state when its state before equals
+	// it (a straight line, or concurrent events that changed no state);
+	// otherwise the two states need resolution.
+	continues := sameState(before, cur)
+	if !continues && ev.IsState() {
+		return ErrFork
+	}
+	se.Pos = tx.NextPos()
+	if err := tx.PutEvent(se); err != nil {
+		return err
+	}
+	ev.NID, ev.Pos, ev.StateBefore, ev.Flags = se.NID, se.Pos, before.ID, flags
+	tx.AppendTimeline(r.NID, se.Pos, ev.NID)
+	if ev.IsState() {
+		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
+		if err != nil {
+			return err
+		}
+		r.State = s.states.with(tx, cur, map[uint64]uint64{key: ev.NID})
+		if ev.Type == "m.room.member" && isLocal(*ev.StateKey, s.signer.ServerName) {
+			tx.SetMembership(*ev.StateKey, &store.Membership{RoomID: r.RoomID, Membership: ev.Membership(), Pos: se.Pos, Event: ev.NID})
+		}
+	}
+	// TODO(issue 6): a message on a fork whose state differs from the
+	// current state keeps the current state; resolution would merge them.
+	prevs := make(map[string]bool, len(ev.PrevEvents))
+	for _, p := range ev.PrevEvents {
+		prevs[p] = true
+	}
+	ext := []uint64{ev.NID}
+	for _, nid := range r.Extremities {
+		e, err := s.Event(tx, nid)
+		if err != nil {
+			return err
+		}
+		if !prevs[e.ID] {
+			ext = append(ext, nid)
+		}
+	}
+	r.Extremities = ext
+	r.Depth = max(r.Depth, ev.Depth)
+	r.LastPos = se.Pos
+	tx.PutRoom(r)
+	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
+		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
+	}
+	if ev.Type == "m.room.redaction" && ev.Redacts != "" {
+		// TODO(issue 6): the power-level route of the redaction rule; for
+		// now a remote redaction applies to events of the same server.
+		if target, err := s.EventByID(tx, ev.Redacts); err == nil && domainOf(target.Sender) == domainOf(ev.Sender) {
+			if err := s.applyRedaction(tx, r, ev); err != nil {
+				return err
+			}
+		}
+	}
+	tx.OnCommit(func() {
+		s.events.Add(ev.NID, ev)
+		if s.OnEvent != nil {
+			s.OnEvent(ev)
+		}
+	})
+	return nil
+}
+
+// CreateFromJoin creates a room this server learns of by joining it: the
+// auth chain and state (already verified by the caller) are stored as
+// outliers, and the returned state (stored as a snapshot) is the state
+// before the join, for PersistRemote.
+func (s *Service) CreateFromJoin(tx *store.Tx, version, roomID string, state, authChain []*Event) (*State, error) {
+	if !supported(version) {
+		return nil, fmt.Errorf("%w: %q", ErrUnsupported, version)
+	}
+	r := &store.Room{RoomID: roomID, Version: version}
+	if err := tx.CreateRoom(r); err != nil {
+		return nil, err
+	}
+	stored := func(ev *Event) (uint64, error) {
+		if nid, err := tx.EventNID(ev.ID); err == nil {
+			return nid, nil
+		}
+		se := &store.Event{EventID: ev.ID, RoomNID: r.NID, Flags: store.FlagOutlier, JSON: ev.Raw}
+		if err := tx.PutEvent(se); err != nil {
+			return 0, err
+		}
+		return se.NID, nil
+	}
+	for _, ev := range authChain {
+		if _, err := stored(ev); err != nil {
+			return nil, err
+		}
+	}
+	changes := make(map[uint64]uint64, len(state))
+	for _, ev := range state {
+		if !ev.IsState() {
+			continue
+		}
+		nid, err := stored(ev)
+		if err != nil {
+			return nil, err
+		}
+		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
+		if err != nil {
+			return nil, err
+		}
+		changes[key] = nid
+		r.Depth = max(r.Depth, ev.Depth)
+	}
+	r.State = s.states.with(tx, &State{}, changes)
+	tx.PutRoom(r)
+	return s.states.load(tx, r.State)
+}
+
+// Template builds the event p on the room's current state, checks it
+// against the auth rules and returns it without hashes and signatures:
+// the make_join / make_leave template the remote server fills and signs.
+func (s *Service) Template(tx *store.Tx, roomID string, p Proto) (version string, tmpl json.RawMessage, err error) {
+	r, err := tx.Room(roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", nil, ErrRoomNotFound
+	} else if err != nil {
+		return "", nil, err
+	}
+	st, err := s.states.load(tx, r.State)
+	if err != nil {
+		return "", nil, err
+	}
+	ev, err := s.build(tx, r, st, p)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := s.authorize(tx, ev); err != nil {
+		return "", nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(ev.Raw, &m); err != nil {
+		return "", nil, err
+	}
+	delete(m, "signatures")
+	delete(m, "hashes")
+	delete(m, "event_id")
+	out, err := json.Marshal(m)
+	return r.Version, out, err
+}
+
+// SignPDU fills the content hash of a PDU of the given room version and
+// adds this server's signature, keeping the others; a v1/v2 event without
+// an event ID gets one of ours. It returns the signed PDU and its ID.
+func (s *Service) SignPDU(version string, raw []byte) ([]byte, string, error) {
+	rv := id.RoomVersion(version)
+	var p pdu.AnyPDU
+	if rv.EventIDFormat() == id.EventIDFormatCustom {
+		var v1 pdu.RoomV1PDU
+		if err := jsonv2.Unmarshal(raw, &v1); err != nil {
+			return nil, "", fmt.Errorf("%w: %v", ErrBadEvent, err)
+		}
+		if v1.EventID == "" {
+			v1.EventID = id.EventID("$" + randomString(18) + ":" + s.signer.ServerName)
+		}
+		p = &v1
+	} else {
+		var v pdu.PDU
+		if err := jsonv2.Unmarshal(raw, &v); err != nil {
+			return nil, "", fmt.Errorf("%w: %v", ErrBadEvent, err)
+		}
+		p = &v
+	}
+	if err := p.Sign(rv, s.signer.ServerName, id.KeyID(s.signer.KeyID), s.signer.Key); err != nil {
+		return nil, "", err
+	}
+	evID, err := p.GetEventID(rv)
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := jsonv2.Marshal(p)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(out) > MaxEventBytes {
+		return nil, "", ErrTooLarge
+	}
+	return out, string(evID), nil
+}
+
+// AuthChain returns the auth chain of the seeds (their auth events,
+// recursively), each event once, seeds excluded unless reached.
+func (s *Service) AuthChain(tx *store.Tx, seeds []*Event) ([]*Event, error) {
+	seen := map[string]bool{}
+	var out []*Event
+	queue := make([]string, 0, 16)
+	for _, ev := range seeds {
+		queue = append(queue, ev.AuthEvents...)
+	}
+	for len(queue) > 0 {
+		eid := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
+		if seen[eid] {
+			continue
+		}
+		seen[eid] = true
+		ev, err := s.EventByID(tx, eid)
+		if errors.Is(err, ErrEventNotFound) {
+			continue // not ours to give: the chain is what we hold
+		} else if err != nil {
+			return nil, err
+		}
+		out = append(out, ev)
+		queue = append(queue, ev.AuthEvents...)
+	}
+	return out, nil
+}
+
+// StateEvents lists the events of a state.
+func (s *Service) StateEvents(tx *store.Tx, st *State) ([]*Event, error) {
+	var out []*Event
+	var err error
+	st.Each(func(_, nid uint64) bool {
+		var ev *Event
+		if ev, err = s.Event(tx, nid); err != nil {
+			return false
+		}
+		out = append(out, ev)
+		return true
+	})
+	return out, err
+}

@@ -1,0 +1,161 @@
+package roomfed
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+
+	"edge/edge/room"
+	"edge/edge/store"
+	"edge/federation"
+)
+
+// Deps is what the engine needs from the node.
+type Deps struct {
+	Fed   *federation.Server
+	Rooms *room.Service
+	Store *store.Store
+	Log   *slog.Logger
+}
+
+// Engine federates the node's rooms. New plugs it into the federation
+// transport (routes, OnPDUs) and the room service (InTx).
+type Engine struct {
+	fed   *federation.Server
+	rooms *room.Service
+	store *store.Store
+	log   *slog.Logger
+	name  string
+
+	mu    sync.Mutex
+	locks map[string]*roomLock
+}
+
+// roomLock serialises one room's inbound events.
+type roomLock struct {
+	sync.Mutex
+	users int
+}
+
+// maxMissing bounds the events asked for in one get_missing_events.
+const maxMissing = 20
+
+// New builds the engine and installs its routes and hooks.
+func New(d Deps) *Engine {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{fed: d.Fed, rooms: d.Rooms, store: d.Store, log: d.Log.With("component", "roomfed"),
+		name: d.Rooms.ServerName(), locks: map[string]*roomLock{}}
+	d.Fed.OnPDUs = e.onPDUs
+	d.Rooms.InTx = e.queueLocal
+	e.routes()
+	return e
+}
+
+// lock takes roomID's lock and returns its release.
+func (e *Engine) lock(roomID string) func() {
+	e.mu.Lock()
+	l := e.locks[roomID]
+	if l == nil {
+		l = &roomLock{}
+		e.locks[roomID] = l
+	}
+	l.users++
+	e.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		e.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(e.locks, roomID)
+		}
+		e.mu.Unlock()
+	}
+}
+
+// queueLocal queues a local user's event to every other server with a
+// joined member before or after it (so a server whose last member leaves
+// or is kicked still hears of it), in the event's own transaction.
+func (e *Engine) queueLocal(tx *store.Tx, ev *room.Event) error {
+	if domainOf(ev.Sender) != e.name {
+		return nil
+	}
+	r, err := tx.Room(ev.RoomID)
+	if err != nil {
+		return err
+	}
+	dests := map[string]bool{}
+	for _, snap := range []uint64{ev.StateBefore, r.State} {
+		if err := e.joinedServers(tx, snap, dests); err != nil {
+			return err
+		}
+	}
+	delete(dests, e.name)
+	if len(dests) == 0 {
+		return nil
+	}
+	list := make([]string, 0, len(dests))
+	for d := range dests {
+		list = append(list, d)
+	}
+	e.fed.Queue.SendPDUTx(tx, list, json.RawMessage(ev.Raw))
+	return nil
+}
+
+// joinedServers adds to out the servers of the members joined in snapshot.
+// TODO(issue 6): cache per snapshot; this walks the whole state.
+func (e *Engine) joinedServers(tx *store.Tx, snapshot uint64, out map[string]bool) error {
+	st, err := e.rooms.State(tx, snapshot)
+	if err != nil {
+		return err
+	}
+	st.Each(func(key, nid uint64) bool {
+		t, sk, kerr := tx.StateKey(key)
+		if kerr != nil || t != "m.room.member" || out[domainOf(sk)] {
+			return true
+		}
+		ev, eerr := e.rooms.Event(tx, nid)
+		if eerr != nil {
+			err = eerr
+			return false
+		}
+		if ev.Membership() == "join" {
+			out[domainOf(sk)] = true
+		}
+		return true
+	})
+	return err
+}
+
+// serverJoined tells whether server has a joined member in the room's
+// current state.
+func (e *Engine) serverJoined(tx *store.Tx, r *store.Room, server string) (bool, error) {
+	m := map[string]bool{}
+	if err := e.joinedServers(tx, r.State, m); err != nil {
+		return false, err
+	}
+	return m[server], nil
+}
+
+func domainOf(s string) string {
+	if i := strings.IndexByte(s, ':'); i >= 0 {
+		return s[i+1:]
+	}
+	return ""
+}
+
+func fedErr(status int, code, msg string) *federation.Error {
+	return &federation.Error{Status: status, Code: code, Message: msg}
+}
+
+// errNotFound is the federation answer for unknown rooms and events.
+func errNotFound(msg string) *federation.Error {
+	return fedErr(http.StatusNotFound, "M_NOT_FOUND", msg)
+}
+
+func errForbidden(msg string) *federation.Error {
+	return fedErr(http.StatusForbidden, "M_FORBIDDEN", msg)
+}

@@ -1,0 +1,11 @@
+package edge
+
+import "edge/edge/roomfed"
+
+// attachRoomFederation plugs the room federation engine into the
+// federation transport, the room service and the client API's joins.
+func (n *Node) attachRoomFederation() error {
+	eng := roomfed.New(roomfed.Deps{Fed: n.Fed, Rooms: n.Rooms, Store: n.Store, Log: n.Log})
+	n.Client.RemoteJoin = eng.Join
+	return nil
+}

@@ -2,12 +2,17 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"edge/edge/client"
@@ -15,6 +20,7 @@ import (
 	"edge/edge/notify"
 	"edge/edge/room"
 	"edge/edge/store"
+	"edge/edge/tlsfiles"
 	"edge/federation"
 	"edge/wellknown"
 )
@@ -34,6 +40,9 @@ type Node struct {
 	Resolver *wellknown.Resolver
 	Log      *slog.Logger
 	Keys     []config.SigningKey
+	// TLS is the federation listener's certificate (nil without
+	// tls_cert_file/tls_key_file).
+	TLS *tlsfiles.Files
 
 	wellKnown http.Handler
 }
@@ -44,11 +53,17 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing_key_path: %w", err)
 	}
+	var certs *tlsfiles.Files
+	if cfg.TLSCertFile != "" {
+		if certs, err = LoadCertificateFiles(cfg, log); err != nil {
+			return nil, err
+		}
+	}
 	st, err := store.Open(cfg.Path(cfg.DatabasePath))
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Config: cfg, Store: st, Log: log, Keys: keys, Notifier: notify.New()}
+	n := &Node{Config: cfg, Store: st, Log: log, Keys: keys, Notifier: notify.New(), TLS: certs}
 	n.Typing = notify.NewTyping(n.Notifier)
 	n.Rooms = room.New(room.Signer{ServerName: cfg.ServerName, KeyID: keys[0].ID, Key: keys[0].Priv},
 		cfg.Limits.StateCacheSize, cfg.Limits.EventCacheSize)
@@ -72,7 +87,8 @@ func (n *Node) openFederation() error {
 		}
 	}
 	var err error
-	n.Resolver, err = wellknown.New(wellknown.Options{RootCAs: roots, AllowPrivate: cfg.Federation.AllowPrivateAddresses, Logger: n.Log})
+	n.Resolver, err = wellknown.New(wellknown.Options{Nameservers: cfg.Federation.Nameservers, RootCAs: roots,
+		AllowPrivate: cfg.Federation.AllowPrivateAddresses, Logger: n.Log})
 	if err != nil {
 		return fmt.Errorf("discovery: %w", err)
 	}
@@ -86,7 +102,7 @@ func (n *Node) openFederation() error {
 	}
 	n.Rooms.GetKey = n.Fed.Keyring.GetKey
 	n.Fed.ACLSource = federation.RoomACLSource(n.Store, n.Rooms)
-	return nil
+	return n.attachRoomFederation()
 }
 
 // onEvent wakes the syncs an event concerns: the room's members, and for a
@@ -111,42 +127,209 @@ func (n *Node) Handler() http.Handler {
 	return mux
 }
 
-// Serve serves on ln until ctx is done, then shuts down gracefully.
+// LoadCertificateFiles loads cfg's tls_cert_file and tls_key_file (for
+// the federation listener), naming the setting at fault on error.
+func LoadCertificateFiles(cfg *config.Config, log *slog.Logger) (*tlsfiles.Files, error) {
+	f, err := tlsfiles.Load(cfg.Path(cfg.TLSCertFile), cfg.Path(cfg.TLSKeyFile), tlsfiles.DefaultInterval, log)
+	if err != nil {
+		field := "tls_cert_file, tls_key_file"
+		var te *tlsfiles.Error
+		if errors.As(err, &te) && te.Which == "cert" {
+			field = "tls_cert_file"
+		} else if errors.As(err, &te) && te.Which == "key" {
+			field = "tls_key_file"
+		}
+		return nil, &config.FieldError{Field: field, Reason: err.Error()}
+	}
+	return f, nil
+}
+
+// Listeners are the sockets a node serves; nil ones are not served.
+type Listeners struct {
+	// Client gets plain HTTP: the client API, and federation too.
+	Client net.Listener
+	// Federation gets TLS with the node's certificate files, and the same
+	// APIs as Client.
+	Federation net.Listener
+	// Metrics gets the admin endpoints of MetricsHandler.
+	Metrics net.Listener
+}
+
+// Serve serves on ln (plain HTTP) until ctx is done, then shuts down
+// gracefully.
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
+	return n.ServeListeners(ctx, Listeners{Client: ln})
+}
+
+// ServeListeners starts federation's background work and serves on every
+// listener in ls until ctx is done or one of them fails, then shuts all
+// of them down gracefully.
+func (n *Node) ServeListeners(ctx context.Context, ls Listeners) error {
+	if ls.Federation != nil && n.TLS == nil {
+		return errors.New("federation_listen: needs tls_cert_file and tls_key_file")
+	}
 	if err := n.Fed.Start(); err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           n.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(n.Log.Handler(), slog.LevelDebug),
+	errLog := slog.NewLogLogger(n.Log.Handler(), slog.LevelDebug)
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errLog}
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	type served struct {
+		srv *http.Server
+		run func() error
+	}
+	var all []served
+	if ls.Client != nil {
+		srv := newServer(n.Handler())
+		all = append(all, served{srv, func() error { return srv.Serve(ls.Client) }})
+	}
+	if ls.Federation != nil {
+		srv := newServer(n.Handler())
+		srv.TLSConfig = &tls.Config{GetCertificate: n.TLS.GetCertificate, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+		all = append(all, served{srv, func() error { return srv.ServeTLS(ls.Federation, "", "") }})
+	}
+	if ls.Metrics != nil {
+		srv := newServer(n.MetricsHandler())
+		all = append(all, served{srv, func() error { return srv.Serve(ls.Metrics) }})
+	}
+	errc := make(chan error, len(all))
+	for _, s := range all {
+		go func() { errc <- s.run() }()
+	}
+	var err error
 	select {
-	case err := <-errc:
-		return err
+	case err = <-errc:
 	case <-ctx.Done():
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := srv.Shutdown(shutdown)
-	if errors.Is(err, context.DeadlineExceeded) {
-		err = srv.Close() // long-polls outlived the grace period
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if serr := s.srv.Shutdown(shutdown); errors.Is(serr, context.DeadlineExceeded) {
+				_ = s.srv.Close() // long-polls outlived the grace period
+			}
+		}()
+	}
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
 	}
 	return err
 }
 
-// Run listens on the configured address and serves until ctx is done.
+// Run listens on the configured addresses and serves until ctx is done.
 func (n *Node) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", n.Config.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	cfg := n.Config
+	var ls Listeners
+	var opened []net.Listener
+	listen := func(field, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		opened = append(opened, ln)
+		return ln, nil
 	}
-	n.Log.Info("edge is serving", "server_name", n.Config.ServerName, "listen", ln.Addr().String(), "version", Version)
-	return n.Serve(ctx, ln)
+	var err error
+	if ls.Client, err = listen("listen", cfg.Listen); err != nil {
+		return err
+	}
+	attrs := []any{"server_name", cfg.ServerName, "listen", ls.Client.Addr().String(), "version", Version}
+	if addr := cfg.FederationAddr(); addr != "" {
+		if ls.Federation, err = listen("federation_listen", addr); err != nil {
+			return err
+		}
+		attrs = append(attrs, "federation_listen", ls.Federation.Addr().String())
+	}
+	if cfg.MetricsListen != "" {
+		if ls.Metrics, err = listen("metrics_listen", cfg.MetricsListen); err != nil {
+			return err
+		}
+		attrs = append(attrs, "metrics_listen", ls.Metrics.Addr().String())
+	}
+	n.Log.Info("edge is serving", attrs...)
+	return n.ServeListeners(ctx, ls)
 }
+
+// MetricsHandler serves the admin endpoints of metrics_listen:
+// GET /metrics, the federation queues per destination in the Prometheus
+// text exposition format, and GET /federation/queues, the same as JSON.
+func (n *Node) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_, _ = w.Write([]byte(queueMetrics(n.Fed.Queue.Status())))
+	})
+	mux.HandleFunc("GET /federation/queues", func(w http.ResponseWriter, r *http.Request) {
+		body, err := json.Marshal(map[string]any{"destinations": n.Fed.Queue.Status()})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	})
+	return mux
+}
+
+// queueMetrics renders queue status in the Prometheus text format, one
+// series per destination and metric.
+func queueMetrics(dests []federation.DestinationStatus) string {
+	var b strings.Builder
+	family := func(name, typ, help string, value func(d federation.DestinationStatus) (float64, bool)) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+		for _, d := range dests {
+			if v, ok := value(d); ok {
+				fmt.Fprintf(&b, "%s{destination=\"%s\"} %s\n", name, labelEscaper.Replace(d.Destination), strconv.FormatFloat(v, 'f', -1, 64))
+			}
+		}
+	}
+	num := func(f func(d federation.DestinationStatus) float64) func(federation.DestinationStatus) (float64, bool) {
+		return func(d federation.DestinationStatus) (float64, bool) { return f(d), true }
+	}
+	stamp := func(f func(d federation.DestinationStatus) time.Time) func(federation.DestinationStatus) (float64, bool) {
+		return func(d federation.DestinationStatus) (float64, bool) {
+			t := f(d)
+			return float64(t.UnixMilli()) / 1000, !t.IsZero()
+		}
+	}
+	fmt.Fprintf(&b, "# HELP edge_federation_destinations Destinations with queued items or activity since start.\n"+
+		"# TYPE edge_federation_destinations gauge\nedge_federation_destinations %d\n", len(dests))
+	family("edge_federation_queue_pending", "gauge", "PDUs and EDUs queued for the destination.",
+		num(func(d federation.DestinationStatus) float64 { return float64(d.Pending) }))
+	family("edge_federation_queue_in_flight", "gauge", "1 while a transaction to the destination is being sent.",
+		num(func(d federation.DestinationStatus) float64 {
+			if d.InFlight {
+				return 1
+			}
+			return 0
+		}))
+	family("edge_federation_queue_failures", "gauge", "Consecutive failed transactions (0 once the destination answers).",
+		num(func(d federation.DestinationStatus) float64 { return float64(d.Failures) }))
+	family("edge_federation_queue_retry_timestamp_seconds", "gauge", "When the next attempt is due, for a destination backing off.",
+		stamp(func(d federation.DestinationStatus) time.Time { return d.RetryAt }))
+	family("edge_federation_queue_last_success_timestamp_seconds", "gauge", "When the destination last accepted a transaction.",
+		stamp(func(d federation.DestinationStatus) time.Time { return d.LastSuccess }))
+	family("edge_federation_sent_transactions_total", "counter", "Transactions the destination accepted since start.",
+		num(func(d federation.DestinationStatus) float64 { return float64(d.SentTransactions) }))
+	family("edge_federation_sent_pdus_total", "counter", "PDUs the destination accepted since start.",
+		num(func(d federation.DestinationStatus) float64 { return float64(d.SentPDUs) }))
+	family("edge_federation_sent_edus_total", "counter", "EDUs the destination accepted since start.",
+		num(func(d federation.DestinationStatus) float64 { return float64(d.SentEDUs) }))
+	family("edge_federation_queue_dropped_total", "counter", "Items dropped since start because the queue was full.",
+		num(func(d federation.DestinationStatus) float64 { return float64(d.Dropped) }))
+	return b.String()
+}
+
+// labelEscaper escapes a Prometheus label value.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 // Close stops federation's background work, then releases the store.
 func (n *Node) Close() error {

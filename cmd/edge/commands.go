@@ -26,6 +26,7 @@ import (
 	"edge/edge/client"
 	"edge/edge/config"
 	"edge/edge/store"
+	"edge/federation"
 )
 
 func newFlags(name string) *flag.FlagSet {
@@ -47,19 +48,68 @@ func cmdInit(args []string) error {
 	name := fs.String("server-name", "", "the server name (e.g. example.org)")
 	dir := fs.String("dir", ".", "directory for edge.yaml, the key and the database")
 	listen := fs.String("listen", "[::]:8008", "listener address")
+	fedListen := fs.String("federation-listen", "", "TLS listener for federation (default [::]:8448 with --tls-cert)")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) of the federation listener")
+	tlsKey := fs.String("tls-key", "", "PEM key of the federation listener")
+	trustCA := fs.String("trust-ca", "", "PEM file of an extra CA the federation client trusts")
+	allowPrivate := fs.Bool("allow-private-federation", false, "let federation reach loopback and private addresses")
+	metrics := fs.String("metrics-listen", "", "admin listener for metrics (keep it on loopback)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *name == "" {
 		return usageError{"init: --server-name is required"}
 	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return usageError{"init: --tls-cert and --tls-key go together (tls_cert_file, tls_key_file)"}
+	}
+	if *fedListen != "" && *tlsCert == "" {
+		return usageError{"init: --federation-listen needs --tls-cert and --tls-key (federation_listen is TLS)"}
+	}
 	cfg := config.Default(*name)
 	cfg.Listen = *listen
+	cfg.MetricsListen = *metrics
+	cfg.Federation.AllowPrivateAddresses = *allowPrivate
+	// Paths are written absolute: the config resolves relative ones
+	// against its own directory, the operator typed them against the cwd.
+	abs := func(p string) (string, error) {
+		if p == "" {
+			return "", nil
+		}
+		return filepath.Abs(p)
+	}
+	var err error
+	if cfg.TLSCertFile, err = abs(*tlsCert); err != nil {
+		return err
+	}
+	if cfg.TLSKeyFile, err = abs(*tlsKey); err != nil {
+		return err
+	}
+	if cfg.Federation.TrustCAFile, err = abs(*trustCA); err != nil {
+		return err
+	}
+	if cfg.TLSCertFile != "" {
+		cfg.FederationListen = *fedListen
+		if cfg.FederationListen == "" {
+			cfg.FederationListen = config.DefaultFederationListen
+		}
+	}
 	secret := make([]byte, 24)
 	_, _ = rand.Read(secret)
 	cfg.Registration.SharedSecret = hex.EncodeToString(secret)
 	if err := cfg.Validate(); err != nil {
-		return err
+		return fmt.Errorf("init: %w", err)
+	}
+	// Files given now are checked now, not at the first `edge run`.
+	if cfg.TLSCertFile != "" {
+		if _, err := edge.LoadCertificateFiles(cfg, nil); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	}
+	if cfg.Federation.TrustCAFile != "" {
+		if _, err := federation.LoadRootCAs(cfg.Federation.TrustCAFile); err != nil {
+			return fmt.Errorf("init: federation.trust_ca_file: %w", err)
+		}
 	}
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return err
@@ -85,6 +135,9 @@ func cmdInit(args []string) error {
 		return err
 	}
 	fmt.Printf("wrote %s for %s; start with: edge run -c %s\n", cfgPath, *name, cfgPath)
+	if addr := cfg.FederationAddr(); addr != "" {
+		fmt.Printf("federation over TLS on %s\n", addr)
+	}
 	return nil
 }
 

@@ -1,6 +1,6 @@
 // Command edge is a Matrix homeserver in one binary.
 //
-//	edge init --server-name NAME [--dir DIR] [--listen ADDR]
+//	edge init --server-name NAME [--dir DIR] [--listen ADDR] [federation flags]
 //	edge run [-c FILE]
 //	edge register USER [--admin] [--password P] [-c FILE]
 //	edge version
@@ -16,6 +16,8 @@ const usage = `edge: a Matrix homeserver in one binary
 
 Usage:
   edge init --server-name NAME [--dir DIR] [--listen ADDR]   write edge.yaml and a signing key
+            [--federation-listen ADDR] [--tls-cert FILE --tls-key FILE]
+            [--trust-ca FILE] [--allow-private-federation] [--metrics-listen ADDR]
   edge run [-c FILE]                                         serve
   edge register USER [--admin] [--password P] [-c FILE]      create a user (node running or stopped)
   edge keys list|rotate [-c FILE]                            show or rotate the signing keys

@@ -22,8 +22,23 @@ type Config struct {
 	SigningKeyPath string `yaml:"signing_key_path"`
 	// DatabasePath is the bbolt file; relative to the config file's directory.
 	DatabasePath string `yaml:"database_path"`
-	// Listen is the address of the client and federation listener.
+	// Listen is the address of the plain-HTTP listener: the client API,
+	// and the federation API too (for a TLS-terminating proxy in front).
 	Listen string `yaml:"listen"`
+	// FederationListen is the address of a second listener, with TLS from
+	// TLSCertFile and TLSKeyFile, serving the same APIs: what other servers
+	// connect to. Empty means none, or "[::]:8448" when the certificate
+	// files are set (see FederationAddr).
+	FederationListen string `yaml:"federation_listen"`
+	// TLSCertFile and TLSKeyFile are the PEM certificate (chain) and key of
+	// the federation listener, relative to the config file's directory.
+	// Replaced files are picked up without a restart.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// MetricsListen is the address of an unauthenticated admin listener
+	// (GET /metrics in the Prometheus text format, GET /federation/queues
+	// as JSON). Empty: off. Keep it on loopback.
+	MetricsListen string `yaml:"metrics_listen"`
 	// PublicBaseURL is what /.well-known/matrix/client advertises; empty means
 	// the well-known endpoint answers 404 and clients use the host they typed.
 	PublicBaseURL string `yaml:"public_base_url"`
@@ -219,6 +234,9 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return &FieldError{"listen", fmt.Sprintf("%q is not host:port", c.Listen)}
 	}
+	if err := c.validateListeners(); err != nil {
+		return err
+	}
 	if c.WellKnownServer != "" {
 		if err := ValidateServerName(c.WellKnownServer); err != nil {
 			return &FieldError{"well_known_server", err.Error()}
@@ -258,6 +276,42 @@ func (c *Config) Validate() error {
 	} {
 		if rl.rate < 0 || (rl.rate > 0 && rl.burst < 1) {
 			return &FieldError{rl.name, "rate must be >= 0 and burst >= 1 when the rate is set"}
+		}
+	}
+	return nil
+}
+
+// DefaultFederationListen is the federation listener's address when the
+// certificate files are set and federation_listen is not.
+const DefaultFederationListen = "[::]:8448"
+
+// FederationAddr is the address of the TLS federation listener, or "" for
+// none.
+func (c *Config) FederationAddr() string {
+	if c.FederationListen == "" && c.TLSCertFile != "" {
+		return DefaultFederationListen
+	}
+	return c.FederationListen
+}
+
+func (c *Config) validateListeners() error {
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		if c.TLSCertFile == "" {
+			return &FieldError{"tls_cert_file", "is required with tls_key_file"}
+		}
+		return &FieldError{"tls_key_file", "is required with tls_cert_file"}
+	}
+	if c.FederationListen != "" {
+		if _, _, err := net.SplitHostPort(c.FederationListen); err != nil {
+			return &FieldError{"federation_listen", fmt.Sprintf("%q is not host:port", c.FederationListen)}
+		}
+		if c.TLSCertFile == "" {
+			return &FieldError{"federation_listen", "needs tls_cert_file and tls_key_file: other servers only speak TLS"}
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return &FieldError{"metrics_listen", fmt.Sprintf("%q is not host:port", c.MetricsListen)}
 		}
 	}
 	return nil

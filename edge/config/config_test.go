@@ -23,6 +23,11 @@ func TestWriteFileRoundTrip(t *testing.T) {
 	c.Federation.AllowPrivateAddresses = true
 	c.Federation.RequestTimeout = 42 * time.Second
 	c.Federation.TrustCAFile = "ca.pem"
+	c.Federation.Nameservers = []string{"127.0.0.1:5353", "[::1]:53"}
+	c.FederationListen = "127.0.0.1:8448"
+	c.TLSCertFile = "tls/cert.pem"
+	c.TLSKeyFile = "/etc/edge/key.pem"
+	c.MetricsListen = "127.0.0.1:9100"
 	path := filepath.Join(dir, "edge.yaml")
 	if err := WriteFile(path, c); err != nil {
 		t.Fatal(err)

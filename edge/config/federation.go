@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -30,6 +31,10 @@ type Federation struct {
 	// be signed with. Default: matrix.org, as Synapse ships. An empty list
 	// switches notaries off.
 	TrustedKeyServers []TrustedKeyServer `yaml:"trusted_key_servers"`
+
+	// Nameservers are the DNS servers ("ip:port") server discovery asks
+	// for SRV and A/AAAA records. Empty: those of /etc/resolv.conf.
+	Nameservers []string `yaml:"nameservers"`
 
 	// TrustCAFile is a PEM file of extra CA certificates the federation
 	// client trusts besides the system roots (a LAN or test CA).
@@ -116,6 +121,11 @@ func (f *Federation) validate() error {
 			if err != nil || len(pub) != ed25519.PublicKeySize {
 				return field(name+".verify_keys", fmt.Sprintf("%s is not 32 bytes of base64", id))
 			}
+		}
+	}
+	for i, ns := range f.Nameservers {
+		if _, err := netip.ParseAddrPort(ns); err != nil {
+			return field(fmt.Sprintf("nameservers[%d]", i), fmt.Sprintf("%q is not ip:port (e.g. 192.168.1.1:53)", ns))
 		}
 	}
 	switch {

@@ -46,7 +46,9 @@ federation:
 			}
 		}
 	}
-	fmt.Fprintf(&b, `  # Extra CA certificates (PEM) trusted for outbound federation.
+	fmt.Fprintf(&b, `  # DNS servers ("ip:port") for finding other servers; empty: /etc/resolv.conf.
+  nameservers: %s
+  # Extra CA certificates (PEM) trusted for outbound federation.
   trust_ca_file: %q
   request_timeout: %s
   max_request_bytes: %d
@@ -56,7 +58,7 @@ federation:
   queue_limit: %d
   retry_min_interval: %s
   retry_max_interval: %s
-`, f.TrustCAFile, f.RequestTimeout, f.MaxRequestBytes, f.MaxResponseBytes, f.KeyCacheSize,
+`, yamlList(f.Nameservers), f.TrustCAFile, f.RequestTimeout, f.MaxRequestBytes, f.MaxResponseBytes, f.KeyCacheSize,
 		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval)
 	return b.String()
 }
@@ -78,6 +80,19 @@ database_path: %[3]q
 
 # Client and federation API listener (plain HTTP).
 listen: %[4]q
+
+# Federation over TLS: a second listener serving the same APIs with the
+# certificate below, for other servers to connect to. Empty: none, or
+# "[::]:8448" when the certificate files are set.
+federation_listen: %[24]q
+# PEM certificate (chain) and key; replaced files are picked up without a
+# restart.
+tls_cert_file: %[25]q
+tls_key_file: %[26]q
+
+# Admin listener: GET /metrics (Prometheus text) and GET /federation/queues
+# (JSON). Not authenticated: keep it on loopback. Empty: off.
+metrics_listen: %[27]q
 
 # Advertised in /.well-known/matrix/client when set (e.g. https://matrix.example.org).
 public_base_url: %[5]q
@@ -128,7 +143,8 @@ log:
 		c.Limits.MaxRequestBytes, c.Limits.StateCacheSize, c.Limits.EventCacheSize,
 		c.Rooms.DefaultVersion, c.Log.Level,
 		yamlList(c.Registration.Tokens), c.Registration.SharedSecret, c.Registration.GuestAccess,
-		federationSection(c.Federation), c.WellKnownServer)
+		federationSection(c.Federation), c.WellKnownServer,
+		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

@@ -1,9 +1,17 @@
 package integration
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto/backup"
+	"maunium.net/go/mautrix/crypto/signatures"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 )
 
 // backupKey is a session key as a backup stores it.
@@ -156,6 +164,14 @@ func TestKeyBackup(t *testing.T) {
 	e2eeWantErr(t, "key without session_data", err, 400, "M_BAD_JSON")
 	err = do(http.MethodPut, keysPath(room), "1", map[string]any{}, nil)
 	e2eeWantErr(t, "room without sessions", err, 400, "M_BAD_JSON")
+	// One bad session among good ones: nothing is written.
+	err = do(http.MethodPut, keysPath(), "1", map[string]any{"rooms": map[string]any{
+		room:  map[string]any{"sessions": map[string]any{"new1": backupKey(0, 0, true, "new1")}},
+		room2: map[string]any{"sessions": map[string]any{"new2": map[string]any{"first_message_index": 0, "forwarded_count": 0, "session_data": map[string]any{}}}},
+	}}, nil)
+	e2eeWantErr(t, "a session without is_verified", err, 400, "M_BAD_JSON")
+	err = do(http.MethodGet, keysPath(room, "new1"), "1", nil, nil)
+	e2eeWantErr(t, "the good session of a refused request", err, 404, "M_NOT_FOUND")
 	err = do(http.MethodPut, keysPath(room, "s9"), "", backupKey(0, 0, false, "x"), nil)
 	e2eeWantErr(t, "no version parameter", err, 400, "M_MISSING_PARAM")
 	err = do(http.MethodGet, keysPath(), "", nil, nil)
@@ -236,4 +252,167 @@ func TestKeyBackup(t *testing.T) {
 	other := n.register(t, "")
 	err = e2eeDo(t, other, http.MethodGet, []any{"room_keys", "version", "1"}, nil, nil, nil)
 	e2eeWantErr(t, "another user's version", err, 404, "M_NOT_FOUND")
+}
+
+// TestKeyBackupRestoreOnNewDevice is Element's "restore from backup", end
+// to end on mautrix's OlmMachine: alice sets up recovery (secret storage,
+// cross-signing, a curve25519 backup key signed by her device and master
+// key), backs up the megolm sessions of a conversation with bob, and a
+// brand-new device of hers, given only the recovery key, fetches the
+// backup key from secret storage, trusts the backup version through the
+// signatures the server kept, downloads the keys and decrypts the history
+// sent before it existed.
+func TestKeyBackupRestoreOnNewDevice(t *testing.T) {
+	n := startNode(t)
+	aliceC, bobC := n.register(t, "alice"), n.register(t, "bob")
+	alice, bob := newE2EEDevice(t, aliceC), newE2EEDevice(t, bobC)
+	roomID := e2eeRoom(t, aliceC, bobC)
+	alice.sync(t)
+	bob.sync(t)
+	ctx := ctxT(t)
+	users := []id.UserID{alice.UserID, bob.UserID}
+
+	// Recovery setup, as Element's "set up secure backup" does it.
+	recoveryKey, xsKeys, err := alice.mach.GenerateAndUploadCrossSigningKeys(ctx, nil, "")
+	if err != nil {
+		t.Fatalf("cross-signing bootstrap: %v", err)
+	}
+	if err := alice.mach.SignOwnDevice(ctx, alice.mach.OwnIdentity()); err != nil {
+		t.Fatal(err)
+	}
+	keyID, keyData, err := alice.mach.SSSS.GetDefaultKeyData(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssssKey, err := keyData.VerifyRecoveryKey(keyID, recoveryKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backupKey, err := backup.NewMegolmBackupKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.mach.SSSS.SetEncryptedAccountData(ctx, event.AccountDataMegolmBackupKey, backupKey.Bytes(), ssssKey); err != nil {
+		t.Fatal(err)
+	}
+	authData := backup.MegolmAuthData{PublicKey: id.Ed25519(base64.RawStdEncoding.EncodeToString(backupKey.PublicKey().Bytes()))}
+	devSig, err := alice.mach.GetAccount().SignJSON(authData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	masterSig, err := xsKeys.MasterKey.SignJSON(authData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authData.Signatures = signatures.Signatures{alice.UserID: {
+		id.NewKeyID(id.KeyAlgorithmEd25519, alice.DeviceID.String()):               devSig,
+		id.NewKeyID(id.KeyAlgorithmEd25519, xsKeys.MasterKey.PublicKey().String()): masterSig,
+	}}
+	created, err := aliceC.CreateKeyBackupVersion(ctx, &mautrix.ReqRoomKeysVersionCreate[backup.MegolmAuthData]{
+		Algorithm: id.KeyBackupAlgorithmMegolmBackupV1, AuthData: authData,
+	})
+	if err != nil {
+		t.Fatalf("create backup version: %v", err)
+	}
+
+	// History: one message from each of them.
+	fromAlice := alice.sendEncrypted(t, roomID, users, "alice, before the new device")
+	bob.sync(t)
+	fromBob := bob.sendEncrypted(t, roomID, users, "bob, before the new device")
+	alice.sync(t)
+	if got, err := alice.decrypt(t, fromBob); err != nil || got != "bob, before the new device" {
+		t.Fatalf("alice decrypts bob: %q, %v", got, err)
+	}
+
+	// Alice's client backs up both room keys it holds, encrypted to the backup key.
+	sessions, err := alice.mach.CryptoStore.GetGroupSessionsForRoom(ctx, roomID).AsList()
+	if err != nil || len(sessions) != 2 {
+		t.Fatalf("alice holds %d sessions for the room, %v", len(sessions), err)
+	}
+	backedUp := mautrix.ReqRoomKeyBackup{Sessions: map[id.SessionID]mautrix.ReqKeyBackupData{}}
+	for _, igs := range sessions {
+		first := igs.Internal.FirstKnownIndex()
+		exported, err := igs.Internal.Export(first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, err := backup.EncryptSessionData(backupKey, backup.MegolmSessionData{
+			Algorithm:          id.AlgorithmMegolmV1,
+			ForwardingKeyChain: []string{},
+			SenderClaimedKeys:  backup.SenderClaimedKeys{Ed25519: igs.SigningKey},
+			SenderKey:          igs.SenderKey,
+			SessionKey:         string(exported),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		backedUp.Sessions[igs.ID()] = mautrix.ReqKeyBackupData{FirstMessageIndex: int(first), IsVerified: true, SessionData: mustJSON(t, enc)}
+	}
+	req := &mautrix.ReqKeyBackup{Rooms: map[id.RoomID]mautrix.ReqRoomKeyBackup{roomID: backedUp}}
+	up, err := aliceC.PutKeysInBackup(ctx, created.Version, req)
+	if err != nil || up.Count != 2 {
+		t.Fatalf("back up keys: %+v, %v", up, err)
+	}
+	// Element uploads again on every start: the same keys change nothing.
+	if again, err := aliceC.PutKeysInBackup(ctx, created.Version, req); err != nil || again.Count != 2 || again.ETag != up.ETag {
+		t.Fatalf("re-upload: %+v, %v (first %+v)", again, err, up)
+	}
+
+	// A brand-new device of alice's: the history is there but unreadable.
+	alice2 := newE2EEDevice(t, e2eeLogin(t, n, alice.UserID, "alice's new laptop"))
+	hist := alice2.history(t, roomID)
+	if !slices.Contains(hist, fromAlice) || !slices.Contains(hist, fromBob) {
+		t.Fatalf("new device's history %v lacks %s / %s", hist, fromAlice, fromBob)
+	}
+	for _, ev := range []id.EventID{fromAlice, fromBob} {
+		if _, err := alice2.decrypt(t, ev); err == nil {
+			t.Fatalf("new device decrypted %s before restoring", ev)
+		}
+	}
+
+	// The user enters the recovery key: cross-signing keys come from
+	// secret storage and sign the new device; then the backup key.
+	if err := alice2.mach.VerifyWithRecoveryKey(ctx, recoveryKey); err != nil {
+		t.Fatalf("verify with recovery key: %v", err)
+	}
+	keyID2, keyData2, err := alice2.mach.SSSS.GetDefaultKeyData(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssssKey2, err := keyData2.VerifyRecoveryKey(keyID2, recoveryKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := alice2.mach.SSSS.GetDecryptedAccountData(ctx, event.AccountDataMegolmBackupKey, ssssKey2)
+	if err != nil {
+		t.Fatalf("backup key from secret storage: %v", err)
+	}
+	restoredKey, err := backup.MegolmBackupKeyFromBytes(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the key in hand, the version is trusted through the master
+	// key's signature of its auth_data: the server must return it intact.
+	info, err := alice2.mach.GetAndVerifyLatestKeyBackupVersion(ctx, nil)
+	if err != nil || info.Version != created.Version || info.Count != 2 || info.ETag != up.ETag {
+		t.Fatalf("latest backup version on the new device: %+v, %v", info, err)
+	}
+	version, err := alice2.mach.DownloadAndStoreLatestKeyBackup(ctx, restoredKey)
+	if err != nil || version != created.Version {
+		t.Fatalf("restore: version %q, %v", version, err)
+	}
+	for ev, want := range map[id.EventID]string{fromAlice: "alice, before the new device", fromBob: "bob, before the new device"} {
+		if got, err := alice2.decrypt(t, ev); err != nil || got != want {
+			t.Errorf("after restore, the new device decrypts %s: %q, %v", ev, got, err)
+		}
+	}
+
+	// Bob sees the new device as alice's, cross-signed by her.
+	if _, err := bob.mach.FetchKeys(ctx, []id.UserID{alice.UserID}, true); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := bob.mach.GetOrFetchDevice(ctx, alice.UserID, alice2.DeviceID)
+	if err != nil || bob.mach.ResolveTrust(dev) < id.TrustStateCrossSignedTOFU {
+		t.Errorf("bob's trust in alice's new device: %v, %v", dev, err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -299,4 +300,122 @@ func e2eeHTTP(t testing.TB, c *mautrix.Client, method, path string, body any) (i
 	var out map[string]any
 	_ = json.NewDecoder(resp.Body).Decode(&out)
 	return resp.StatusCode, out
+}
+
+// TestCrossSigningVerifiedBothWays follows two users through Element's
+// cross-signing: each bootstraps (secret storage, keys, own device and
+// master key signed) and the other's sync lists them as changed; each
+// sees the other's master and self-signing keys with the signatures the
+// spec lets them see; after verifying each other (user-signing
+// signatures), each client resolves the other's device as cross-signed
+// and verified. A third user sees neither user-signing signature.
+func TestCrossSigningVerifiedBothWays(t *testing.T) {
+	n := startNode(t)
+	aliceC, bobC, carolC := n.register(t, "alice"), n.register(t, "bob"), n.register(t, "carol")
+	alice, bob := newE2EEDevice(t, aliceC), newE2EEDevice(t, bobC)
+	e2eeRoom(t, aliceC, bobC)
+	alice.sync(t)
+	bob.sync(t)
+	ctx := ctxT(t)
+	ed := func(key string) id.KeyID { return id.NewKeyID(id.KeyAlgorithmEd25519, key) }
+
+	keys := map[id.UserID]*crypto.CrossSigningKeysCache{}
+	for _, pair := range [][2]*e2eeDevice{{alice, bob}, {bob, alice}} {
+		me, peer := pair[0], pair[1]
+		peer.lists = mautrix.DeviceLists{}
+		if _, err := me.mach.GenerateAndVerifyWithRecoveryKey(ctx); err != nil {
+			t.Fatalf("%s bootstraps cross-signing: %v", me.UserID, err)
+		}
+		keys[me.UserID] = me.mach.CrossSigningKeys
+		peer.sync(t)
+		if !slices.Contains(peer.lists.Changed, me.UserID) {
+			t.Errorf("%s's device_lists.changed after %s's bootstrap = %v", peer.UserID, me.UserID, peer.lists.Changed)
+		}
+	}
+
+	// What bob sees of alice: master key (and her device's signature of
+	// it), self-signing key signed by the master key, her device signed by
+	// the self-signing key; no user-signing key.
+	aMaster, aSSK := keys[alice.UserID].MasterKey.PublicKey().String(), keys[alice.UserID].SelfSigningKey.PublicKey().String()
+	q := e2eeQuery(t, bobC, alice.UserID)
+	if mk := q.MasterKeys[alice.UserID]; csFirstKey(mk).String() != aMaster || mk.Signatures[alice.UserID][ed(alice.DeviceID.String())] == "" {
+		t.Errorf("bob's view of alice's master key: %+v", mk)
+	}
+	if sk := q.SelfSigningKeys[alice.UserID]; csFirstKey(sk).String() != aSSK || sk.Signatures[alice.UserID][ed(aMaster)] == "" {
+		t.Errorf("bob's view of alice's self-signing key: %+v", sk)
+	}
+	if q.DeviceKeys[alice.UserID][alice.DeviceID].Signatures[alice.UserID][ed(aSSK)] == "" {
+		t.Errorf("bob does not see alice's device signed by her self-signing key")
+	}
+	if _, ok := q.UserSigningKeys[alice.UserID]; ok {
+		t.Error("bob sees alice's user-signing key")
+	}
+	// Before verifying, bob trusts alice's device only on first use.
+	if _, err := bob.mach.FetchKeys(ctx, []id.UserID{alice.UserID}, true); err != nil {
+		t.Fatal(err)
+	}
+	if dev, err := bob.mach.GetOrFetchDevice(ctx, alice.UserID, alice.DeviceID); err != nil || bob.mach.ResolveTrust(dev) != id.TrustStateCrossSignedTOFU {
+		t.Errorf("bob's trust in alice's device before verification = %v, %v", bob.mach.ResolveTrust(dev), err)
+	}
+
+	// Verification: each signs the other's master key with their user-signing key.
+	for _, pair := range [][2]*e2eeDevice{{alice, bob}, {bob, alice}} {
+		me, peer := pair[0], pair[1]
+		if _, err := me.mach.FetchKeys(ctx, []id.UserID{peer.UserID}, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := me.mach.SignUser(ctx, peer.UserID, keys[peer.UserID].MasterKey.PublicKey()); err != nil {
+			t.Fatalf("%s signs %s: %v", me.UserID, peer.UserID, err)
+		}
+	}
+	for _, pair := range [][2]*e2eeDevice{{alice, bob}, {bob, alice}} {
+		me, peer := pair[0], pair[1]
+		usk := ed(keys[me.UserID].UserSigningKey.PublicKey().String())
+		if e2eeQuery(t, me.Client, peer.UserID).MasterKeys[peer.UserID].Signatures[me.UserID][usk] == "" {
+			t.Errorf("%s does not see their signature of %s's master key", me.UserID, peer.UserID)
+		}
+		// Only the signer sees it: not the signed user, not a third user.
+		for _, other := range []*mautrix.Client{peer.Client, carolC} {
+			if sigs := e2eeQuery(t, other, peer.UserID).MasterKeys[peer.UserID].Signatures[me.UserID]; len(sigs) != 0 {
+				t.Errorf("%s sees %s's user-signing signature of %s: %v", other.UserID, me.UserID, peer.UserID, sigs)
+			}
+		}
+		if _, err := me.mach.FetchKeys(ctx, []id.UserID{peer.UserID}, true); err != nil {
+			t.Fatal(err)
+		}
+		if trusted, err := me.mach.IsUserTrusted(ctx, peer.UserID); err != nil || !trusted {
+			t.Errorf("%s trusts %s: %v, %v", me.UserID, peer.UserID, trusted, err)
+		}
+		dev, err := me.mach.GetOrFetchDevice(ctx, peer.UserID, peer.DeviceID)
+		if err != nil || me.mach.ResolveTrust(dev) != id.TrustStateCrossSignedVerified {
+			t.Errorf("%s's trust in %s's device = %v, %v", me.UserID, peer.UserID, me.mach.ResolveTrust(dev), err)
+		}
+	}
+
+	// A user-signing signature that does not verify is refused and not stored.
+	bMaster := keys[bob.UserID].MasterKey.PublicKey().String()
+	stored := e2eeQuery(t, aliceC, bob.UserID).MasterKeys[bob.UserID]
+	forged := map[string]any{"user_id": bob.UserID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:" + bMaster: bMaster}}
+	forged = newE2EEKeyPair(t).sign(t, forged, carolC.UserID.String(), "ed25519:"+carolC.DeviceID.String())
+	var resp struct {
+		Failures map[string]map[string]map[string]string `json:"failures"`
+	}
+	if err := e2eeDo(t, carolC, http.MethodPost, []any{"keys", "signatures", "upload"}, nil, map[string]any{bob.UserID.String(): map[string]any{bMaster: forged}}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Failures[bob.UserID.String()][bMaster]["errcode"] != "M_NOT_FOUND" {
+		t.Errorf("carol (no user-signing key) signing bob: %v", resp.Failures)
+	}
+	aUSK := ed(keys[alice.UserID].UserSigningKey.PublicKey().String())
+	bad := map[string]any{"user_id": bob.UserID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:" + bMaster: bMaster},
+		"signatures": map[string]any{alice.UserID.String(): map[string]string{aUSK.String(): stored.Signatures[alice.UserID][aUSK] + "AA"}}}
+	if err := e2eeDo(t, aliceC, http.MethodPost, []any{"keys", "signatures", "upload"}, nil, map[string]any{bob.UserID.String(): map[string]any{bMaster: bad}}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Failures[bob.UserID.String()][bMaster]["errcode"] != "M_INVALID_SIGNATURE" {
+		t.Errorf("alice uploading a broken signature of bob: %v", resp.Failures)
+	}
+	if got := e2eeQuery(t, aliceC, bob.UserID).MasterKeys[bob.UserID].Signatures[alice.UserID][aUSK]; got != stored.Signatures[alice.UserID][aUSK] {
+		t.Errorf("a refused signature replaced the stored one: %q", got)
+	}
 }

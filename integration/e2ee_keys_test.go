@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -268,26 +269,28 @@ func e2eeUnusedFallback(t testing.TB, c *mautrix.Client) []id.KeyAlgorithm {
 	return resp.FallbackKeys
 }
 
-// TestKeysClaimConcurrent races twelve claimers for five one-time keys:
-// each key goes to exactly one, and the other seven get the fallback key.
+// TestKeysClaimConcurrent races 50 claims for a device's 10 one-time
+// keys, as the issue asks: each key goes to exactly one claimer, and the
+// other 40 get the fallback key.
 func TestKeysClaimConcurrent(t *testing.T) {
 	n := startNode(t)
 	alice := n.register(t, "alice")
-	claimers := []*mautrix.Client{n.register(t, "bob"), n.register(t, "carol"), n.register(t, "dave")}
+	claimers := []*mautrix.Client{n.register(t, "bob"), n.register(t, "carol"), n.register(t, "dave"), n.register(t, "erin")}
 	kp := newE2EEKeyPair(t)
+	const keys, racers = 10, 50
 	otks := map[string]any{}
-	for i := range 5 {
+	for i := range keys {
 		otks[fmt.Sprintf("signed_curve25519:K%d", i)] = signedOTK(t, alice, kp, false)
 	}
-	if _, err := keysUpload(t, alice, map[string]any{
+	if counts, err := keysUpload(t, alice, map[string]any{
 		"device_keys":   e2eeDeviceKeys(t, alice, kp, randomCurveKey(t)),
 		"one_time_keys": otks,
 		"fallback_keys": map[string]any{"signed_curve25519:FB": signedOTK(t, alice, kp, true)},
-	}); err != nil {
-		t.Fatal(err)
+	}); err != nil || counts["signed_curve25519"] != keys {
+		t.Fatalf("upload: %v, %v", counts, err)
 	}
-	const racers = 12
 	results := make([]string, racers)
+	bodies := make([]json.RawMessage, racers)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range racers {
@@ -302,25 +305,33 @@ func TestKeysClaimConcurrent(t *testing.T) {
 				t.Errorf("claim %d: %v", i, err)
 				return
 			}
-			results[i], _ = resp.claimedKeyID(alice.UserID, alice.DeviceID)
+			results[i], bodies[i] = resp.claimedKeyID(alice.UserID, alice.DeviceID)
 		}()
 	}
 	close(start)
 	wg.Wait()
 	seen := map[string]int{}
-	for _, k := range results {
+	for i, k := range results {
 		seen[k]++
+		// Each claimer got the key that was uploaded under that ID.
+		if want := otks[k]; want != nil && !e2eeSameJSON(t, bodies[i], mustJSON(t, want)) {
+			t.Errorf("claim %d: %s came back as %s", i, k, bodies[i])
+		}
 	}
-	for i := range 5 {
+	for i := range keys {
 		if k := fmt.Sprintf("signed_curve25519:K%d", i); seen[k] != 1 {
 			t.Errorf("%s handed out %d times, want once (results %v)", k, seen[k], results)
 		}
 	}
-	if seen["signed_curve25519:FB"] != racers-5 {
-		t.Errorf("fallback handed out %d times, want %d (results %v)", seen["signed_curve25519:FB"], racers-5, results)
+	if seen["signed_curve25519:FB"] != racers-keys {
+		t.Errorf("fallback handed out %d times, want %d (results %v)", seen["signed_curve25519:FB"], racers-keys, results)
 	}
 	if counts, err := keysUpload(t, alice, map[string]any{}); err != nil || counts["signed_curve25519"] != 0 {
 		t.Errorf("counts after the race: %v, %v", counts, err)
+	}
+	// The fallback key was used: alice's client is told to replace it.
+	if got := e2eeUnusedFallback(t, alice); got == nil || len(got) != 0 {
+		t.Errorf("unused fallback types after the race = %v, want present and empty", got)
 	}
 }
 
@@ -457,4 +468,297 @@ func TestKeysDeviceListsAndChanges(t *testing.T) {
 	e2eeWantErr(t, "changes with a bad from", err, 400, "M_INVALID_PARAM")
 	err = e2eeDo(t, alice, http.MethodGet, []any{"keys", "changes"}, map[string]string{"from": tok0, "to": "x"}, nil, nil)
 	e2eeWantErr(t, "changes with a bad to", err, 400, "M_INVALID_PARAM")
+}
+
+// e2eeWantErrMsg is e2eeWantErr that also wants the error message to
+// name field.
+func e2eeWantErrMsg(t testing.TB, what string, err error, status int, errcode, field string) {
+	t.Helper()
+	e2eeWantErr(t, what, err, status, errcode)
+	var he mautrix.HTTPError
+	if errors.As(err, &he); !strings.Contains(he.RespError.Err, field) {
+		t.Errorf("%s: message %q does not name %q", what, he.RespError.Err, field)
+	}
+}
+
+// TestKeysBadInput checks the issue's bad-input rules: malformed or
+// unsigned keys are refused with M_BAD_JSON / M_INVALID_PARAM (or
+// M_INVALID_SIGNATURE when a signature does not verify) and a message
+// naming the field; a refused upload stores nothing; claims for unknown
+// users and devices give nothing for those and keys for the rest.
+func TestKeysBadInput(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, "alice"), n.register(t, "bob")
+	kp := newE2EEKeyPair(t)
+	user, dev := alice.UserID.String(), alice.DeviceID.String()
+	curve := randomCurveKey(t)
+	upload := func(body map[string]any) error {
+		t.Helper()
+		_, err := keysUpload(t, alice, body)
+		return err
+	}
+
+	// A signed one-time key before any device keys cannot be checked.
+	err := upload(map[string]any{"one_time_keys": map[string]any{"signed_curve25519:EARLY": signedOTK(t, alice, kp, false)}})
+	e2eeWantErrMsg(t, "signed key before device keys", err, 400, "M_INVALID_PARAM", "one_time_keys.signed_curve25519:EARLY")
+
+	// device_keys: each missing field is named.
+	for _, field := range []string{"user_id", "device_id", "algorithms", "keys", "signatures"} {
+		dk := e2eeDeviceKeys(t, alice, kp, curve)
+		delete(dk, field)
+		err := upload(map[string]any{"device_keys": dk})
+		e2eeWantErrMsg(t, "device_keys without "+field, err, 400, "M_BAD_JSON", "device_keys."+field)
+	}
+	wrongDevice := e2eeDeviceKeys(t, alice, kp, curve)
+	wrongDevice["device_id"] = "OTHERDEVICE"
+	err = upload(map[string]any{"device_keys": kp.sign(t, wrongDevice, user, "ed25519:OTHERDEVICE")})
+	e2eeWantErrMsg(t, "device_keys for another device", err, 400, "M_INVALID_PARAM", "device_keys.device_id")
+	noEd := map[string]any{"user_id": user, "device_id": dev, "algorithms": []string{"m.megolm.v1.aes-sha2"}, "keys": map[string]any{"curve25519:" + dev: curve}}
+	err = upload(map[string]any{"device_keys": kp.sign(t, noEd, user, "ed25519:"+dev)})
+	e2eeWantErrMsg(t, "device_keys without an ed25519 key", err, 400, "M_INVALID_PARAM", "device_keys.keys")
+	signedByOther := e2eeDeviceKeys(t, alice, kp, curve)
+	signedByOther["signatures"] = nil
+	signedByOther = kp.sign(t, signedByOther, user, "ed25519:SOMEONEELSE")
+	err = upload(map[string]any{"device_keys": signedByOther})
+	e2eeWantErrMsg(t, "device_keys without the device's own signature", err, 400, "M_BAD_JSON", "device_keys.signatures")
+	numericKey := e2eeDeviceKeys(t, alice, kp, curve)
+	numericKey["keys"] = map[string]any{"ed25519:" + dev: 5}
+	err = upload(map[string]any{"device_keys": numericKey})
+	e2eeWantErrMsg(t, "device_keys with a numeric key", err, 400, "M_BAD_JSON", "keys")
+	tampered := e2eeDeviceKeys(t, alice, kp, curve)
+	tampered["algorithms"] = []string{"m.olm.v1.curve25519-aes-sha2"} // after signing
+	err = upload(map[string]any{"device_keys": tampered})
+	e2eeWantErrMsg(t, "device_keys changed after signing", err, 400, "M_INVALID_SIGNATURE", "device_keys")
+
+	// Nothing half-written: valid device keys with one badly signed
+	// one-time key store neither.
+	badSig := signedOTK(t, alice, kp, false)
+	badSig["key"] = randomCurveKey(t) // no longer what was signed
+	err = upload(map[string]any{
+		"device_keys":   e2eeDeviceKeys(t, alice, kp, curve),
+		"one_time_keys": map[string]any{"signed_curve25519:GOOD": signedOTK(t, alice, kp, false), "signed_curve25519:BAD": badSig},
+	})
+	e2eeWantErrMsg(t, "one badly signed one-time key", err, 400, "M_INVALID_SIGNATURE", "one_time_keys.signed_curve25519:BAD")
+	if q := e2eeQuery(t, bob, alice.UserID); len(q.DeviceKeys[alice.UserID]) != 0 {
+		t.Fatalf("refused upload stored device keys: %+v", q.DeviceKeys[alice.UserID])
+	}
+	if counts, err := keysUpload(t, alice, map[string]any{}); err != nil || counts["signed_curve25519"] != 0 {
+		t.Fatalf("refused upload stored one-time keys: %v, %v", counts, err)
+	}
+
+	// Now a good upload, then malformed one-time and fallback keys.
+	stored := signedOTK(t, alice, kp, false)
+	if err := upload(map[string]any{
+		"device_keys":   e2eeDeviceKeys(t, alice, kp, curve),
+		"one_time_keys": map[string]any{"signed_curve25519:A1": stored, "curve25519:PLAIN": randomCurveKey(t)},
+	}); err != nil {
+		t.Fatalf("good upload: %v", err)
+	}
+	unsigned := map[string]any{"key": randomCurveKey(t)}
+	for _, c := range []struct {
+		what, errcode, field string
+		body                 map[string]any
+	}{
+		{"unsigned one-time key", "M_BAD_JSON", "one_time_keys.signed_curve25519:U1", map[string]any{"one_time_keys": map[string]any{"signed_curve25519:U1": unsigned}}},
+		{"signed key as a string", "M_BAD_JSON", "one_time_keys.signed_curve25519:S1", map[string]any{"one_time_keys": map[string]any{"signed_curve25519:S1": randomCurveKey(t)}}},
+		{"signed key without key", "M_BAD_JSON", "one_time_keys.signed_curve25519:K1.key", map[string]any{"one_time_keys": map[string]any{
+			"signed_curve25519:K1": kp.sign(t, map[string]any{"other": "x"}, user, "ed25519:"+dev)}}},
+		{"signed by another key", "M_INVALID_SIGNATURE", "one_time_keys.signed_curve25519:W1", map[string]any{"one_time_keys": map[string]any{
+			"signed_curve25519:W1": signedOTK(t, alice, newE2EEKeyPair(t), false)}}},
+		{"unsigned fallback key", "M_BAD_JSON", "fallback_keys.signed_curve25519:F1", map[string]any{"fallback_keys": map[string]any{"signed_curve25519:F1": unsigned}}},
+		{"badly signed fallback key", "M_INVALID_SIGNATURE", "fallback_keys.signed_curve25519:F2", map[string]any{"fallback_keys": map[string]any{
+			"signed_curve25519:F2": signedOTK(t, alice, newE2EEKeyPair(t), true)}}},
+		{"key ID without algorithm", "M_INVALID_PARAM", "one_time_keys", map[string]any{"one_time_keys": map[string]any{"A2": signedOTK(t, alice, kp, false)}}},
+		{"one-time key a number", "M_BAD_JSON", "one_time_keys.curve25519:N", map[string]any{"one_time_keys": map[string]any{"curve25519:N": 7}}},
+		{"one-time key ID reused", "M_INVALID_PARAM", "signed_curve25519:A1", map[string]any{
+			"one_time_keys": map[string]any{"signed_curve25519:A1": signedOTK(t, alice, kp, false), "signed_curve25519:NEW": signedOTK(t, alice, kp, false)},
+			"fallback_keys": map[string]any{"signed_curve25519:FB": signedOTK(t, alice, kp, true)}}},
+	} {
+		err := upload(c.body)
+		e2eeWantErrMsg(t, c.what, err, 400, c.errcode, c.field)
+	}
+	// None of the refused uploads left anything behind.
+	if counts, err := keysUpload(t, alice, map[string]any{}); err != nil || counts["signed_curve25519"] != 1 || counts["curve25519"] != 1 {
+		t.Errorf("counts after refused uploads: %v, %v", counts, err)
+	}
+	if got := e2eeUnusedFallback(t, alice); got == nil || len(got) != 0 {
+		t.Errorf("a refused upload stored a fallback key: %v", got)
+	}
+
+	// One claim for the real device, an unknown device, an unknown user, a
+	// user without keys and a remote user: a key for the first, nothing
+	// for the others, no error, and a failure only for the remote server.
+	var cr keysClaimResp
+	err = e2eeDo(t, bob, http.MethodPost, []any{"keys", "claim"}, nil, map[string]any{"one_time_keys": map[string]any{
+		user:                    map[string]string{dev: "signed_curve25519", "NOSUCHDEVICE": "signed_curve25519"},
+		"@nobody:localhost":     map[string]string{"DEV": "signed_curve25519"},
+		bob.UserID.String():     map[string]string{bob.DeviceID.String(): "signed_curve25519"},
+		"@carol:remote.example": map[string]string{"DEV": "signed_curve25519"},
+	}}, &cr)
+	if err != nil {
+		t.Fatalf("mixed claim: %v", err)
+	}
+	if keyID, raw := cr.claimedKeyID(alice.UserID, alice.DeviceID); keyID != "signed_curve25519:A1" || !e2eeSameJSON(t, raw, mustJSON(t, stored)) {
+		t.Errorf("mixed claim gave alice's device %q %s", keyID, raw)
+	}
+	if len(cr.OneTimeKeys) != 1 || len(cr.OneTimeKeys[user]) != 1 {
+		t.Errorf("mixed claim answered for more than alice's device: %+v", cr.OneTimeKeys)
+	}
+	if len(cr.Failures) != 1 || cr.Failures["remote.example"] == nil {
+		t.Errorf("mixed claim failures = %v, want remote.example only", cr.Failures)
+	}
+	// An algorithm the device has no key for gives nothing either.
+	var plain keysClaimResp
+	err = e2eeDo(t, bob, http.MethodPost, []any{"keys", "claim"}, nil, map[string]any{"one_time_keys": map[string]any{
+		user: map[string]string{dev: "signed_other"}}}, &plain)
+	if err != nil || len(plain.OneTimeKeys) != 0 {
+		t.Errorf("claim of an algorithm without keys: %+v, %v", plain, err)
+	}
+}
+
+// e2eeDeleteDevice deletes one of c's user's devices through
+// DELETE /devices/{deviceId}, answering the password UIA challenge.
+func e2eeDeleteDevice(t testing.TB, c *mautrix.Client, deviceID id.DeviceID) {
+	t.Helper()
+	path := "/_matrix/client/v3/devices/" + deviceID.String()
+	status, body := e2eeHTTP(t, c, http.MethodDelete, path, map[string]any{})
+	if status != 401 || body["session"] == nil {
+		t.Fatalf("delete device without auth: %d %v", status, body)
+	}
+	auth := map[string]any{"type": "m.login.password", "session": body["session"], "password": "correct horse battery",
+		"identifier": map[string]any{"type": "m.id.user", "user": c.UserID.String()}}
+	if status, body := e2eeHTTP(t, c, http.MethodDelete, path, map[string]any{"auth": auth}); status != 200 {
+		t.Fatalf("delete device %s: %d %v", deviceID, status, body)
+	}
+}
+
+// TestKeysDeviceListsMembership covers the device-list cases
+// TestKeysDeviceListsAndChanges leaves out: a device deleted through
+// DELETE /devices (Element's "sign out of this session"), a device renamed,
+// a user leaving one of two shared rooms (still shared: not left), the
+// syncing user leaving (the others are left), and a rejoin (changed again).
+func TestKeysDeviceListsMembership(t *testing.T) {
+	n := startNode(t)
+	alice, bob, carol := n.register(t, "alice"), n.register(t, "bob"), n.register(t, "carol")
+	ctx := ctxT(t)
+	room1 := e2eeGroupRoom(t, alice, bob, carol)
+	room2 := e2eeGroupRoom(t, alice, carol)
+	tok := map[id.UserID]string{}
+	syncAll := func() map[id.UserID]*mautrix.RespSync {
+		t.Helper()
+		out := map[id.UserID]*mautrix.RespSync{}
+		for _, c := range []*mautrix.Client{alice, bob, carol} {
+			resp, err := c.SyncRequest(ctx, 0, tok[c.UserID], "", false, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok[c.UserID] = resp.NextBatch
+			out[c.UserID] = resp
+		}
+		return out
+	}
+	syncAll()
+
+	// Bob's second device, with keys, then deleted through DELETE /devices.
+	bob2 := e2eeLogin(t, n, bob.UserID, "bob's tablet")
+	if _, err := keysUpload(t, bob2, map[string]any{"device_keys": e2eeDeviceKeys(t, bob2, newE2EEKeyPair(t), randomCurveKey(t))}); err != nil {
+		t.Fatal(err)
+	}
+	r := syncAll()
+	for _, u := range []id.UserID{alice.UserID, carol.UserID, bob.UserID} {
+		if !slices.Contains(r[u].DeviceLists.Changed, bob.UserID) {
+			t.Errorf("%s's changed after bob's new device = %v", u, r[u].DeviceLists.Changed)
+		}
+	}
+	e2eeDeleteDevice(t, bob, bob2.DeviceID)
+	r = syncAll()
+	for _, u := range []id.UserID{alice.UserID, carol.UserID} {
+		if !slices.Equal(r[u].DeviceLists.Changed, []id.UserID{bob.UserID}) {
+			t.Errorf("%s's changed after bob deleted a device = %v", u, r[u].DeviceLists.Changed)
+		}
+	}
+	if _, ok := e2eeQuery(t, alice, bob.UserID).DeviceKeys[bob.UserID][bob2.DeviceID]; ok {
+		t.Error("deleted device still in /keys/query")
+	}
+
+	// Renaming a device changes what /keys/query shows: a change too.
+	if err := bob.SetDeviceInfo(ctx, bob.DeviceID, &mautrix.ReqDeviceInfo{DisplayName: "bob's phone"}); err != nil {
+		t.Fatal(err)
+	}
+	if r = syncAll(); !slices.Contains(r[alice.UserID].DeviceLists.Changed, bob.UserID) {
+		t.Errorf("alice's changed after bob renamed a device = %v", r[alice.UserID].DeviceLists.Changed)
+	}
+
+	// Carol leaves room1 but still shares room2 with alice: not left for
+	// alice; bob shares nothing else with her: left for bob.
+	if _, err := carol.LeaveRoom(ctx, room1); err != nil {
+		t.Fatal(err)
+	}
+	r = syncAll()
+	if slices.Contains(r[alice.UserID].DeviceLists.Left, carol.UserID) {
+		t.Errorf("alice, still sharing room2 with carol, got her in left: %v", r[alice.UserID].DeviceLists.Left)
+	}
+	if !slices.Equal(r[bob.UserID].DeviceLists.Left, []id.UserID{carol.UserID}) {
+		t.Errorf("bob's left after carol left their only shared room = %v", r[bob.UserID].DeviceLists.Left)
+	}
+	// Carol's own sync: bob is left, alice is not.
+	if got := r[carol.UserID].DeviceLists.Left; !slices.Equal(got, []id.UserID{bob.UserID}) {
+		t.Errorf("carol's left after leaving room1 = %v, want [bob]", got)
+	}
+	// Her key changes still reach alice through room2, but not bob.
+	carol2 := e2eeLogin(t, n, carol.UserID, "carol2")
+	if _, err := keysUpload(t, carol2, map[string]any{"device_keys": e2eeDeviceKeys(t, carol2, newE2EEKeyPair(t), randomCurveKey(t))}); err != nil {
+		t.Fatal(err)
+	}
+	r = syncAll()
+	if !slices.Contains(r[alice.UserID].DeviceLists.Changed, carol.UserID) || slices.Contains(r[bob.UserID].DeviceLists.Changed, carol.UserID) {
+		t.Errorf("carol's new device: alice's changed %v, bob's changed %v", r[alice.UserID].DeviceLists.Changed, r[bob.UserID].DeviceLists.Changed)
+	}
+
+	// Carol rejoins room1: bob must fetch her devices again, and she his.
+	if _, err := carol.JoinRoomByID(ctx, room1); err == nil {
+		t.Fatal("carol rejoined a private room without an invite")
+	}
+	if _, err := alice.InviteUser(ctx, room1, &mautrix.ReqInviteUser{UserID: carol.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.JoinRoomByID(ctx, room1); err != nil {
+		t.Fatal(err)
+	}
+	r = syncAll()
+	if !slices.Contains(r[bob.UserID].DeviceLists.Changed, carol.UserID) || slices.Contains(r[bob.UserID].DeviceLists.Left, carol.UserID) {
+		t.Errorf("bob after carol rejoined: changed %v, left %v", r[bob.UserID].DeviceLists.Changed, r[bob.UserID].DeviceLists.Left)
+	}
+	if !slices.Contains(r[carol.UserID].DeviceLists.Changed, bob.UserID) {
+		t.Errorf("carol after rejoining: changed %v", r[carol.UserID].DeviceLists.Changed)
+	}
+
+	// Alice leaves both rooms: everyone is left for her, and she for them.
+	for _, roomID := range []id.RoomID{room1, room2} {
+		if _, err := alice.LeaveRoom(ctx, roomID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = syncAll()
+	if got := r[alice.UserID].DeviceLists.Left; !slices.Equal(got, []id.UserID{bob.UserID, carol.UserID}) && !slices.Equal(got, []id.UserID{carol.UserID, bob.UserID}) {
+		t.Errorf("alice's left after leaving everything = %v", got)
+	}
+	for _, u := range []id.UserID{bob.UserID, carol.UserID} {
+		if !slices.Contains(r[u].DeviceLists.Left, alice.UserID) {
+			t.Errorf("%s's left after alice left = %v", u, r[u].DeviceLists.Left)
+		}
+	}
+	// And her later key changes reach nobody.
+	if _, err := keysUpload(t, alice, map[string]any{"device_keys": e2eeDeviceKeys(t, alice, newE2EEKeyPair(t), randomCurveKey(t))}); err != nil {
+		t.Fatal(err)
+	}
+	r = syncAll()
+	for _, u := range []id.UserID{bob.UserID, carol.UserID} {
+		if slices.Contains(r[u].DeviceLists.Changed, alice.UserID) {
+			t.Errorf("%s heard of alice's keys after she left every shared room", u)
+		}
+	}
+	if !slices.Contains(r[alice.UserID].DeviceLists.Changed, alice.UserID) {
+		t.Errorf("alice's own change missing: %v", r[alice.UserID].DeviceLists.Changed)
+	}
 }

@@ -104,6 +104,13 @@ func (d *e2eeDevice) sync(t testing.TB) *mautrix.RespSync {
 					d.state.add(roomID)
 				case event.EventEncrypted.Type:
 					d.events[ev.ID] = ev
+				case event.StateMember.Type:
+					// As a client's syncer would: a membership change makes the
+					// machine start a new megolm session for the room.
+					ev.Type.Class = event.StateEventType
+					if err := ev.Content.ParseRaw(ev.Type); err == nil || errors.Is(err, event.ErrContentAlreadyParsed) {
+						d.mach.HandleMemberEvent(ctx, ev)
+					}
 				}
 			}
 		}
@@ -133,6 +140,33 @@ func (d *e2eeDevice) sendEncrypted(t testing.TB, roomID id.RoomID, users []id.Us
 		t.Fatalf("send encrypted: %v", err)
 	}
 	return resp.EventID
+}
+
+// history pages a room's timeline backwards through /messages, as a
+// client scrolling back does, and remembers its encrypted events.
+func (d *e2eeDevice) history(t testing.TB, roomID id.RoomID) []id.EventID {
+	t.Helper()
+	var out []id.EventID
+	from := ""
+	for range 20 {
+		resp, err := d.Messages(ctxT(t), roomID, from, "", mautrix.DirectionBackward, nil, 50)
+		if err != nil {
+			t.Fatalf("messages: %v", err)
+		}
+		for _, ev := range resp.Chunk {
+			if ev.Type.Type == event.EventEncrypted.Type {
+				ev.RoomID = roomID
+				d.events[ev.ID] = ev
+				out = append(out, ev.ID)
+			}
+		}
+		if resp.End == "" || len(resp.Chunk) == 0 {
+			return out
+		}
+		from = resp.End
+	}
+	t.Fatal("history did not end")
+	return nil
 }
 
 // decrypt decrypts an encrypted event this device has synced.

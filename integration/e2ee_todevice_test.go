@@ -222,3 +222,21 @@ func TestToDeviceBadInput(t *testing.T) {
 		t.Errorf("message to own devices: %+v", evs)
 	}
 }
+
+// TestToDeviceTxnPerDevice: a transaction ID is scoped to the sending
+// device, so another device of the same user reusing it is not a retry.
+func TestToDeviceTxnPerDevice(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, "alice"), n.register(t, "bob")
+	alice2 := e2eeLogin(t, n, alice.UserID, "alice2")
+	_, since := toDeviceSync(t, bob, "", 0)
+	msg := map[string]any{bob.UserID.String(): map[string]any{bob.DeviceID.String(): map[string]any{"from": "x"}}}
+	for _, c := range []*mautrix.Client{alice, alice, alice2} {
+		if err := sendToDevice(t, c, "m.test", "same-txn", msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if evs, _ := toDeviceSync(t, bob, since, 0); len(evs) != 2 {
+		t.Fatalf("two devices, one retried: got %d messages, want 2: %+v", len(evs), evs)
+	}
+}

@@ -208,6 +208,11 @@ func (s *Server) newDevice(tx *store.Tx, userID, deviceID, displayName string, r
 	}
 	token = newToken("edge_")
 	d, err := tx.Device(userID, deviceID)
+	if err != nil {
+		// A new device: users sharing a room learn of it at login, as
+		// Synapse does, not only once it uploads keys.
+		s.markDeviceListChange(tx, userID, "")
+	}
 	if err == nil {
 		tx.DeleteSession(d.TokenHash)
 		if displayName != "" {
@@ -326,7 +331,9 @@ func (s *Server) logoutAll(r *http.Request, sess *Session) (any, error) {
 }
 
 func (s *Server) removeDevice(tx *store.Tx, userID, deviceID string) error {
-	if err := tx.DeleteDevice(userID, deviceID); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := tx.DeleteDevice(userID, deviceID); errors.Is(err, store.ErrNotFound) {
+		return nil // already gone: nothing to clean up, no device-list change
+	} else if err != nil {
 		return err
 	}
 	for _, h := range s.DeviceRemovalHooks {

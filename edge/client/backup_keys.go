@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -407,7 +408,7 @@ func (s *Server) backupGetKeys(r *http.Request, sess *Session) (any, error) {
 			if rooms[parts[0]] == nil {
 				rooms[parts[0]] = map[string]map[string]json.RawMessage{"sessions": {}}
 			}
-			rooms[parts[0]]["sessions"][parts[1]] = json.RawMessage(v)
+			rooms[parts[0]]["sessions"][parts[1]] = bytes.Clone(v) // v lives only as long as tx
 			return true
 		})
 		if sc.roomID != "" {

@@ -17,8 +17,9 @@ import (
 // (https://spec.matrix.org/latest/client-server-api/#end-to-end-encryption):
 // device, one-time and fallback keys (this file), device lists
 // (keys_devicelists.go), cross-signing (keys_crosssign.go), send-to-device
-// (todevice.go) and server-side key backup (backup_keys.go). Remote users
-// are answered with a failure until federation arrives.
+// (todevice.go), server-side key backup (backup_keys.go) and dehydrated
+// devices (keys_dehydrated.go). Remote users are answered with a failure
+// until federation arrives.
 
 func (s *Server) routesKeys() {
 	s.authed("POST /keys/upload", s.keysUpload)
@@ -29,6 +30,7 @@ func (s *Server) routesKeys() {
 	s.authed("POST /keys/signatures/upload", s.signaturesUpload)
 	s.authed("PUT /sendToDevice/{eventType}/{txnId}", s.sendToDevice)
 	s.routesKeyBackup()
+	s.routesDehydrated()
 	acks := newToDeviceAcks()
 	s.SyncExtensions = append(s.SyncExtensions, func(tx *store.Tx, sess *Session, since, next uint64, initial bool, resp map[string]any) bool {
 		return s.e2eeSync(tx, acks, sess, since, next, initial, resp)
@@ -52,6 +54,7 @@ const (
 	nsBackupVersion = "e2ee_backup_version"  // user, version → backupVersion
 	nsBackupLast    = "e2ee_backup_last"     // user → the last version number handed out
 	nsBackupKeys    = "e2ee_backup_sessions" // user, version, room, session → backupKeyData
+	nsDehydrated    = "e2ee_dehydrated"      // user → dehydratedDevice
 )
 
 // e2eeSep separates key parts. 0xff never occurs in valid UTF-8, and every
@@ -146,52 +149,17 @@ func (s *Server) keysUpload(r *http.Request, sess *Session) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	var deviceKeys json.RawMessage
-	if len(req.DeviceKeys) > 0 && string(req.DeviceKeys) != "null" {
-		dk, err := s.checkDeviceKeys(req.DeviceKeys, sess)
-		if err != nil {
-			return nil, err
-		}
-		deviceKeys = dk
-	}
-	otks, err := checkKeyMap(req.OneTimeKeys, "one-time")
+	up, err := s.prepareUpload(&req, sess)
 	if err != nil {
 		return nil, err
-	}
-	fallbacks, err := checkKeyMap(req.FallbackKeys, "fallback")
-	if err != nil {
-		return nil, err
-	}
-	seenAlg := map[string]bool{}
-	for _, k := range fallbacks {
-		if seenAlg[k.alg] {
-			return nil, errInvalidParam("At most one fallback key per algorithm")
-		}
-		seenAlg[k.alg] = true
 	}
 	var counts map[string]int
 	err = s.Store.Write(func(tx *store.Tx) error {
 		if _, err := tx.Device(sess.UserID, sess.DeviceID); err != nil {
 			return errNotFound("Unknown device")
 		}
-		if deviceKeys != nil {
-			if err := s.putDeviceKeys(tx, sess, deviceKeys); err != nil {
-				return err
-			}
-		}
-		if err := putOneTimeKeys(tx, sess, otks); err != nil {
+		if err := s.applyUpload(tx, sess, up); err != nil {
 			return err
-		}
-		for _, k := range fallbacks {
-			key := e2eeKey(sess.UserID, sess.DeviceID, k.alg)
-			if old, err := tx.GetKV(nsFallback, key); err == nil {
-				var fk fallbackKey
-				if json.Unmarshal(old, &fk) == nil && fk.KeyID == k.alg+":"+k.id && sameJSON(fk.Key, k.raw) {
-					continue // the same key again: keep whether it was used
-				}
-			}
-			v, _ := json.Marshal(fallbackKey{KeyID: k.alg + ":" + k.id, Key: k.raw})
-			tx.PutKV(nsFallback, key, v)
 		}
 		counts = otkCounts(tx, sess.UserID, sess.DeviceID)
 		return nil
@@ -202,35 +170,132 @@ func (s *Server) keysUpload(r *http.Request, sess *Session) (any, error) {
 	return map[string]any{"one_time_key_counts": counts}, nil
 }
 
+// preparedUpload is a /keys/upload body checked for everything that does
+// not need the store.
+type preparedUpload struct {
+	deviceKeys json.RawMessage // canonical; nil when none was uploaded
+	signingKey string          // deviceKeys' ed25519 key
+	otks       []uploadedKey
+	fallbacks  []uploadedKey
+}
+
+// prepareUpload checks an upload's device, one-time and fallback keys for
+// sess's device.
+func (s *Server) prepareUpload(req *keysUploadRequest, sess *Session) (*preparedUpload, error) {
+	up := &preparedUpload{}
+	if len(req.DeviceKeys) > 0 && string(req.DeviceKeys) != "null" {
+		dk, signingKey, err := s.checkDeviceKeys(req.DeviceKeys, sess)
+		if err != nil {
+			return nil, err
+		}
+		up.deviceKeys, up.signingKey = dk, signingKey
+	}
+	var err error
+	if up.otks, err = checkKeyMap(req.OneTimeKeys, "one_time_keys", sess); err != nil {
+		return nil, err
+	}
+	if up.fallbacks, err = checkKeyMap(req.FallbackKeys, "fallback_keys", sess); err != nil {
+		return nil, err
+	}
+	seenAlg := map[string]bool{}
+	for _, k := range up.fallbacks {
+		if seenAlg[k.alg] {
+			return nil, errInvalidParam("fallback_keys: at most one key per algorithm (%s)", k.alg)
+		}
+		seenAlg[k.alg] = true
+	}
+	return up, nil
+}
+
+// applyUpload stores a prepared upload inside tx. Signed one-time and
+// fallback keys are verified against the device's ed25519 key, from this
+// upload or stored; any failure aborts the whole upload.
+func (s *Server) applyUpload(tx *store.Tx, sess *Session, up *preparedUpload) error {
+	signingKey := up.signingKey
+	if signingKey == "" {
+		if raw, err := tx.GetKV(nsDeviceKeys, e2eeKey(sess.UserID, sess.DeviceID)); err == nil {
+			var dk deviceKeysJSON
+			_ = json.Unmarshal(raw, &dk)
+			signingKey = dk.Keys["ed25519:"+sess.DeviceID]
+		}
+	}
+	for _, k := range slices.Concat(up.otks, up.fallbacks) {
+		if !k.signed {
+			continue
+		}
+		if signingKey == "" {
+			return errInvalidParam("%s.%s:%s is signed, but the device has no device_keys to check it with: upload device_keys first", k.field, k.alg, k.id)
+		}
+		if err := verifySignedJSON(k.raw, sess.UserID, "ed25519:"+sess.DeviceID, signingKey); err != nil {
+			return errInvalidSignature("%s.%s:%s: %s", k.field, k.alg, k.id, toError(err).Message)
+		}
+	}
+	if up.deviceKeys != nil {
+		if err := s.putDeviceKeys(tx, sess, up.deviceKeys); err != nil {
+			return err
+		}
+	}
+	if err := putOneTimeKeys(tx, sess, up.otks); err != nil {
+		return err
+	}
+	for _, k := range up.fallbacks {
+		key := e2eeKey(sess.UserID, sess.DeviceID, k.alg)
+		if old, err := tx.GetKV(nsFallback, key); err == nil {
+			var fk fallbackKey
+			if json.Unmarshal(old, &fk) == nil && fk.KeyID == k.alg+":"+k.id && sameJSON(fk.Key, k.raw) {
+				continue // the same key again: keep whether it was used
+			}
+		}
+		v, _ := json.Marshal(fallbackKey{KeyID: k.alg + ":" + k.id, Key: k.raw})
+		tx.PutKV(nsFallback, key, v)
+	}
+	return nil
+}
+
 // checkDeviceKeys validates an uploaded device_keys object: it must name
 // the session's user and device and be signed by the device's own
-// ed25519 key. It returns the object in canonical form.
-func (s *Server) checkDeviceKeys(raw json.RawMessage, sess *Session) (json.RawMessage, error) {
+// ed25519 key. It returns the object in canonical form and that key.
+func (s *Server) checkDeviceKeys(raw json.RawMessage, sess *Session) (json.RawMessage, string, error) {
 	if !isJSONObject(raw) {
-		return nil, errBadJSON("device_keys must be an object")
+		return nil, "", errBadJSON("device_keys must be an object")
 	}
 	var dk deviceKeysJSON
 	if err := json.Unmarshal(raw, &dk); err != nil {
-		return nil, errBadJSON("Invalid device_keys: %s", jsonMessage(err))
+		return nil, "", errBadJSON("Invalid device_keys: %s", jsonMessage(err))
 	}
-	if dk.UserID == "" || dk.DeviceID == "" || dk.Algorithms == nil || dk.Keys == nil || dk.Signatures == nil {
-		return nil, errBadJSON("device_keys needs user_id, device_id, algorithms, keys and signatures")
+	for _, f := range []struct {
+		name    string
+		missing bool
+	}{
+		{"user_id", dk.UserID == ""}, {"device_id", dk.DeviceID == ""}, {"algorithms", dk.Algorithms == nil},
+		{"keys", dk.Keys == nil}, {"signatures", dk.Signatures == nil},
+	} {
+		if f.missing {
+			return nil, "", errBadJSON("device_keys.%s is missing", f.name)
+		}
 	}
-	if dk.UserID != sess.UserID || dk.DeviceID != sess.DeviceID {
-		return nil, errInvalidParam("device_keys must be for %s device %s", sess.UserID, sess.DeviceID)
+	if dk.UserID != sess.UserID {
+		return nil, "", errInvalidParam("device_keys.user_id must be %s", sess.UserID)
 	}
-	signingKey := dk.Keys["ed25519:"+dk.DeviceID]
+	if dk.DeviceID != sess.DeviceID {
+		return nil, "", errInvalidParam("device_keys.device_id must be %s", sess.DeviceID)
+	}
+	keyID := "ed25519:" + dk.DeviceID
+	signingKey := dk.Keys[keyID]
 	if signingKey == "" {
-		return nil, errInvalidParam("device_keys lacks the device's ed25519 key")
+		return nil, "", errInvalidParam("device_keys.keys lacks the device's %s key", keyID)
 	}
-	if err := verifySignedJSON(raw, dk.UserID, "ed25519:"+dk.DeviceID, signingKey); err != nil {
-		return nil, err
+	if dk.Signatures[dk.UserID][keyID] == "" {
+		return nil, "", errBadJSON("device_keys.signatures lacks the device's own signature (%s %s)", dk.UserID, keyID)
+	}
+	if err := verifySignedJSON(raw, dk.UserID, keyID, signingKey); err != nil {
+		return nil, "", errInvalidSignature("device_keys: %s", toError(err).Message)
 	}
 	c, err := canonical(raw)
 	if err != nil {
-		return nil, errBadJSON("Invalid device_keys")
+		return nil, "", errBadJSON("Invalid device_keys")
 	}
-	return c, nil
+	return c, signingKey, nil
 }
 
 // putDeviceKeys stores a checked device_keys object. A device's identity
@@ -260,28 +325,47 @@ func (s *Server) putDeviceKeys(tx *store.Tx, sess *Session, dk json.RawMessage) 
 
 // uploadedKey is one entry of one_time_keys or fallback_keys.
 type uploadedKey struct {
+	field   string // one_time_keys or fallback_keys, for error messages
 	alg, id string
 	raw     json.RawMessage // canonical
+	signed  bool            // a signed_* algorithm: verify before storing
 }
 
-// checkKeyMap validates `<algorithm>:<key id>` → key maps. Keys are a
-// signed object or, for unsigned algorithms, a string.
-func checkKeyMap(m map[string]json.RawMessage, what string) ([]uploadedKey, error) {
+// checkKeyMap validates `<algorithm>:<key id>` → key maps for sess's
+// device. Keys of signed_* algorithms are objects with a key and the
+// device's signature; other algorithms may also be plain strings.
+func checkKeyMap(m map[string]json.RawMessage, field string, sess *Session) ([]uploadedKey, error) {
 	out := make([]uploadedKey, 0, len(m))
 	for keyID, raw := range m {
 		alg, id, ok := strings.Cut(keyID, ":")
 		if !ok || alg == "" || id == "" {
-			return nil, errInvalidParam("Invalid %s key ID %q: want <algorithm>:<key id>", what, keyID)
+			return nil, errInvalidParam("%s: invalid key ID %q: want <algorithm>:<key id>", field, keyID)
 		}
 		t := bytes.TrimSpace(raw)
 		if len(t) == 0 || (t[0] != '{' && t[0] != '"') {
-			return nil, errBadJSON("The %s key %s must be an object or a string", what, keyID)
+			return nil, errBadJSON("%s.%s must be an object or a string", field, keyID)
+		}
+		signed := strings.HasPrefix(alg, "signed_")
+		if signed {
+			var k struct {
+				Key        any                          `json:"key"`
+				Signatures map[string]map[string]string `json:"signatures"`
+			}
+			if t[0] != '{' || json.Unmarshal(raw, &k) != nil {
+				return nil, errBadJSON("%s.%s must be an object with key and signatures", field, keyID)
+			}
+			if s, ok := k.Key.(string); !ok || s == "" {
+				return nil, errBadJSON("%s.%s.key must be a non-empty string", field, keyID)
+			}
+			if k.Signatures[sess.UserID]["ed25519:"+sess.DeviceID] == "" {
+				return nil, errBadJSON("%s.%s is not signed: signatures lacks %s ed25519:%s", field, keyID, sess.UserID, sess.DeviceID)
+			}
 		}
 		c, err := canonical(raw)
 		if err != nil {
-			return nil, errBadJSON("Invalid %s key %s", what, keyID)
+			return nil, errBadJSON("%s.%s is not valid JSON", field, keyID)
 		}
-		out = append(out, uploadedKey{alg: alg, id: id, raw: c})
+		out = append(out, uploadedKey{field: field, alg: alg, id: id, raw: c, signed: signed})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].alg+":"+out[i].id < out[j].alg+":"+out[j].id })
 	return out, nil
@@ -300,7 +384,7 @@ func putOneTimeKeys(tx *store.Tx, sess *Session, keys []uploadedKey) error {
 		if at, err := tx.GetKV(nsOTKID, idKey); err == nil {
 			old, _ := tx.GetKV(nsOTK, string(at))
 			if !sameJSON(old, k.raw) {
-				return errInvalidParam("One-time key %s:%s already exists with a different value", k.alg, k.id)
+				return errInvalidParam("one_time_keys.%s:%s: a different key already has this ID", k.alg, k.id)
 			}
 			continue
 		}
@@ -409,7 +493,7 @@ func (s *Server) queryDeviceKeys(tx *store.Tx, viewer, userID string, only []str
 		if len(only) > 0 && !slices.Contains(only, deviceID) {
 			return true
 		}
-		dk := withSignatures(tx, v, viewer, userID, deviceID)
+		dk := withSignatures(tx, bytes.Clone(v), viewer, userID, deviceID) // v lives only as long as tx
 		name := ""
 		if d, err := tx.Device(userID, deviceID); err == nil {
 			name = d.DisplayName
@@ -623,5 +707,11 @@ func (s *Server) e2eeRemoveDevice(tx *store.Tx, userID, deviceID string) {
 		deleteKVPrefix(tx, ns, e2eePrefix(userID, deviceID))
 	}
 	deleteKVPrefix(tx, nsSignatures, e2eePrefix(userID, deviceID))
+	if raw, err := tx.GetKV(nsDehydrated, userID); err == nil {
+		var d dehydratedDevice
+		if json.Unmarshal(raw, &d) == nil && d.DeviceID == deviceID {
+			tx.DeleteKV(nsDehydrated, userID)
+		}
+	}
 	s.markDeviceListChange(tx, userID, "")
 }

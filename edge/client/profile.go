@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -84,7 +85,7 @@ func (s *Server) localProfileUser(tx *store.Tx, userID string) (*store.User, err
 func profileOf(tx *store.Tx, u *store.User, userID string) map[string]json.RawMessage {
 	p := map[string]json.RawMessage{}
 	tx.ScanKV(profileFieldNamespace, profileKVKey(userID, ""), func(key string, value []byte) bool {
-		p[strings.TrimPrefix(key, profileKVKey(userID, ""))] = json.RawMessage(value)
+		p[strings.TrimPrefix(key, profileKVKey(userID, ""))] = json.RawMessage(bytes.Clone(value)) // value lives only as long as the transaction
 		return true
 	})
 	if u.DisplayName != "" {

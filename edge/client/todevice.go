@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -211,7 +212,7 @@ func (s *Server) toDeviceSince(tx *store.Tx, acks *toDeviceAcks, sess *Session, 
 		if parsePosKey(strings.SplitN(strings.TrimPrefix(k, p), e2eeSep, 2)[0]) > next {
 			return false
 		}
-		out = append(out, json.RawMessage(v))
+		out = append(out, bytes.Clone(v)) // v lives only as long as tx
 		return true
 	})
 	return out

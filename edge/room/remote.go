@@ -17,21 +17,17 @@ import (
 	"edge/edge/store"
 )
 
-// ErrFork: the event's prev_events do not form a straight line with the
-// room's state, and combining the states needs state resolution, which is
-// not wired into the remote path yet.
-// TODO(issue 6): call ResolveState over the prev events' states instead.
-var ErrFork = errors.New("event needs state resolution (fork), not supported yet")
-
 // StateBeforeEvent computes the state before a remote event from its
 // prev_events. Every prev event must be stored (ErrEventNotFound names
 // the first missing one). One prev event: the state after it. Several:
-// accepted only when their states after are equal; otherwise ErrFork.
+// the states after them, merged by state resolution when they differ.
 func (s *Service) StateBeforeEvent(tx *store.Tx, ev *Event) (*State, error) {
 	if len(ev.PrevEvents) == 0 {
 		return nil, fmt.Errorf("%w: %s has no prev_events", ErrBadEvent, ev.ID)
 	}
 	var first *State
+	states := make([]*State, 0, len(ev.PrevEvents))
+	forked := false
 	for _, pid := range ev.PrevEvents {
 		prev, err := s.EventByID(tx, pid)
 		if err != nil {
@@ -47,8 +43,12 @@ func (s *Service) StateBeforeEvent(tx *store.Tx, ev *Event) (*State, error) {
 		if first == nil {
 			first = st
 		} else if !sameState(first, st) {
-			return nil, ErrFork
+			forked = true
 		}
+		states = append(states, st)
+	}
+	if forked {
+		return s.resolve(tx, ev.Version, states)
 	}
 	return first, nil
 }
@@ -130,18 +130,29 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 	}
 	// The event continues the current state when its state before equals
 	// it (a straight line, or concurrent events that changed no state);
-	// otherwise the two states need resolution.
+	// otherwise the room's new state is the resolution of the current
+	// state and the state after this event.
 	continues := sameState(before, cur)
-	if !continues && ev.IsState() {
-		return ErrFork
-	}
 	se.Pos = tx.NextPos()
 	if err := tx.PutEvent(se); err != nil {
 		return err
 	}
 	ev.NID, ev.Pos, ev.StateBefore, ev.Flags = se.NID, se.Pos, before.ID, flags
 	tx.AppendTimeline(r.NID, se.Pos, ev.NID)
-	if ev.IsState() {
+	if !continues {
+		after, err := s.stateAfterNew(tx, before, ev)
+		if err != nil {
+			return err
+		}
+		resolved, err := s.resolve(tx, ev.Version, []*State{cur, after})
+		if err != nil {
+			return err
+		}
+		if err := s.updateLocalMemberships(tx, r.RoomID, cur, resolved, se.Pos); err != nil {
+			return err
+		}
+		r.State = resolved.ID
+	} else if ev.IsState() {
 		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
 		if err != nil {
 			return err
@@ -151,8 +162,6 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 			tx.SetMembership(*ev.StateKey, &store.Membership{RoomID: r.RoomID, Membership: ev.Membership(), Pos: se.Pos, Event: ev.NID})
 		}
 	}
-	// TODO(issue 6): a message on a fork whose state differs from the
-	// current state keeps the current state; resolution would merge them.
 	prevs := make(map[string]bool, len(ev.PrevEvents))
 	for _, p := range ev.PrevEvents {
 		prevs[p] = true

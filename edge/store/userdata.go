@@ -231,7 +231,9 @@ func (t *Tx) DeleteKV(namespace, key string) {
 	must(t.tx.Bucket(bKV).Delete(join(namespace, key)))
 }
 
-// ScanKV calls fn for each key in namespace starting with keyPrefix, in order.
+// ScanKV calls fn for each key in namespace starting with keyPrefix, in
+// order. value points into the database file and is valid only during fn:
+// copy it to keep it.
 func (t *Tx) ScanKV(namespace, keyPrefix string, fn func(key string, value []byte) bool) {
 	p := append(prefix(namespace), keyPrefix...)
 	strip := len(prefix(namespace))

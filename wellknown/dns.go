@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -25,20 +26,93 @@ type dnsClient struct {
 	timeout time.Duration
 	udp     *dns.Client
 	tcp     *dns.Client
+	now     func() time.Time
+
+	mu    sync.Mutex
+	cache map[dnsKey]dnsEntry
 }
 
-func newDNSClient(servers []string, timeout time.Duration) *dnsClient {
+// dnsKey and dnsEntry cache answers for their TTL, as the spec asks of
+// SRV and address lookups.
+type dnsKey struct {
+	name  string
+	qtype uint16
+}
+
+type dnsEntry struct {
+	msg     *dns.Msg
+	server  string
+	expires time.Time
+}
+
+const (
+	// maxDNSCacheTTL caps how long an answer is reused, whatever its TTL.
+	maxDNSCacheTTL = time.Hour
+	// negativeDNSTTL is used for empty answers without an SOA minimum.
+	negativeDNSTTL = time.Minute
+	// maxDNSCacheEntries bounds the cache; when full it starts over.
+	maxDNSCacheEntries = 4096
+)
+
+func newDNSClient(servers []string, timeout time.Duration, now func() time.Time) *dnsClient {
 	return &dnsClient{
 		servers: servers,
 		timeout: timeout,
 		udp:     &dns.Client{Net: "udp", Timeout: timeout},
 		tcp:     &dns.Client{Net: "tcp", Timeout: timeout},
+		now:     now,
+		cache:   map[dnsKey]dnsEntry{},
 	}
 }
 
-// exchange asks each nameserver in turn until one gives a usable answer
-// (NOERROR or NXDOMAIN), retrying over TCP when the UDP answer is truncated.
+// answerTTL is how long a usable answer may be reused: the smallest TTL
+// of its records (or the SOA minimum of a negative answer), capped.
+func answerTTL(resp *dns.Msg) time.Duration {
+	ttl := time.Duration(-1)
+	for _, rr := range resp.Answer {
+		if t := time.Duration(rr.Header().Ttl) * time.Second; ttl < 0 || t < ttl {
+			ttl = t
+		}
+	}
+	if ttl < 0 {
+		ttl = negativeDNSTTL
+		for _, rr := range resp.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				ttl = time.Duration(min(soa.Minttl, soa.Hdr.Ttl)) * time.Second
+			}
+		}
+	}
+	return min(ttl, maxDNSCacheTTL)
+}
+
+// exchange answers from the TTL cache, or asks the nameservers.
 func (d *dnsClient) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, string, error) {
+	key := dnsKey{strings.ToLower(name), qtype}
+	now := d.now()
+	d.mu.Lock()
+	e, ok := d.cache[key]
+	d.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.msg, e.server + " (cached)", nil
+	}
+	resp, server, err := d.ask(ctx, name, qtype)
+	if err != nil {
+		return nil, server, err
+	}
+	if ttl := answerTTL(resp); ttl > 0 {
+		d.mu.Lock()
+		if len(d.cache) >= maxDNSCacheEntries {
+			d.cache = map[dnsKey]dnsEntry{}
+		}
+		d.cache[key] = dnsEntry{msg: resp, server: server, expires: now.Add(ttl)}
+		d.mu.Unlock()
+	}
+	return resp, server, nil
+}
+
+// ask asks each nameserver in turn until one gives a usable answer
+// (NOERROR or NXDOMAIN), retrying over TCP when the UDP answer is truncated.
+func (d *dnsClient) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, string, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
 	m.SetEdns0(1232, false) // the DNS flag day 2020 size: no fragmentation

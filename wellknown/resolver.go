@@ -148,7 +148,7 @@ func New(opts Options) (*Resolver, error) {
 	}
 	r := &Resolver{
 		opts:     opts,
-		dns:      newDNSClient(opts.Nameservers, opts.DNSTimeout),
+		dns:      newDNSClient(opts.Nameservers, opts.DNSTimeout, opts.Now),
 		cache:    newWKCache(opts.MaxCacheEntries),
 		log:      opts.Logger,
 		randIntN: rand.IntN,

@@ -102,7 +102,11 @@ func (n *Node) openFederation() error {
 	}
 	n.Rooms.GetKey = n.Fed.Keyring.GetKey
 	n.Fed.ACLSource = federation.RoomACLSource(n.Store, n.Rooms)
-	return n.attachRoomFederation()
+	if err := n.attachRoomFederation(); err != nil {
+		return err
+	}
+	n.attachKeysFederation()
+	return nil
 }
 
 // onEvent wakes the syncs an event concerns: the room's members, and for a
@@ -123,6 +127,9 @@ func (n *Node) Handler() http.Handler {
 	fed := n.Fed.Handler()
 	mux.Handle("/_matrix/federation/", fed)
 	mux.Handle("/_matrix/key/", fed)
+	media := n.mediaHandler()
+	mux.Handle("/_matrix/media/", media)
+	mux.Handle("/_matrix/client/v1/media/", media)
 	mux.Handle("/", n.Client.Handler())
 	return mux
 }

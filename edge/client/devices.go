@@ -97,6 +97,7 @@ func (s *Server) updateDevice(r *http.Request, sess *Session) (any, error) {
 		tx.PutDevice(d)
 		// Peers show unsigned.device_display_name from /keys/query.
 		s.markDeviceListChange(tx, sess.UserID, "")
+		s.sendDeviceListUpdate(tx, sess.UserID, d.DeviceID, false)
 		return nil
 	})
 }

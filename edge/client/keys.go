@@ -2,8 +2,10 @@ package client
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -18,8 +20,8 @@ import (
 // device, one-time and fallback keys (this file), device lists
 // (keys_devicelists.go), cross-signing (keys_crosssign.go), send-to-device
 // (todevice.go), server-side key backup (backup_keys.go) and dehydrated
-// devices (keys_dehydrated.go). Remote users are answered with a failure
-// until federation arrives.
+// devices (keys_dehydrated.go); their federation side is in
+// keys_federation.go.
 
 func (s *Server) routesKeys() {
 	s.authed("POST /keys/upload", s.keysUpload)
@@ -104,8 +106,9 @@ func userServer(userID string) (string, bool) {
 	return server, true
 }
 
-// remoteFailure is the `failures` entry for a server we cannot ask yet.
-var remoteFailure = map[string]any{"status": 503, "message": "Federation is not available on this server yet"}
+// remoteFailure is the `failures` entry for a remote server when the node
+// runs without federation.
+var remoteFailure = map[string]any{"status": 503, "message": "Federation is not available on this server"}
 
 // sameJSON compares two JSON values canonically.
 func sameJSON(a, b []byte) bool {
@@ -320,6 +323,7 @@ func (s *Server) putDeviceKeys(tx *store.Tx, sess *Session, dk json.RawMessage) 
 	}
 	tx.PutKV(nsDeviceKeys, key, dk)
 	s.markDeviceListChange(tx, sess.UserID, "")
+	s.sendDeviceListUpdate(tx, sess.UserID, sess.DeviceID, false)
 	return nil
 }
 
@@ -430,7 +434,7 @@ func unusedFallbackTypes(tx *store.Tx, userID, deviceID string) []string {
 func (s *Server) keysQuery(r *http.Request, sess *Session) (any, error) {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
-		Timeout    json.RawMessage     `json:"timeout"` // a hint for remote servers: ignored
+		Timeout    json.RawMessage     `json:"timeout"` // how long to wait for remote servers (ms)
 	}
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -446,12 +450,32 @@ func (s *Server) keysQuery(r *http.Request, sess *Session) (any, error) {
 	deviceKeys := map[string]map[string]json.RawMessage{}
 	master, selfSigning, userSigning := map[string]json.RawMessage{}, map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	failures := map[string]any{}
+	remote := map[string]map[string][]string{} // server → user → devices
+	for userID, devices := range req.DeviceKeys {
+		if !s.isLocalUser(userID) {
+			server, _ := userServer(userID)
+			if remote[server] == nil {
+				remote[server] = map[string][]string{}
+			}
+			if devices == nil {
+				devices = []string{}
+			}
+			remote[server][userID] = devices
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(r.Context(), remoteTimeout(req.Timeout))
+		defer cancel()
+		s.queryRemoteKeys(ctx, remote, deviceKeys, master, selfSigning, failures)
+	}()
+	local := map[string]map[string]json.RawMessage{}
+	lmaster, lself := map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	err := s.Store.View(func(tx *store.Tx) error {
+		deviceKeys, master, selfSigning := local, lmaster, lself // the remote answers fill the outer maps meanwhile
 		for userID, devices := range req.DeviceKeys {
 			if !s.isLocalUser(userID) {
-				// Remote device lists come with federation.
-				server, _ := userServer(userID)
-				failures[server] = remoteFailure
 				continue
 			}
 			if _, err := tx.User(localpart(userID)); err != nil {
@@ -472,9 +496,13 @@ func (s *Server) keysQuery(r *http.Request, sess *Session) (any, error) {
 		}
 		return nil
 	})
+	<-done
 	if err != nil {
 		return nil, err
 	}
+	maps.Copy(deviceKeys, local)
+	maps.Copy(master, lmaster)
+	maps.Copy(selfSigning, lself)
 	return map[string]any{
 		"device_keys":       deviceKeys,
 		"master_keys":       master,
@@ -566,7 +594,7 @@ func withField(obj json.RawMessage, field string, value any) json.RawMessage {
 func (s *Server) keysClaim(r *http.Request, sess *Session) (any, error) {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
-		Timeout     json.RawMessage              `json:"timeout"` // a hint for remote servers: ignored
+		Timeout     json.RawMessage              `json:"timeout"` // how long to wait for remote servers (ms)
 	}
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -586,14 +614,30 @@ func (s *Server) keysClaim(r *http.Request, sess *Session) (any, error) {
 	}
 	var claimed map[string]map[string]map[string]json.RawMessage
 	failures := map[string]any{}
+	remote := map[string]map[string]map[string]string{} // server → user → device → algorithm
+	for userID, devices := range req.OneTimeKeys {
+		if !s.isLocalUser(userID) {
+			server, _ := userServer(userID)
+			if remote[server] == nil {
+				remote[server] = map[string]map[string]string{}
+			}
+			remote[server][userID] = devices
+		}
+	}
+	remoteClaimed := map[string]map[string]map[string]json.RawMessage{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(r.Context(), remoteTimeout(req.Timeout))
+		defer cancel()
+		s.claimRemoteKeys(ctx, remote, remoteClaimed, failures)
+	}()
 	// One write transaction: concurrent claimers are serialised, so each
 	// one-time key goes to exactly one of them.
 	err := s.Store.Write(func(tx *store.Tx) error {
 		claimed = map[string]map[string]map[string]json.RawMessage{}
 		for userID, devices := range req.OneTimeKeys {
 			if !s.isLocalUser(userID) {
-				server, _ := userServer(userID) // remote claims come with federation
-				failures[server] = remoteFailure
 				continue
 			}
 			for deviceID, alg := range devices {
@@ -609,9 +653,11 @@ func (s *Server) keysClaim(r *http.Request, sess *Session) (any, error) {
 		}
 		return nil
 	})
+	<-done
 	if err != nil {
 		return nil, err
 	}
+	maps.Copy(claimed, remoteClaimed)
 	return map[string]any{"one_time_keys": claimed, "failures": failures}, nil
 }
 
@@ -714,4 +760,5 @@ func (s *Server) e2eeRemoveDevice(tx *store.Tx, userID, deviceID string) {
 		}
 	}
 	s.markDeviceListChange(tx, userID, "")
+	s.sendDeviceListUpdate(tx, userID, deviceID, true)
 }

@@ -232,6 +232,7 @@ func (s *Server) crossSigningUpload(r *http.Request, sess *Session) (any, error)
 				s.markDeviceListChange(tx, sess.UserID, sess.UserID) // only its owner sees it
 			} else {
 				s.markDeviceListChange(tx, sess.UserID, "")
+				s.sendSigningKeyUpdate(tx, sess.UserID)
 			}
 		}
 		return nil

@@ -160,7 +160,7 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return err
 	})
 	if errors.Is(err, room.ErrRoomNotFound) {
-		return s.remoteJoin(r, sess, roomID)
+		return s.remoteJoin(r, sess, roomID, s.remoteInviteServers(sess.UserID, roomID)...)
 	}
 	if err != nil {
 		return nil, err
@@ -202,9 +202,15 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	roomID := r.PathValue("roomId")
-	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+	remote := false
+	err := s.Store.Write(func(tx *store.Tx) error {
+		remote = false
 		_, st, err := s.roomState(tx, roomID)
 		if errors.Is(err, room.ErrRoomNotFound) {
+			if s.pendingRemoteInvite(tx, sess.UserID, roomID) != nil {
+				remote = true // rejecting an invite from another server
+				return nil
+			}
 			return errNotFound("Unknown room %s", roomID)
 		} else if err != nil {
 			return err
@@ -219,6 +225,10 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, s.memberContent(tx, sess.UserID, "leave", req.Reason))
 		return err
 	})
+	if err == nil && remote {
+		err = s.rejectRemoteInvite(r.Context(), sess.UserID, roomID, req.Reason)
+	}
+	return empty{}, err
 }
 
 // leaveAllRooms makes a deactivated user leave every room.
@@ -271,7 +281,13 @@ func (s *Server) membershipAction(membership, action string) authedFunc {
 			return nil, errInvalidParam("Invalid user_id")
 		}
 		roomID := r.PathValue("roomId")
-		return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		content := map[string]any{"membership": membership}
+		if req.Reason != "" {
+			content["reason"] = req.Reason
+		}
+		// The invitee's server must sign an invite of its user first.
+		remote := action == "invite" && !s.isLocalUser(req.UserID) && s.remoteMembership().Invite != nil
+		err := s.Store.Write(func(tx *store.Tx) error {
 			_, st, err := s.requireJoined(tx, roomID, sess.UserID)
 			if err != nil {
 				return err
@@ -294,13 +310,16 @@ func (s *Server) membershipAction(membership, action string) authedFunc {
 					return errForbidden("%s is not banned", req.UserID)
 				}
 			}
-			content := map[string]any{"membership": membership}
-			if req.Reason != "" {
-				content["reason"] = req.Reason
+			if remote {
+				return nil
 			}
 			_, err = s.sendMember(tx, roomID, sess.UserID, req.UserID, content)
 			return err
 		})
+		if err == nil && remote {
+			err = s.sendRemoteInvite(r.Context(), roomID, sess.UserID, req.UserID, content)
+		}
+		return empty{}, err
 	}
 }
 

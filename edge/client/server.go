@@ -51,6 +51,12 @@ type Server struct {
 	// servers (see remotejoin.go); nil: unknown rooms are 404.
 	RemoteJoin func(ctx context.Context, userID, roomID string, servers []string) error
 
+	// e2eeFederation reaches other servers for keys, to-device and device
+	// lists (nil: local users only).
+	e2eeFederation *E2EEFederation
+	// remoteHooks invite and reject invites across servers (nil: local only).
+	remoteHooks *RemoteMembership
+
 	unreadMu sync.Mutex
 	unread   map[[2]string]unreadMemo
 }

@@ -73,6 +73,9 @@ func (s *Server) sendToDevice(r *http.Request, sess *Session) (any, error) {
 		return nil, newErr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "At most %d messages per request", maxToDeviceMessages)
 	}
 	const scope = "sendToDevice"
+	// The EDU's message_id: unique per sender, and the same if this
+	// transaction is retried (it is then not sent again anyway).
+	messageID := sess.DeviceID + "/" + txnID
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if _, done := tx.Txn(sess.UserID, sess.DeviceID, scope, txnID); done {
 			return nil
@@ -81,26 +84,25 @@ func (s *Server) sendToDevice(r *http.Request, sess *Session) (any, error) {
 		var pos uint64
 		index := 0
 		var woken []string
+		remote := map[string]map[string]map[string]json.RawMessage{} // server → user → device → content
 		for userID, devices := range req.Messages {
 			if !s.isLocalUser(userID) {
-				continue // remote recipients: relayed over federation once it exists
+				server, _ := userServer(userID)
+				if remote[server] == nil {
+					remote[server] = map[string]map[string]json.RawMessage{}
+				}
+				remote[server][userID] = devices
+				continue
 			}
-			targets, err := toDeviceTargets(tx, userID, devices)
+			ok, err := s.storeToDevice(tx, sess.UserID, evType, userID, devices, &pos, &index)
 			if err != nil {
 				return err
 			}
-			for _, t := range targets {
-				if pos == 0 {
-					pos = tx.NextPos()
-				}
-				msg, _ := json.Marshal(toDeviceMessage{Sender: sess.UserID, Type: evType, Content: t.content})
-				tx.PutKV(nsToDevice, e2eeKey(userID, t.deviceID, posKey(pos), fmt.Sprintf("%08x", index)), msg)
-				index++
-			}
-			if len(targets) > 0 {
+			if ok {
 				woken = append(woken, notify.UserKey(userID))
 			}
 		}
+		s.queueRemoteToDevice(tx, sess.UserID, evType, messageID, remote)
 		tx.OnCommit(func() { s.Notifier.Notify(woken...) })
 		return nil
 	})
@@ -108,6 +110,25 @@ func (s *Server) sendToDevice(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	return empty{}, nil
+}
+
+// storeToDevice puts one local user's messages into their devices' inboxes
+// at *pos (allocated on first use), numbering them from *index; it reports
+// whether any device got one.
+func (s *Server) storeToDevice(tx *store.Tx, sender, evType, userID string, devices map[string]json.RawMessage, pos *uint64, index *int) (bool, error) {
+	targets, err := toDeviceTargets(tx, userID, devices)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range targets {
+		if *pos == 0 {
+			*pos = tx.NextPos()
+		}
+		msg, _ := json.Marshal(toDeviceMessage{Sender: sender, Type: evType, Content: t.content})
+		tx.PutKV(nsToDevice, e2eeKey(userID, t.deviceID, posKey(*pos), fmt.Sprintf("%08x", *index)), msg)
+		*index++
+	}
+	return len(targets) > 0, nil
 }
 
 type toDeviceTarget struct {

@@ -51,6 +51,7 @@ type Config struct {
 	Limits       Limits       `yaml:"limits"`
 	Rooms        Rooms        `yaml:"rooms"`
 	Federation   Federation   `yaml:"federation"`
+	Media        Media        `yaml:"media"`
 	Log          Log          `yaml:"log"`
 
 	// Dir is the directory of the loaded file; relative paths resolve against it.
@@ -128,6 +129,7 @@ func Default(serverName string) *Config {
 		},
 		Rooms:      Rooms{DefaultVersion: "12"},
 		Federation: DefaultFederation(),
+		Media:      DefaultMedia(),
 		Log:        Log{Level: "info"},
 	}
 }
@@ -260,6 +262,9 @@ func (c *Config) Validate() error {
 		return &FieldError{"log.level", fmt.Sprintf("%q is not one of debug, info, warn, error", c.Log.Level)}
 	}
 	if err := c.Federation.validate(); err != nil {
+		return err
+	}
+	if err := c.Media.validate(); err != nil {
 		return err
 	}
 	if c.Registration.MinPasswordLength < 0 {

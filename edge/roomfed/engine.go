@@ -52,6 +52,7 @@ func New(d Deps) *Engine {
 	d.Fed.OnPDUs = e.onPDUs
 	d.Rooms.InTx = e.queueLocal
 	e.routes()
+	e.leaveRoutes()
 	return e
 }
 

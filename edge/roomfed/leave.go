@@ -1,0 +1,195 @@
+package roomfed
+
+// Leaving rooms this server is not in (server-server API, "Leaving
+// rooms"): rejecting an invite goes through a resident server with
+// make_leave and send_leave, which this file serves too.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"edge/edge/room"
+	"edge/edge/store"
+	"edge/federation"
+)
+
+func (e *Engine) leaveRoutes() {
+	e.fed.HandleRoom("GET /_matrix/federation/v1/make_leave/{roomId}/{userId}", e.serveMakeLeave)
+	e.fed.HandleRoom("PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}", e.serveSendLeave)
+}
+
+// Leave makes userID (one of ours) leave a room this server is not in,
+// typically rejecting an invite, through the first of servers that
+// accepts (make_leave, then send_leave). It returns the leave event's ID
+// and PDU. It is the client API's remote leave hook.
+func (e *Engine) Leave(ctx context.Context, userID, roomID string, servers []string, reason string) (string, json.RawMessage, error) {
+	var errs []error
+	for _, srv := range servers {
+		if srv == e.name || srv == "" {
+			continue
+		}
+		evID, pdu, err := e.leaveVia(ctx, srv, userID, roomID, reason)
+		if err == nil {
+			return evID, pdu, nil
+		}
+		e.log.Info("remote leave failed", "server", srv, "room_id", roomID, "user_id", userID, "err", err)
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return "", nil, fmt.Errorf("%w: no server to leave %s through", room.ErrRoomNotFound, roomID)
+	}
+	return "", nil, errors.Join(errs...)
+}
+
+func (e *Engine) leaveVia(ctx context.Context, srv, userID, roomID, reason string) (string, json.RawMessage, error) {
+	var ml struct {
+		RoomVersion string          `json:"room_version"`
+		Event       json.RawMessage `json:"event"`
+	}
+	path := "/_matrix/federation/v1/make_leave/" + url.PathEscape(roomID) + "/" + url.PathEscape(userID)
+	if err := e.fed.Client.Get(ctx, srv, path, &ml); err != nil {
+		return "", nil, remoteErr(err)
+	}
+	if ml.RoomVersion == "" {
+		ml.RoomVersion = "1"
+	}
+	if !slices.Contains(room.SupportedVersions, ml.RoomVersion) {
+		return "", nil, fmt.Errorf("%w: %q", room.ErrUnsupported, ml.RoomVersion)
+	}
+	var tmpl map[string]json.RawMessage
+	if err := json.Unmarshal(ml.Event, &tmpl); err != nil || tmpl == nil {
+		return "", nil, fmt.Errorf("%w: make_leave template from %s", room.ErrBadEvent, srv)
+	}
+	want := map[string]string{"sender": userID, "state_key": userID, "type": "m.room.member", "room_id": roomID}
+	for k, v := range want {
+		var got string
+		if json.Unmarshal(tmpl[k], &got) != nil || got != v {
+			return "", nil, fmt.Errorf("%w: make_leave template has a wrong %s", room.ErrBadEvent, k)
+		}
+	}
+	content := map[string]string{"membership": "leave"}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	tmpl["content"], _ = json.Marshal(content)
+	tmpl["origin"], _ = json.Marshal(e.name)
+	tmpl["origin_server_ts"], _ = json.Marshal(time.Now().UnixMilli())
+	delete(tmpl, "signatures")
+	delete(tmpl, "hashes")
+	raw, _ := json.Marshal(tmpl)
+	signed, eventID, err := e.rooms.SignPDU(ml.RoomVersion, raw)
+	if err != nil {
+		return "", nil, err
+	}
+	path = "/_matrix/federation/v2/send_leave/" + url.PathEscape(roomID) + "/" + url.PathEscape(eventID)
+	var resp json.RawMessage
+	if err := e.fed.Client.Put(ctx, srv, path, json.RawMessage(signed), &resp); err != nil {
+		return "", nil, remoteErr(err)
+	}
+	return eventID, signed, nil
+}
+
+// serveMakeLeave answers GET /_matrix/federation/v1/make_leave/{roomId}/{userId}:
+// a leave template built on the current state, if the auth rules let the
+// user (on the asking server) leave.
+func (e *Engine) serveMakeLeave(r *federation.Request) (any, error) {
+	roomID, userID := r.PathValue("roomId"), r.PathValue("userId")
+	if domainOf(userID) != r.Origin {
+		return nil, errForbidden("the user is not on the requesting server")
+	}
+	content, _ := json.Marshal(map[string]string{"membership": "leave"})
+	sk := userID
+	var version string
+	var tmpl json.RawMessage
+	err := e.store.View(func(tx *store.Tx) error {
+		var err error
+		version, tmpl, err = e.rooms.Template(tx, roomID, room.Proto{Type: "m.room.member", StateKey: &sk, Sender: userID, Content: content})
+		return err
+	})
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return map[string]any{"room_version": version, "event": tmpl}, nil
+}
+
+// serveSendLeave answers PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}:
+// the leave event of a user of the asking server, checked like any
+// inbound PDU, is stored and sent to the room's other servers. The answer
+// is an empty object.
+func (e *Engine) serveSendLeave(r *federation.Request) (any, error) {
+	roomID, eventID := r.PathValue("roomId"), r.PathValue("eventId")
+	unlock := e.lock(roomID)
+	defer unlock()
+	version, err := e.roomVersion(roomID)
+	if err != nil {
+		return nil, errNotFound("unknown room")
+	}
+	if len(r.Body) > room.MaxEventBytes {
+		return nil, fedErr(http.StatusBadRequest, "M_TOO_LARGE", "event too large")
+	}
+	ev, err := room.ParseEvent(version, stripUnsigned(r.Body), "")
+	if err != nil {
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", err.Error())
+	}
+	switch {
+	case ev.ID != eventID:
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "the event ID does not match the path")
+	case ev.RoomID != roomID || ev.Type != "m.room.member" || ev.StateKey == nil || *ev.StateKey != ev.Sender || ev.Membership() != "leave":
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "not a leave event of its sender in this room")
+	case domainOf(ev.Sender) != r.Origin:
+		return nil, errForbidden("the leaving user is not on the requesting server")
+	case !ev.VerifyContentHash():
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "content hash mismatch")
+	}
+	if err := ev.VerifySignature(r.Origin, e.fed.Keyring.GetKey); err != nil {
+		return nil, errForbidden("signature check failed: " + err.Error())
+	}
+	var known bool
+	_ = e.store.View(func(tx *store.Tx) error {
+		_, err := tx.EventNID(eventID)
+		known = err == nil
+		return nil
+	})
+	if known {
+		return map[string]any{}, nil
+	}
+	if err := e.apply(ev); err != nil {
+		if errors.Is(err, ErrRejected) {
+			return nil, errForbidden(err.Error())
+		}
+		return nil, mapErr(err)
+	}
+	err = e.store.Write(func(tx *store.Tx) error {
+		stored, err := e.rooms.EventByID(tx, eventID)
+		if err != nil {
+			return err
+		}
+		if stored.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
+			return errForbidden("the leave was not accepted")
+		}
+		servers := map[string]bool{}
+		if err := e.joinedServers(tx, stored.StateBefore, servers); err != nil {
+			return err
+		}
+		delete(servers, r.Origin)
+		delete(servers, e.name)
+		if len(servers) > 0 {
+			list := make([]string, 0, len(servers))
+			for s := range servers {
+				list = append(list, s)
+			}
+			e.fed.Queue.SendPDUTx(tx, list, json.RawMessage(stored.Raw))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return map[string]any{}, nil
+}

@@ -635,22 +635,7 @@ func (s *Server) keysClaim(r *http.Request, sess *Session) (any, error) {
 	// One write transaction: concurrent claimers are serialised, so each
 	// one-time key goes to exactly one of them.
 	err := s.Store.Write(func(tx *store.Tx) error {
-		claimed = map[string]map[string]map[string]json.RawMessage{}
-		for userID, devices := range req.OneTimeKeys {
-			if !s.isLocalUser(userID) {
-				continue
-			}
-			for deviceID, alg := range devices {
-				keyID, key, ok := claimOneTimeKey(tx, userID, deviceID, alg)
-				if !ok {
-					continue
-				}
-				if claimed[userID] == nil {
-					claimed[userID] = map[string]map[string]json.RawMessage{}
-				}
-				claimed[userID][deviceID] = map[string]json.RawMessage{keyID: key}
-			}
-		}
+		claimed = s.claimLocalKeys(tx, req.OneTimeKeys)
 		return nil
 	})
 	<-done
@@ -761,4 +746,26 @@ func (s *Server) e2eeRemoveDevice(tx *store.Tx, userID, deviceID string) {
 	}
 	s.markDeviceListChange(tx, userID, "")
 	s.sendDeviceListUpdate(tx, userID, deviceID, true)
+}
+
+// claimLocalKeys hands out one one-time key (or the fallback key) per
+// requested device of our users, inside the caller's write transaction.
+func (s *Server) claimLocalKeys(tx *store.Tx, req map[string]map[string]string) map[string]map[string]map[string]json.RawMessage {
+	claimed := map[string]map[string]map[string]json.RawMessage{}
+	for userID, devices := range req {
+		if !s.isLocalUser(userID) {
+			continue
+		}
+		for deviceID, alg := range devices {
+			keyID, key, ok := claimOneTimeKey(tx, userID, deviceID, alg)
+			if !ok {
+				continue
+			}
+			if claimed[userID] == nil {
+				claimed[userID] = map[string]map[string]json.RawMessage{}
+			}
+			claimed[userID][deviceID] = map[string]json.RawMessage{keyID: key}
+		}
+	}
+	return claimed
 }

@@ -187,22 +187,7 @@ func (s *Server) FederationKeysQuery(req map[string][]string) (map[string]any, e
 func (s *Server) FederationKeysClaim(req map[string]map[string]string) (map[string]any, error) {
 	var claimed map[string]map[string]map[string]json.RawMessage
 	err := s.Store.Write(func(tx *store.Tx) error {
-		claimed = map[string]map[string]map[string]json.RawMessage{}
-		for userID, devices := range req {
-			if !s.isLocalUser(userID) {
-				continue
-			}
-			for deviceID, alg := range devices {
-				keyID, key, ok := claimOneTimeKey(tx, userID, deviceID, alg)
-				if !ok {
-					continue
-				}
-				if claimed[userID] == nil {
-					claimed[userID] = map[string]map[string]json.RawMessage{}
-				}
-				claimed[userID][deviceID] = map[string]json.RawMessage{keyID: key}
-			}
-		}
+		claimed = s.claimLocalKeys(tx, req)
 		return nil
 	})
 	if err != nil {

@@ -106,6 +106,7 @@ func (n *Node) openFederation() error {
 		return err
 	}
 	n.attachKeysFederation()
+	n.attachEDUFederation()
 	return nil
 }
 

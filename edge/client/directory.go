@@ -133,9 +133,7 @@ func (s *Server) getAlias(r *http.Request) (any, error) {
 		return nil, errInvalidParam("Room alias invalid")
 	}
 	if server != s.Config.ServerName {
-		// Remote aliases resolve over federation (GET /_matrix/federation/v1/query/directory),
-		// which this node does not speak yet.
-		return nil, errNotFound("Room alias %s not found", alias)
+		return s.remoteAlias(r.Context(), alias, server)
 	}
 	var resp map[string]any
 	err := s.Store.View(func(tx *store.Tx) error {
@@ -398,9 +396,7 @@ func (s *Server) publicRoomsPost(r *http.Request, sess *Session) (any, error) {
 // and have members, largest first then by room ID, one page at a time.
 func (s *Server) publicRooms(r *http.Request, pq publicRoomsQuery) (any, error) {
 	if srv := r.URL.Query().Get("server"); srv != "" && srv != s.Config.ServerName {
-		// Other servers' directories come over federation
-		// (GET /_matrix/federation/v1/publicRooms), which this node does not speak yet.
-		return nil, errNotFound("Cannot list the room directory of %s", srv)
+		return s.remotePublicRooms(r.Context(), srv, pq)
 	}
 	if pq.Limit < 0 {
 		return nil, errInvalidParam("limit must not be negative")

@@ -52,6 +52,7 @@ func (s *Server) putTyping(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	s.Typing.Set(roomID, sess.UserID, *body.Typing, timeout) // wakes the room's syncs itself
+	s.federateTyping(roomID, sess.UserID, *body.Typing, timeout)
 	return empty{}, nil
 }
 
@@ -181,8 +182,10 @@ func (s *Server) putReceipt(tx *store.Tx, userID, rType, threadID string, ev *ro
 			return
 		}
 	}
-	tx.PutReceipt(&store.Receipt{RoomID: ev.RoomID, Type: rType, UserID: userID, ThreadID: threadID,
-		EventID: ev.ID, TS: time.Now().UnixMilli()})
+	rc := &store.Receipt{RoomID: ev.RoomID, Type: rType, UserID: userID, ThreadID: threadID,
+		EventID: ev.ID, TS: time.Now().UnixMilli()}
+	tx.PutReceipt(rc)
+	s.federateReceipt(tx, rc)
 	roomID := ev.RoomID
 	tx.OnCommit(func() {
 		s.forgetUnread(userID) // a threaded receipt changes what counts

@@ -92,6 +92,9 @@ func (s *Server) storePresence(tx *store.Tx, userID string, rec presenceRecord, 
 		return err
 	}
 	tx.PutKV(presenceNamespace, userID, v)
+	if changed {
+		s.federatePresence(tx, userID, rec)
+	}
 	if len(keys) > 0 {
 		tx.OnCommit(func() { s.Notifier.Notify(keys...) })
 	}
@@ -249,7 +252,7 @@ func (s *Server) syncSetPresence(userID, presence string) {
 // and every local user sharing a joined room with them whose presence
 // changed after since (all of them on an initial sync). It scans the
 // presence namespace, which holds one record per local user who ever set
-// a presence; remote presence arrives with federation EDUs, not here.
+// a presence, and each remote user whose m.presence EDU we accepted.
 func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, initial bool, resp map[string]any) bool {
 	ms, err := tx.Memberships(sess.UserID)
 	if err != nil {
@@ -268,7 +271,7 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 		if json.Unmarshal(v, &rec) != nil || (!initial && rec.Pos <= since) {
 			return true
 		}
-		if userID != sess.UserID && !sharesJoined(tx, userID, joined) {
+		if userID != sess.UserID && !sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined) {
 			return true
 		}
 		events = append(events, map[string]any{"type": "m.presence", "sender": userID, "content": rec.content(now)})

@@ -69,8 +69,8 @@ func (s *Server) localProfileUser(tx *store.Tx, userID string) (*store.User, err
 		return nil, errInvalidParam("Invalid user ID %q", userID)
 	}
 	if !s.isLocalUser(userID) {
-		// Remote profiles come over federation (GET /_matrix/federation/v1/query/profile),
-		// which this node does not speak yet: until then they are unknown here.
+		// Remote profiles are read with remoteProfile (getProfile and
+		// getProfileField); they cannot be written here.
 		return nil, errNotFound("Profile not found")
 	}
 	u, err := tx.User(localpart(userID))
@@ -100,6 +100,9 @@ func profileOf(tx *store.Tx, u *store.User, userID string) map[string]json.RawMe
 // getProfile: GET /profile/{userId}
 func (s *Server) getProfile(r *http.Request) (any, error) {
 	userID := r.PathValue("userId")
+	if validUserID(userID) && !s.isLocalUser(userID) {
+		return s.remoteProfile(r.Context(), userID, "")
+	}
 	var p map[string]json.RawMessage
 	err := s.Store.View(func(tx *store.Tx) error {
 		u, err := s.localProfileUser(tx, userID)
@@ -124,6 +127,9 @@ func (s *Server) getProfileField(r *http.Request) (any, error) {
 	userID, key := r.PathValue("userId"), r.PathValue("keyName")
 	if err := checkProfileKey(key); err != nil {
 		return nil, err
+	}
+	if validUserID(userID) && !s.isLocalUser(userID) {
+		return s.remoteProfile(r.Context(), userID, key)
 	}
 	var value json.RawMessage
 	err := s.Store.View(func(tx *store.Tx) error {

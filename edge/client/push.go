@@ -34,6 +34,7 @@ func (s *Server) routesPush() {
 	s.authed("PUT /pushrules/{scope}/{kind}/{ruleId}/actions", s.putPushRuleActions)
 	s.SyncExtensions = append(s.SyncExtensions, s.pushRulesSync)
 	s.UnreadCounts = s.unreadCounts
+	s.routesPushers()
 }
 
 // pushDefaults is the server-default ruleset for a user.

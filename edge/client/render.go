@@ -33,6 +33,9 @@ func (s *Server) render(tx *store.Tx, ev *room.Event, viewer *Session) *room.Cli
 		rc := red.Client()
 		u["redacted_because"] = rc
 	}
+	if rel := s.aggregations(tx, ev, viewer); rel != nil {
+		u["m.relations"] = rel
+	}
 	if viewer != nil && ev.Sender == viewer.UserID {
 		if v, err := tx.GetKV(txnNamespace, ev.ID); err == nil {
 			var t struct {

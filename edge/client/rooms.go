@@ -129,7 +129,9 @@ func (s *Server) joinByIDOrAlias(r *http.Request, sess *Session) (any, error) {
 			roomID, err = tx.Alias(target)
 			return err
 		})
-		if errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) && s.isRemoteAlias(target) {
+			return s.joinRemoteAlias(r, sess, target)
+		} else if errors.Is(err, store.ErrNotFound) {
 			return nil, errNotFound("Room alias %s not found", target)
 		} else if err != nil {
 			return nil, err

@@ -50,6 +50,9 @@ type Server struct {
 	// RemoteJoin joins a room this server does not know through other
 	// servers (see remotejoin.go); nil: unknown rooms are 404.
 	RemoteJoin func(ctx context.Context, userID, roomID string, servers []string) error
+	// Remote carries typing, receipts, profiles and aliases to other
+	// servers (see remote_queries.go); nil: local only.
+	Remote *RemoteQueries
 
 	// e2eeFederation reaches other servers for keys, to-device and device
 	// lists (nil: local users only).
@@ -71,6 +74,7 @@ func New(d Deps) *Server {
 		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
+		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP,
 	} {
 		register()
 	}

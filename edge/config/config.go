@@ -46,13 +46,15 @@ type Config struct {
 	// publishes ("host:port", e.g. matrix.example.org:443); empty: none.
 	WellKnownServer string `yaml:"well_known_server"`
 
-	Registration Registration `yaml:"registration"`
-	RateLimits   RateLimits   `yaml:"rate_limits"`
-	Limits       Limits       `yaml:"limits"`
-	Rooms        Rooms        `yaml:"rooms"`
-	Federation   Federation   `yaml:"federation"`
-	Media        Media        `yaml:"media"`
-	Log          Log          `yaml:"log"`
+	Registration  Registration  `yaml:"registration"`
+	RateLimits    RateLimits    `yaml:"rate_limits"`
+	Limits        Limits        `yaml:"limits"`
+	Rooms         Rooms         `yaml:"rooms"`
+	Federation    Federation    `yaml:"federation"`
+	Media         Media         `yaml:"media"`
+	VoIP          VoIP          `yaml:"voip"`
+	UserDirectory UserDirectory `yaml:"user_directory"`
+	Log           Log           `yaml:"log"`
 
 	// Dir is the directory of the loaded file; relative paths resolve against it.
 	Dir string `yaml:"-"`
@@ -130,6 +132,7 @@ func Default(serverName string) *Config {
 		Rooms:      Rooms{DefaultVersion: "12"},
 		Federation: DefaultFederation(),
 		Media:      DefaultMedia(),
+		VoIP:       DefaultVoIP(),
 		Log:        Log{Level: "info"},
 	}
 }
@@ -265,6 +268,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Media.validate(); err != nil {
+		return err
+	}
+	if err := c.VoIP.validate(); err != nil {
 		return err
 	}
 	if c.Registration.MinPasswordLength < 0 {

@@ -136,7 +136,8 @@ log:
   level: %[18]s
 
 %[22]s
-%[28]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
+%[28]s
+%[29]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
 		c.Registration.Enabled, c.Registration.MinPasswordLength,
 		c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst,
 		c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst,
@@ -145,7 +146,8 @@ log:
 		c.Rooms.DefaultVersion, c.Log.Level,
 		yamlList(c.Registration.Tokens), c.Registration.SharedSecret, c.Registration.GuestAccess,
 		federationSection(c.Federation), c.WellKnownServer,
-		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen, mediaSection(c.Media))
+		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen, mediaSection(c.Media),
+		voipSection(c.VoIP, c.UserDirectory))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ Usage:
   edge run [-c FILE]                                         serve
   edge register USER [--admin] [--password P] [-c FILE]      create a user (node running or stopped)
   edge keys list|rotate [-c FILE]                            show or rotate the signing keys
+  edge status [-c FILE] [--json] [flags] SERVER              check federation with SERVER (exit 0 when it works)
   edge version                                               print the version
 `
 
@@ -39,6 +40,8 @@ func main() {
 		err = cmdRegister(args)
 	case "keys":
 		err = cmdKeys(args)
+	case "status":
+		err = cmdStatus(args)
 	case "version", "--version", "-v":
 		err = cmdVersion(args)
 	case "help", "-h", "--help":

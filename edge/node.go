@@ -18,6 +18,7 @@ import (
 	"edge/edge/client"
 	"edge/edge/config"
 	"edge/edge/notify"
+	"edge/edge/pushgw"
 	"edge/edge/room"
 	"edge/edge/store"
 	"edge/edge/tlsfiles"
@@ -45,6 +46,7 @@ type Node struct {
 	TLS *tlsfiles.Files
 
 	wellKnown http.Handler
+	push      *pushgw.Pusher
 }
 
 // Open builds a node from its configuration.
@@ -67,7 +69,7 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	n.Typing = notify.NewTyping(n.Notifier)
 	n.Rooms = room.New(room.Signer{ServerName: cfg.ServerName, KeyID: keys[0].ID, Key: keys[0].Priv},
 		cfg.Limits.StateCacheSize, cfg.Limits.EventCacheSize)
-	n.Rooms.OnEvent = n.onEvent
+	n.Rooms.OnEvent = n.withPushGateway(n.onEvent)
 	n.Client = client.New(client.Deps{Config: cfg, Store: st, Rooms: n.Rooms, Notifier: n.Notifier, Typing: n.Typing, Log: log})
 	if err := n.openFederation(); err != nil {
 		st.Close()
@@ -132,7 +134,7 @@ func (n *Node) Handler() http.Handler {
 	mux.Handle("/_matrix/media/", media)
 	mux.Handle("/_matrix/client/v1/media/", media)
 	mux.Handle("/", n.Client.Handler())
-	return mux
+	return n.instrument(mux)
 }
 
 // LoadCertificateFiles loads cfg's tls_cert_file and tls_key_file (for
@@ -273,7 +275,7 @@ func (n *Node) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_, _ = w.Write([]byte(queueMetrics(n.Fed.Queue.Status())))
+		_, _ = w.Write([]byte(queueMetrics(n.Fed.Queue.Status()) + n.extraMetrics()))
 	})
 	mux.HandleFunc("GET /federation/queues", func(w http.ResponseWriter, r *http.Request) {
 		body, err := json.Marshal(map[string]any{"destinations": n.Fed.Queue.Status()})
@@ -341,6 +343,9 @@ var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 // Close stops federation's background work, then releases the store.
 func (n *Node) Close() error {
+	if n.push != nil {
+		n.push.Close() // stop deliveries before the store they read goes away
+	}
 	n.Fed.Close()
 	return n.Store.Close()
 }

@@ -532,7 +532,7 @@ func fedMetrics(t testing.TB, metricsURL string) map[string]float64 {
 	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
 		if strings.HasPrefix(line, "# TYPE ") {
 			f := strings.Fields(line)
-			if len(f) != 4 || (f[3] != "gauge" && f[3] != "counter") {
+			if len(f) != 4 || (f[3] != "gauge" && f[3] != "counter" && f[3] != "histogram") {
 				t.Fatalf("metrics: bad TYPE line %q", line)
 			}
 			typed[f[2]] = true
@@ -550,6 +550,11 @@ func fedMetrics(t testing.TB, metricsURL string) map[string]float64 {
 			t.Fatalf("metrics: bad value in %q", line)
 		}
 		name, _, _ := strings.Cut(line[:i], "{")
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(name, suffix); ok && typed[base] {
+				name = base // a histogram's samples belong to its family
+			}
+		}
 		if !typed[name] {
 			t.Fatalf("metrics: sample %q before its TYPE line", line)
 		}

@@ -27,6 +27,7 @@ type nonces struct {
 func (s *Server) routesAdminRegister() {
 	s.handle("GET /_synapse/admin/v1/register", s.adminRegisterNonce)
 	s.handle("POST /_synapse/admin/v1/register", s.adminRegister)
+	s.routesAdmin()
 }
 
 // adminRegisterNonce: GET /_synapse/admin/v1/register

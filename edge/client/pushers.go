@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"edge/edge/store"
 )
@@ -23,6 +24,9 @@ type pusher struct {
 	Lang              string          `json:"lang"`
 	Data              json.RawMessage `json:"data"`
 	Append            bool            `json:"append,omitempty"`
+	// PushKeyTS is when this pushkey was registered (seconds), sent to the
+	// gateway as devices[].pushkey_ts.
+	PushKeyTS int64 `json:"pushkey_ts,omitempty"`
 }
 
 func (s *Server) routesPushers() {
@@ -89,6 +93,7 @@ func (s *Server) setPusher(r *http.Request, sess *Session) (any, error) {
 	}
 	appendOnly := p.Append
 	p.Append = false
+	p.PushKeyTS = time.Now().Unix()
 	raw, err := json.Marshal(p)
 	if err != nil {
 		return nil, err

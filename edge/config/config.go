@@ -53,6 +53,7 @@ type Config struct {
 	Federation    Federation    `yaml:"federation"`
 	Media         Media         `yaml:"media"`
 	VoIP          VoIP          `yaml:"voip"`
+	Push          Push          `yaml:"push"`
 	UserDirectory UserDirectory `yaml:"user_directory"`
 	Log           Log           `yaml:"log"`
 

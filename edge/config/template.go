@@ -137,7 +137,8 @@ log:
 
 %[22]s
 %[28]s
-%[29]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
+%[29]s
+%[30]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
 		c.Registration.Enabled, c.Registration.MinPasswordLength,
 		c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst,
 		c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst,
@@ -147,7 +148,7 @@ log:
 		yamlList(c.Registration.Tokens), c.Registration.SharedSecret, c.Registration.GuestAccess,
 		federationSection(c.Federation), c.WellKnownServer,
 		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen, mediaSection(c.Media),
-		voipSection(c.VoIP, c.UserDirectory))
+		voipSection(c.VoIP, c.UserDirectory), pushSection(c.Push))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

@@ -72,8 +72,10 @@ type Proto struct {
 // Event loads a stored event by NID through the cache.
 func (s *Service) Event(tx *store.Tx, nid uint64) (*Event, error) {
 	if ev, ok := s.events.Get(nid); ok {
+		Stats.EventCacheHits.Add(1)
 		return ev, nil
 	}
+	Stats.EventCacheMisses.Add(1)
 	se, err := tx.Event(nid)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrEventNotFound
@@ -354,6 +356,7 @@ func (s *Service) persist(tx *store.Tx, r *store.Room, st *State, ev *Event) err
 		}
 	}
 	tx.OnCommit(func() {
+		Stats.LocalEvents.Add(1)
 		s.events.Add(ev.NID, ev)
 		if s.OnEvent != nil {
 			s.OnEvent(ev)

@@ -100,8 +100,10 @@ func (c *stateCache) load(tx *store.Tx, id uint64) (*State, error) {
 
 func (c *stateCache) base(tx *store.Tx, snap *store.Snapshot) (map[uint64]uint64, error) {
 	if m, ok := c.bases.Get(snap.ID); ok {
+		Stats.StateCacheHits.Add(1)
 		return m, nil
 	}
+	Stats.StateCacheMisses.Add(1)
 	m := make(map[uint64]uint64, len(snap.Entries))
 	for _, e := range snap.Entries {
 		m[e.Key] = e.Event

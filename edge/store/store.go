@@ -179,6 +179,7 @@ func (s *Store) commit(batch []*writeReq) {
 		var failErr error
 		var hooks []func()
 		var pos uint64
+		start := time.Now()
 		err := s.db.Update(func(btx *bolt.Tx) error {
 			hooks = hooks[:0]
 			for i, r := range batch {
@@ -197,6 +198,7 @@ func (s *Store) commit(batch []*writeReq) {
 			batch = append(batch[:failed], batch[failed+1:]...)
 			continue
 		}
+		recordCommit(len(batch), time.Since(start), err)
 		if err == nil {
 			s.pos.Store(pos)
 			for _, h := range hooks {

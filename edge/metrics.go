@@ -204,6 +204,7 @@ func (n *Node) extraMetrics() string {
 
 	rs := &room.Stats
 	one("edge_events_local_total", "counter", "Events this server created and stored.", rs.LocalEvents.Load())
+	one("edge_events_remote_total", "counter", "Events received from other servers and stored.", rs.RemoteEvents.Load())
 	head("edge_cache_hits_total", "counter", "Cache lookups answered from memory, by cache.")
 	fmt.Fprintf(&b, "edge_cache_hits_total{cache=\"event\"} %d\nedge_cache_hits_total{cache=\"state\"} %d\n",
 		rs.EventCacheHits.Load(), rs.StateCacheHits.Load())

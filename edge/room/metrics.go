@@ -10,6 +10,9 @@ type Metrics struct {
 	StateCacheHits, StateCacheMisses atomic.Uint64
 	// LocalEvents counts events this server built, signed and stored.
 	LocalEvents atomic.Uint64
+	// RemoteEvents counts events received from other servers and stored
+	// (rejected and soft-failed ones included).
+	RemoteEvents atomic.Uint64
 }
 
 // Stats is the process-wide room metrics (tests with several nodes in one

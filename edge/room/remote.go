@@ -121,7 +121,10 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 			return err
 		}
 		ev.NID, ev.StateBefore, ev.Flags = se.NID, before.ID, flags
-		tx.OnCommit(func() { s.events.Add(ev.NID, ev) })
+		tx.OnCommit(func() {
+			s.events.Add(ev.NID, ev)
+			Stats.RemoteEvents.Add(1)
+		})
 		return nil
 	}
 	cur, err := s.states.load(tx, r.State)
@@ -194,6 +197,7 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 	}
 	tx.OnCommit(func() {
 		s.events.Add(ev.NID, ev)
+		Stats.RemoteEvents.Add(1)
 		if s.OnEvent != nil {
 			s.OnEvent(ev)
 		}

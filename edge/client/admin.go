@@ -1,6 +1,7 @@
 package client
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -30,6 +31,10 @@ func (s *Server) routesAdmin() {
 	s.admin("GET /_synapse/admin/v1/rooms/{roomId}", s.adminGetRoom)
 	s.admin("GET /_synapse/admin/v1/rooms/{roomId}/members", s.adminRoomMembers)
 	s.admin("GET /_synapse/admin/v1/server_version", s.adminServerVersion)
+	s.admin("DELETE /_synapse/admin/v1/rooms/{roomId}", s.adminDeleteRoom)
+	s.admin("GET /_synapse/admin/v1/rooms/{roomId}/block", s.adminGetBlock)
+	s.admin("PUT /_synapse/admin/v1/rooms/{roomId}/block", s.adminPutBlock)
+	s.routesReport()
 }
 
 // admin registers a handler that only server admins may call.
@@ -514,4 +519,230 @@ func (s *Server) adminRoomMembers(r *http.Request, _ *Session) (any, error) {
 // adminServerVersion: GET /_synapse/admin/v1/server_version
 func (s *Server) adminServerVersion(r *http.Request, _ *Session) (any, error) {
 	return map[string]string{"server_version": ServerVersion}, nil
+}
+
+// blockedRoomNamespace marks rooms an admin has blocked: local users may
+// not join them (rooms.go join checks roomBlocked).
+const blockedRoomNamespace = "room_blocked"
+
+// roomBlocked tells whether an admin has blocked roomID.
+func roomBlocked(tx *store.Tx, roomID string) bool {
+	_, err := tx.GetKV(blockedRoomNamespace, roomID)
+	return err == nil
+}
+
+// errRoomBlocked is what a join of a blocked room answers, as Synapse does.
+func errRoomBlocked() *Error { return errForbidden("This room has been blocked on this server") }
+
+// Synapse's defaults for the replacement room of a deleted room.
+const (
+	defaultShutdownRoomName = "Content Violation Notification"
+	defaultShutdownMessage  = "Sharing illegal content on this server is not permitted and rooms in violation will be blocked."
+)
+
+// adminDeleteRoom: DELETE /_synapse/admin/v1/rooms/{roomId}
+// Makes every local member leave (by their own leave event, which the auth
+// rules always allow), unpublishes the room, deletes its local aliases (or
+// moves them to the replacement room when new_room_user_id is given), and
+// with block=true keeps local users from joining again. purge (the
+// default, as in Synapse) cannot erase events that other servers hold:
+// here it marks the room forgotten for every local user, so it drops out
+// of their /sync and archives; the events stay in the store.
+func (s *Server) adminDeleteRoom(r *http.Request, sess *Session) (any, error) {
+	roomID := r.PathValue("roomId")
+	if !validRoomID(roomID) {
+		return nil, errInvalidParam("%s is not a legal room ID", roomID)
+	}
+	var req struct {
+		Block         bool    `json:"block"`
+		Purge         *bool   `json:"purge"`
+		ForcePurge    bool    `json:"force_purge"`
+		Message       *string `json:"message"`
+		RoomName      *string `json:"room_name"`
+		NewRoomUserID string  `json:"new_room_user_id"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	purge := req.Purge == nil || *req.Purge
+	if !purge && req.ForcePurge {
+		return nil, errInvalidParam("force_purge needs purge")
+	}
+	if req.NewRoomUserID != "" && (!validUserID(req.NewRoomUserID) || !s.isLocalUser(req.NewRoomUserID)) {
+		return nil, errInvalidParam("User must be local to create a new room")
+	}
+	message, name := defaultShutdownMessage, defaultShutdownRoomName
+	if req.Message != nil {
+		message = *req.Message
+	}
+	if req.RoomName != nil {
+		name = *req.RoomName
+	}
+	type result struct {
+		Kicked       []string `json:"kicked_users"`
+		FailedToKick []string `json:"failed_to_kick_users"`
+		LocalAliases []string `json:"local_aliases"`
+		NewRoomID    *string  `json:"new_room_id"`
+	}
+	var res result
+	var touched []string
+	err := s.Store.Write(func(tx *store.Tx) error {
+		res, touched = result{Kicked: []string{}, FailedToKick: []string{}, LocalAliases: []string{}}, nil
+		_, st, err := s.roomState(tx, roomID)
+		if errors.Is(err, room.ErrRoomNotFound) {
+			return errNotFound("Unknown room %s", roomID)
+		} else if err != nil {
+			return err
+		}
+		if req.NewRoomUserID != "" {
+			if _, err := tx.User(localpart(req.NewRoomUserID)); err != nil {
+				return errInvalidParam("User %s does not exist", req.NewRoomUserID)
+			}
+			newID, err := s.shutdownRoom(tx, req.NewRoomUserID, name, message)
+			if err != nil {
+				return err
+			}
+			res.NewRoomID = &newID
+		}
+		if req.Block {
+			tx.PutKV(blockedRoomNamespace, roomID, []byte(sess.UserID))
+		}
+		tx.SetPublished(roomID, false)
+		for _, u := range s.localMembers(tx, st) {
+			touched = append(touched, u)
+			if !s.evictLocalUser(tx, roomID, u, sess.UserID) {
+				res.FailedToKick = append(res.FailedToKick, u)
+				continue
+			}
+			res.Kicked = append(res.Kicked, u)
+			if res.NewRoomID != nil {
+				// The replacement room is public, so each user may join it.
+				if _, err := s.sendMember(tx, *res.NewRoomID, u, u, s.memberContent(tx, u, "join", "")); err != nil {
+					s.Log.Warn("delete room: join of replacement room failed", "user_id", u, "err", err)
+				}
+			}
+		}
+		for _, a := range tx.RoomAliases(roomID) {
+			res.LocalAliases = append(res.LocalAliases, a)
+			if err := tx.DeleteAlias(a); err != nil {
+				return err
+			}
+			if res.NewRoomID != nil {
+				if err := tx.PutAlias(a, *res.NewRoomID); err != nil {
+					return err
+				}
+			} else {
+				tx.DeleteKV(aliasCreatorNamespace, a)
+			}
+		}
+		if purge {
+			for _, u := range touched {
+				if m, err := tx.Membership(u, roomID); err == nil && m.Membership != "join" && m.Membership != "invite" && m.Membership != "knock" {
+					m.Forgotten = true
+					tx.SetMembership(u, m)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(res.Kicked)
+	slices.Sort(res.FailedToKick)
+	return res, nil
+}
+
+// localMembers lists the local users joined, invited or knocking in st.
+func (s *Server) localMembers(tx *store.Tx, st *room.State) []string {
+	var out []string
+	st.Each(func(k, nid uint64) bool {
+		evType, sk, err := tx.StateKey(k)
+		if err != nil || evType != "m.room.member" || !s.isLocalUser(sk) {
+			return true
+		}
+		if ev, err := s.Rooms.Event(tx, nid); err == nil {
+			switch ev.Membership() {
+			case "join", "invite", "knock":
+				out = append(out, sk)
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// evictLocalUser makes userID leave: by their own leave event, which the
+// auth rules allow any member, else by a kick from the admin if the admin
+// is in the room with the power to kick.
+func (s *Server) evictLocalUser(tx *store.Tx, roomID, userID, adminID string) bool {
+	_, err := s.sendMember(tx, roomID, userID, userID, map[string]any{"membership": "leave"})
+	if err == nil {
+		return true
+	}
+	s.Log.Warn("delete room: leave failed", "room_id", roomID, "user_id", userID, "err", err)
+	_, err = s.sendMember(tx, roomID, adminID, userID, map[string]any{"membership": "leave", "reason": "Room deleted by a server admin"})
+	return err == nil
+}
+
+// shutdownRoom creates the room that users of a deleted room are moved to:
+// public so they may join, users_default -10 so they cannot talk, with the
+// admin's message as its first message.
+func (s *Server) shutdownRoom(tx *store.Tx, creator, name, message string) (string, error) {
+	newID, err := s.Rooms.CreateRoom(tx, room.CreateOptions{
+		Creator: creator, Version: s.Config.Rooms.DefaultVersion, Preset: "public_chat", Name: name,
+		PowerLevelsOverride: json.RawMessage(`{"users_default":-10}`),
+	})
+	if err != nil {
+		return "", err
+	}
+	content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": message})
+	if _, err := s.Rooms.Send(tx, newID, room.Proto{Type: "m.room.message", Sender: creator, Content: content}); err != nil {
+		return "", err
+	}
+	return newID, nil
+}
+
+// adminGetBlock: GET /_synapse/admin/v1/rooms/{roomId}/block
+func (s *Server) adminGetBlock(r *http.Request, _ *Session) (any, error) {
+	roomID := r.PathValue("roomId")
+	if !validRoomID(roomID) {
+		return nil, errInvalidParam("%s is not a legal room ID", roomID)
+	}
+	resp := map[string]any{"block": false}
+	err := s.Store.View(func(tx *store.Tx) error {
+		if by, err := tx.GetKV(blockedRoomNamespace, roomID); err == nil {
+			resp["block"], resp["user_id"] = true, string(by)
+		}
+		return nil
+	})
+	return resp, err
+}
+
+// adminPutBlock: PUT /_synapse/admin/v1/rooms/{roomId}/block
+// Blocks or unblocks a room, known here or not.
+func (s *Server) adminPutBlock(r *http.Request, sess *Session) (any, error) {
+	roomID := r.PathValue("roomId")
+	if !validRoomID(roomID) {
+		return nil, errInvalidParam("%s is not a legal room ID", roomID)
+	}
+	var req struct {
+		Block *bool `json:"block"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Block == nil {
+		return nil, errMissingParam("Missing block")
+	}
+	return map[string]bool{"block": *req.Block}, s.Store.Write(func(tx *store.Tx) error {
+		if *req.Block {
+			tx.PutKV(blockedRoomNamespace, roomID, []byte(sess.UserID))
+		} else {
+			tx.DeleteKV(blockedRoomNamespace, roomID)
+		}
+		return nil
+	})
 }

@@ -157,6 +157,9 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return nil, err
 	}
 	err := s.Store.Write(func(tx *store.Tx) error {
+		if roomBlocked(tx, roomID) {
+			return errRoomBlocked()
+		}
 		content := s.memberContent(tx, sess.UserID, "join", req.Reason)
 		_, err := s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
 		return err

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"path/filepath"
+	"time"
 )
 
 // Media configures the content repository (edge/media).
@@ -21,6 +22,17 @@ type Media struct {
 	// servers to do from v1.12; media uploaded while it was off stays
 	// reachable through the deprecated /_matrix/media/v3 downloads.
 	FreezeUnauthenticated bool `yaml:"freeze_unauthenticated"`
+	// URLPreviewEnabled serves preview_url, which makes the server fetch
+	// URLs its users name; off, the endpoint does not exist (as in Synapse).
+	URLPreviewEnabled bool `yaml:"url_preview_enabled"`
+	// URLPreviewAllowPrivate lets previews reach loopback, private and
+	// link-local addresses (the LAN, tests); off, they are refused.
+	URLPreviewAllowPrivate bool `yaml:"url_preview_allow_private"`
+	// URLPreviewMaxBytes caps what is read of a previewed page (the rest
+	// is ignored) and the size of its image.
+	URLPreviewMaxBytes int64 `yaml:"url_preview_max_bytes"`
+	// URLPreviewTimeout bounds one preview, redirects and image included.
+	URLPreviewTimeout time.Duration `yaml:"url_preview_timeout"`
 }
 
 // DefaultMedia is the media section `edge init` writes.
@@ -30,6 +42,8 @@ func DefaultMedia() Media {
 		MaxUploadBytes:        50 << 20,
 		MaxImagePixels:        32_000_000,
 		FreezeUnauthenticated: true,
+		URLPreviewMaxBytes:    1 << 20,
+		URLPreviewTimeout:     10 * time.Second,
 	}
 }
 
@@ -42,6 +56,12 @@ func (m Media) validate() error {
 	}
 	if m.MaxImagePixels < 1 {
 		return &FieldError{"media.max_image_pixels", "must be at least 1"}
+	}
+	if m.URLPreviewMaxBytes < 1 {
+		return &FieldError{"media.url_preview_max_bytes", "must be at least 1"}
+	}
+	if m.URLPreviewTimeout <= 0 {
+		return &FieldError{"media.url_preview_timeout", "must be positive"}
 	}
 	return nil
 }
@@ -69,5 +89,15 @@ media:
   # (/_matrix/client/v1/media); the deprecated /_matrix/media/v3 downloads
   # keep serving media uploaded while this was false.
   freeze_unauthenticated: %t
-`, m.Path, m.MaxUploadBytes, m.MaxImagePixels, m.FreezeUnauthenticated)
+  # Serve URL previews (preview_url). The server then fetches any http(s)
+  # URL a user names, so it is off unless turned on.
+  url_preview_enabled: %t
+  # Let previews reach loopback, private and link-local addresses.
+  url_preview_allow_private: %t
+  # Bytes read of a previewed page (the rest is ignored) and largest image kept.
+  url_preview_max_bytes: %d
+  # Longest one preview may take, redirects and image included.
+  url_preview_timeout: %s
+`, m.Path, m.MaxUploadBytes, m.MaxImagePixels, m.FreezeUnauthenticated,
+		m.URLPreviewEnabled, m.URLPreviewAllowPrivate, m.URLPreviewMaxBytes, m.URLPreviewTimeout)
 }

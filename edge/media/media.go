@@ -49,6 +49,8 @@ type Service struct {
 	mux   *http.ServeMux
 	// thumbSem bounds concurrent thumbnail generation (it is CPU bound).
 	thumbSem chan struct{}
+	// preview fetches pages for preview_url; nil while previews are off.
+	preview *previewer
 }
 
 // record is what a media ID refers to.
@@ -97,6 +99,7 @@ func (s *Service) routes() {
 		s.mux.HandleFunc("GET "+p+"/download/{serverName}/{mediaId}/{fileName}", s.legacy(s.download))
 		s.mux.HandleFunc("GET "+p+"/thumbnail/{serverName}/{mediaId}", s.legacy(s.thumbnail))
 	}
+	s.previewRoutes()
 }
 
 // request is one media request: who made it (nil on the deprecated

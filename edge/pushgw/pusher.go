@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +22,7 @@ import (
 
 // ErrRestricted means a gateway's address is loopback, private,
 // link-local or otherwise not public, and Options.AllowPrivate is off.
-var ErrRestricted = errors.New("pushgw: gateway address is not public")
+var ErrRestricted = wellknown.ErrPrivateAddress
 
 // Options configure a Pusher. Zero numbers take the defaults in New.
 type Options struct {
@@ -306,33 +305,6 @@ func (p *Pusher) post(req *Request) ([]string, error) {
 // the name itself and dials the checked IP literal, so what is checked is
 // what is connected to (no second lookup to rebind).
 func (p *Pusher) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	var ips []netip.Addr
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ips = []netip.Addr{ip}
-	} else if ips, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
-		return nil, err
-	}
-	var refused, failed []error
-	for _, ip := range ips {
-		if why, bad := wellknown.Restricted(ip); bad && !p.opts.AllowPrivate {
-			refused = append(refused, fmt.Errorf("%w: %s is %s", ErrRestricted, ip, why))
-			continue
-		}
-		c, err := p.dialer.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
-		if err == nil {
-			return c, nil
-		}
-		failed = append(failed, err)
-	}
-	switch {
-	case len(failed) > 0: // worth a retry: a public address did not answer
-		return nil, errors.Join(failed...)
-	case len(refused) > 0:
-		return nil, errors.Join(refused...)
-	}
-	return nil, fmt.Errorf("%s has no address", host)
+	d := wellknown.PublicDialer{Dialer: &p.dialer, AllowPrivate: p.opts.AllowPrivate}
+	return d.DialContext(ctx, network, addr)
 }

@@ -109,6 +109,7 @@ func (n *Node) openFederation() error {
 	}
 	n.attachKeysFederation()
 	n.attachEDUFederation()
+	n.attachMediaFederation()
 	return nil
 }
 

@@ -144,6 +144,14 @@ func (s *Server) Handle(pattern string, h HandlerFunc) {
 	s.mux.Handle(pattern, s.Authenticate(serveJSON(h)))
 }
 
+// HandleHTTP registers a route answered by h as it is: no X-Matrix
+// authentication (wrap h with Authenticate for that) and no JSON framing,
+// for the few endpoints that are public (openid/userinfo) or answer with
+// something other than JSON (media's multipart/mixed).
+func (s *Server) HandleHTTP(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
+}
+
 // HandleRoom is Handle for routes with a {roomId} that the spec's server
 // ACL section protects (make_join, send_join, state, backfill …): a
 // denied origin gets 403 M_FORBIDDEN before h runs.

@@ -74,7 +74,7 @@ func New(d Deps) *Server {
 		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
-		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP,
+		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
 	} {
 		register()
 	}

@@ -85,6 +85,7 @@ func Install(d Deps) {
 		resp, err := d.Client.FederationPublicRooms(nil, body)
 		return resp, fedError(err)
 	})
+	installOpenID(d)
 	prev := d.Fed.OnEDU
 	d.Fed.OnEDU = func(ctx context.Context, origin string, edu federation.EDU) {
 		var err error

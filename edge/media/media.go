@@ -1,7 +1,9 @@
 package media
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -40,6 +42,12 @@ type Deps struct {
 	// Authenticate resolves an access token; its errors are *client.Error.
 	Authenticate func(r *http.Request) (*client.Session, error)
 	Log          *slog.Logger
+	// FetchRemote sends a signed federation GET and returns the answer's
+	// body; nil leaves other servers' media 404.
+	FetchRemote func(ctx context.Context, server, path string) ([]byte, error)
+	// LocationTLS verifies the servers a federation media answer's
+	// Location points to; nil means the system roots.
+	LocationTLS *tls.Config
 }
 
 // Service serves /_matrix/media and /_matrix/client/v1/media.
@@ -235,12 +243,19 @@ func newMediaID() string {
 	return string(b)
 }
 
-// lookup reads the record of a local media ID named in the request path.
-// Remote server names are 404 until federated media exists.
+// lookup reads the record of the media ID named in the request path;
+// another server's media is fetched over federation and cached.
 func (s *Service) lookup(r *http.Request) (string, *record, error) {
 	server, id := r.PathValue("serverName"), r.PathValue("mediaId")
-	if server != s.Config.ServerName || !validMediaID(id) {
+	if !validMediaID(id) || server == "" {
 		return id, nil, errNotFound()
+	}
+	if server != s.Config.ServerName {
+		if r.URL.Query().Get("allow_remote") == "false" {
+			return id, nil, errNotFound()
+		}
+		rec, err := s.remote(r.Context(), server, id)
+		return id, rec, err
 	}
 	rec, err := s.get(id)
 	return id, rec, err

@@ -1,0 +1,253 @@
+package media
+
+// Media over federation (spec v1.11): other servers fetch our media with
+// GET /_matrix/federation/v1/media/download/{mediaId} and /thumbnail, a
+// multipart/mixed answer of a JSON part ({}) and the content (or a
+// Location to fetch it from); our clients' requests for another server's
+// media are fetched that way once and cached under (server, mediaId).
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"sync"
+	"time"
+
+	"edge/edge/store"
+	"edge/federation"
+	"edge/wellknown"
+)
+
+// nsRemote maps "server\x00mediaID" → record of a cached remote file.
+const nsRemote = "media_remote"
+
+// remoteFetchTimeout bounds one remote fetch, redirect included.
+const remoteFetchTimeout = 60 * time.Second
+
+// fetchLocks serialises fetches of one remote media ID, so concurrent
+// requests do not download it twice.
+var fetchLocks sync.Map // "server\x00mediaID" → *sync.Mutex
+
+// remote returns the cached record of server's media ID, fetching it over
+// federation on first use.
+func (s *Service) remote(ctx context.Context, server, id string) (*record, error) {
+	key := server + "\x00" + id
+	if rec, err := s.cached(key); rec != nil || err != nil {
+		return rec, err
+	}
+	if s.FetchRemote == nil {
+		return nil, errNotFound()
+	}
+	mu, _ := fetchLocks.LoadOrStore(key, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	if rec, err := s.cached(key); rec != nil || err != nil {
+		return rec, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, remoteFetchTimeout)
+	defer cancel()
+	body, err := s.FetchRemote(ctx, server, "/_matrix/federation/v1/media/download/"+url.PathEscape(id))
+	if err != nil {
+		return nil, remoteError(err)
+	}
+	rec, err := s.storeMultipart(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Store.Write(func(tx *store.Tx) error {
+		tx.PutKV(nsRemote, key, val)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (s *Service) cached(key string) (*record, error) {
+	var rec record
+	err := s.Store.View(func(tx *store.Tx) error {
+		b, err := tx.GetKV(nsRemote, key)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(b, &rec)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
+
+func errRemoteTooLarge() error {
+	return errorf(http.StatusBadGateway, "M_TOO_LARGE", "Remote content is too large")
+}
+
+// remoteError maps a failed federation fetch to the client API's answer:
+// the origin's 404 (or a server name that does not resolve) is ours, too-large content is 502 M_TOO_LARGE (the
+// spec's answer for it), anything else 502.
+func remoteError(err error) error {
+	var re *federation.RemoteError
+	switch {
+	case errors.As(err, &re) && re.Status == http.StatusNotFound,
+		// A server name that resolves nowhere has no media.
+		errors.Is(err, wellknown.ErrNoAddress), errors.Is(err, wellknown.ErrInvalidServerName):
+		return errNotFound()
+	case errors.Is(err, federation.ErrResponseTooLarge):
+		return errRemoteTooLarge()
+	case errors.Is(err, context.DeadlineExceeded):
+		return errorf(http.StatusGatewayTimeout, "M_UNKNOWN", "Timed out fetching remote content")
+	}
+	return errorf(http.StatusBadGateway, "M_UNKNOWN", "Could not fetch remote content: "+err.Error())
+}
+
+// storeMultipart parses a federation media answer and stores its content.
+// The client does not hand over the answer's Content-Type, so the boundary
+// is read from the body's first line ("--boundary").
+func (s *Service) storeMultipart(ctx context.Context, body []byte) (*record, error) {
+	bad := errorf(http.StatusBadGateway, "M_UNKNOWN", "Remote server sent an invalid media response")
+	line, _, _ := bytes.Cut(body, []byte("\n"))
+	line = bytes.TrimRight(line, "\r \t")
+	if !bytes.HasPrefix(line, []byte("--")) || len(line) < 3 {
+		return nil, bad
+	}
+	mr := multipart.NewReader(bytes.NewReader(body), string(line[2:]))
+	meta, err := mr.NextPart()
+	if err != nil {
+		return nil, bad
+	}
+	if err := json.NewDecoder(io.LimitReader(meta, 1<<16)).Decode(new(map[string]any)); err != nil {
+		return nil, bad
+	}
+	part, err := mr.NextPart()
+	if err != nil {
+		return nil, bad
+	}
+	ctype, name := part.Header.Get("Content-Type"), ""
+	if _, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition")); err == nil {
+		name = params["filename"]
+	}
+	var content io.Reader = part
+	if loc := part.Header.Get("Location"); loc != "" {
+		resp, err := s.fetchLocation(ctx, loc)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		content, ctype = resp.Body, resp.Header.Get("Content-Type")
+	}
+	if ctype == "" {
+		ctype = "application/octet-stream"
+	}
+	sha, size, err := s.files.store(content, s.Config.Media.MaxUploadBytes)
+	if errors.Is(err, errTooLarge) {
+		return nil, errRemoteTooLarge()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &record{SHA256: sha, ContentType: ctype, FileName: name, Size: size, CreatedTS: time.Now().UnixMilli()}, nil
+}
+
+// fetchLocation follows the redirect form of a federation media answer: a
+// plain HTTPS GET that may only reach the addresses federation may.
+func (s *Service) fetchLocation(ctx context.Context, loc string) (*http.Response, error) {
+	u, err := url.Parse(loc)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, errorf(http.StatusBadGateway, "M_UNKNOWN", "Remote server sent an invalid media location")
+	}
+	d := &wellknown.PublicDialer{AllowPrivate: s.Config.Federation.AllowPrivateAddresses}
+	c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext, TLSClientConfig: s.LocationTLS}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, errorf(http.StatusBadGateway, "M_UNKNOWN", "Could not fetch remote content")
+	}
+	if resp.StatusCode/100 != 2 {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, errNotFound()
+		}
+		return nil, errorf(http.StatusBadGateway, "M_UNKNOWN", fmt.Sprintf("Remote content location answered %d", resp.StatusCode))
+	}
+	return resp, nil
+}
+
+// FederationHandlers returns the handlers of
+// GET /_matrix/federation/v1/media/download/{mediaId} and
+// GET /_matrix/federation/v1/media/thumbnail/{mediaId}, to be mounted
+// behind X-Matrix authentication. They serve local media only.
+func (s *Service) FederationHandlers() (download, thumbnail http.Handler) {
+	return s.federation(s.download), s.federation(s.thumbnail)
+}
+
+// federation runs a client media handler for our own server name into a
+// buffer and sends its answer as the spec's multipart/mixed: {} and then
+// the content with its Content-Type and Content-Disposition.
+func (s *Service) federation(h mediaHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r2 := r.Clone(r.Context())
+		r2.SetPathValue("serverName", s.Config.ServerName)
+		r2.SetPathValue("mediaId", r.PathValue("mediaId"))
+		for _, h := range []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+			r2.Header.Del(h)
+		}
+		buf := &bufferWriter{h: http.Header{}, status: http.StatusOK}
+		if err := h(buf, r2, request{}); err != nil {
+			s.finish(w, r, err)
+			return
+		}
+		if buf.status != http.StatusOK {
+			w.WriteHeader(buf.status)
+			return
+		}
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		boundary := hex.EncodeToString(b)
+		var out bytes.Buffer
+		mw := multipart.NewWriter(&out)
+		_ = mw.SetBoundary(boundary)
+		jp, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Type": {"application/json"}})
+		_, _ = jp.Write([]byte("{}"))
+		ph := textproto.MIMEHeader{"Content-Type": {buf.h.Get("Content-Type")}}
+		if d := buf.h.Get("Content-Disposition"); d != "" {
+			ph.Set("Content-Disposition", d)
+		}
+		fp, _ := mw.CreatePart(ph)
+		_, _ = fp.Write(buf.body.Bytes())
+		_ = mw.Close()
+		w.Header().Set("Content-Type", "multipart/mixed; boundary="+boundary)
+		w.WriteHeader(http.StatusOK)
+		_, _ = out.WriteTo(w)
+	})
+}
+
+// bufferWriter collects a handler's answer.
+type bufferWriter struct {
+	h      http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferWriter) Header() http.Header         { return b.h }
+func (b *bufferWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bufferWriter) WriteHeader(s int)           { b.status = s }

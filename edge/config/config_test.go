@@ -23,6 +23,7 @@ func TestWriteFileRoundTrip(t *testing.T) {
 	c.Federation.AllowPrivateAddresses = true
 	c.Federation.RequestTimeout = 42 * time.Second
 	c.Federation.TrustCAFile = "ca.pem"
+	c.Federation.Presence = false
 	c.Federation.Nameservers = []string{"127.0.0.1:5353", "[::1]:53"}
 	c.FederationListen = "127.0.0.1:8448"
 	c.TLSCertFile = "tls/cert.pem"

@@ -62,6 +62,10 @@ type Federation struct {
 	// RetryMaxInterval caps the wait between attempts (default 24h). A
 	// destination that sends us anything is retried at once.
 	RetryMaxInterval time.Duration `yaml:"retry_max_interval"`
+
+	// Presence sends and accepts m.presence EDUs (default true). Presence is
+	// the chattiest EDU; switching it off keeps it local to this server.
+	Presence bool `yaml:"presence"`
 }
 
 // TrustedKeyServer is one notary: its server name and the verify keys
@@ -88,6 +92,7 @@ func DefaultFederation() Federation {
 		QueueLimit:       2000,
 		RetryMinInterval: 10 * time.Second,
 		RetryMaxInterval: 24 * time.Hour,
+		Presence:         true,
 	}
 }
 

@@ -58,8 +58,10 @@ federation:
   queue_limit: %d
   retry_min_interval: %s
   retry_max_interval: %s
+  # Share presence (online/away) with other servers.
+  presence: %t
 `, yamlList(f.Nameservers), f.TrustCAFile, f.RequestTimeout, f.MaxRequestBytes, f.MaxResponseBytes, f.KeyCacheSize,
-		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval)
+		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval, f.Presence)
 	return b.String()
 }
 

@@ -302,6 +302,13 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	}
 	req.Header.Set("Authorization", auth)
 	req.Header.Set("User-Agent", "edge")
+	if method == http.MethodPut {
+		// Federation PUTs are idempotent (a transaction ID or event ID names
+		// them). Saying so lets net/http resend a request that met a pooled
+		// connection the peer had closed (it restarted), instead of failing
+		// the transaction into backoff.
+		req.Header["Idempotency-Key"] = []string{u.Path}
+	}
 	if content != nil {
 		req.Header.Set("Content-Type", "application/json")
 	} else {

@@ -99,23 +99,7 @@ func (e *Engine) leaveVia(ctx context.Context, srv, userID, roomID, reason strin
 // a leave template built on the current state, if the auth rules let the
 // user (on the asking server) leave.
 func (e *Engine) serveMakeLeave(r *federation.Request) (any, error) {
-	roomID, userID := r.PathValue("roomId"), r.PathValue("userId")
-	if domainOf(userID) != r.Origin {
-		return nil, errForbidden("the user is not on the requesting server")
-	}
-	content, _ := json.Marshal(map[string]string{"membership": "leave"})
-	sk := userID
-	var version string
-	var tmpl json.RawMessage
-	err := e.store.View(func(tx *store.Tx) error {
-		var err error
-		version, tmpl, err = e.rooms.Template(tx, roomID, room.Proto{Type: "m.room.member", StateKey: &sk, Sender: userID, Content: content})
-		return err
-	})
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	return map[string]any{"room_version": version, "event": tmpl}, nil
+	return e.makeMembership(r, "leave", nil)
 }
 
 // serveSendLeave answers PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}:

@@ -25,28 +25,38 @@ func (e *Engine) routes() {
 // one the asking server supports (its ver= parameters, "1" when absent)
 // and the auth rules let the user join.
 func (e *Engine) serveMakeJoin(r *federation.Request) (any, error) {
-	roomID, userID := r.PathValue("roomId"), r.PathValue("userId")
-	if domainOf(userID) != r.Origin {
-		return nil, errForbidden("the user is not on the requesting server")
-	}
 	vers := r.URL.Query()["ver"]
 	if len(vers) == 0 {
 		vers = []string{"1"}
 	}
-	content, _ := json.Marshal(map[string]string{"membership": "join"})
+	return e.makeMembership(r, "join", vers)
+}
+
+// makeMembership answers make_join and make_leave: a member-event template
+// for a user of the asking server, built on the current state. With
+// versions set, the room's version must be one of them.
+func (e *Engine) makeMembership(r *federation.Request, membership string, versions []string) (any, error) {
+	roomID, userID := r.PathValue("roomId"), r.PathValue("userId")
+	if domainOf(userID) != r.Origin {
+		return nil, errForbidden("the user is not on the requesting server")
+	}
+	content, _ := json.Marshal(map[string]string{"membership": membership})
 	sk := userID
 	var version string
 	var tmpl json.RawMessage
 	err := e.store.View(func(tx *store.Tx) error {
-		rm, err := tx.Room(roomID)
-		if errors.Is(err, store.ErrNotFound) {
-			return room.ErrRoomNotFound
-		} else if err != nil {
-			return err
+		if versions != nil {
+			rm, err := tx.Room(roomID)
+			if errors.Is(err, store.ErrNotFound) {
+				return room.ErrRoomNotFound
+			} else if err != nil {
+				return err
+			}
+			if !slices.Contains(versions, rm.Version) {
+				return fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+rm.Version)
+			}
 		}
-		if !slices.Contains(vers, rm.Version) {
-			return fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+rm.Version)
-		}
+		var err error
 		version, tmpl, err = e.rooms.Template(tx, roomID, room.Proto{Type: "m.room.member", StateKey: &sk, Sender: userID, Content: content})
 		return err
 	})

@@ -93,7 +93,7 @@ func noStackTrace(t testing.TB, what, output string) {
 // edgeProc is a running `edge run`.
 type edgeProc struct {
 	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	stderr *lockedWriter
 	url    string
 	done   chan struct{}
 }
@@ -101,8 +101,8 @@ type edgeProc struct {
 // startEdge runs `edge run -c cfg` and waits until it answers on addr.
 func startEdge(t testing.TB, bin, cfg, addr string) *edgeProc {
 	t.Helper()
-	p := &edgeProc{cmd: exec.Command(bin, "run", "-c", cfg), stderr: &bytes.Buffer{}, url: "http://" + addr, done: make(chan struct{})}
-	p.cmd.Stderr = &lockedWriter{w: p.stderr}
+	p := &edgeProc{cmd: exec.Command(bin, "run", "-c", cfg), stderr: &lockedWriter{w: &bytes.Buffer{}}, url: "http://" + addr, done: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +149,13 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
+}
+
+// String reads what was written so far; the process may still be writing.
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
 }
 
 // initNode runs `edge init` in a fresh directory and returns the config path and address.

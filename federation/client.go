@@ -302,13 +302,6 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	}
 	req.Header.Set("Authorization", auth)
 	req.Header.Set("User-Agent", "edge")
-	if method == http.MethodPut {
-		// Federation PUTs are idempotent (a transaction ID or event ID names
-		// them). Saying so lets net/http resend a request that met a pooled
-		// connection the peer had closed (it restarted), instead of failing
-		// the transaction into backoff.
-		req.Header["Idempotency-Key"] = []string{u.Path}
-	}
 	if content != nil {
 		req.Header.Set("Content-Type", "application/json")
 	} else {
@@ -316,6 +309,15 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	}
 	start := time.Now()
 	resp, err := d.transport.RoundTrip(req)
+	if err != nil && staleConnection(err) && req.GetBody != nil {
+		// A pooled connection the peer closed (it restarted) fails the
+		// write. Federation requests are idempotent (GETs, and PUTs named by
+		// a transaction or event ID), so one resend on a fresh connection
+		// is safe and spares the destination a round of backoff.
+		if retry, gerr := retryRequest(req); gerr == nil {
+			resp, err = d.transport.RoundTrip(retry)
+		}
+	}
 	if err != nil {
 		c.opts.Log.DebugContext(ctx, "federation request failed", "destination", destination, "method", method, "path", u.Path, "err", err)
 		return nil, fmt.Errorf("%s %s to %s: %w", method, path, destination, err)
@@ -354,4 +356,21 @@ func (c *Client) Close() {
 	for _, d := range c.dests.Values() {
 		d.transport.CloseIdleConnections()
 	}
+}
+
+// staleConnection tells whether err is a write to, or read from, a
+// connection the peer had already closed.
+func staleConnection(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// retryRequest clones req with a fresh body.
+func retryRequest(req *http.Request) (*http.Request, error) {
+	r := req.Clone(req.Context())
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, err
+	}
+	r.Body = body
+	return r, nil
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"slices"
 	"time"
@@ -114,25 +113,9 @@ func (e *Engine) serveSendLeave(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, errNotFound("unknown room")
 	}
-	if len(r.Body) > room.MaxEventBytes {
-		return nil, fedErr(http.StatusBadRequest, "M_TOO_LARGE", "event too large")
-	}
-	ev, err := room.ParseEvent(version, stripUnsigned(r.Body), "")
+	ev, err := e.sentMembership(r, version, roomID, eventID, "leave")
 	if err != nil {
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", err.Error())
-	}
-	switch {
-	case ev.ID != eventID:
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "the event ID does not match the path")
-	case ev.RoomID != roomID || ev.Type != "m.room.member" || ev.StateKey == nil || *ev.StateKey != ev.Sender || ev.Membership() != "leave":
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "not a leave event of its sender in this room")
-	case domainOf(ev.Sender) != r.Origin:
-		return nil, errForbidden("the leaving user is not on the requesting server")
-	case !ev.VerifyContentHash():
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "content hash mismatch")
-	}
-	if err := ev.VerifySignature(r.Origin, e.fed.Keyring.GetKey); err != nil {
-		return nil, errForbidden("signature check failed: " + err.Error())
+		return nil, err
 	}
 	var known bool
 	_ = e.store.View(func(tx *store.Tx) error {

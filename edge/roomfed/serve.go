@@ -79,22 +79,9 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, errNotFound("unknown room")
 	}
-	ev, err := room.ParseEvent(version, stripUnsigned(r.Body), "")
+	ev, err := e.sentMembership(r, version, roomID, eventID, "join")
 	if err != nil {
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", err.Error())
-	}
-	switch {
-	case ev.ID != eventID:
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "the event ID does not match the path")
-	case ev.RoomID != roomID || ev.Type != "m.room.member" || ev.StateKey == nil || *ev.StateKey != ev.Sender || ev.Membership() != "join":
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "not a join event of its sender in this room")
-	case domainOf(ev.Sender) != r.Origin:
-		return nil, errForbidden("the joining user is not on the requesting server")
-	case !ev.VerifyContentHash():
-		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "content hash mismatch")
-	}
-	if err := ev.VerifySignature(r.Origin, e.fed.Keyring.GetKey); err != nil {
-		return nil, errForbidden("signature check failed: " + err.Error())
+		return nil, err
 	}
 	signed, _, err := e.rooms.SignPDU(version, ev.Raw)
 	if err != nil {
@@ -373,4 +360,32 @@ func ids(evs []*room.Event) []string {
 		out[i] = ev.ID
 	}
 	return out
+}
+
+// sentMembership parses and checks the member event a send_join or
+// send_leave carries: the path's event ID, a membership change of its own
+// sender in this room, a sender on the asking server, the content hash and
+// the asking server's signature.
+func (e *Engine) sentMembership(r *federation.Request, version, roomID, eventID, membership string) (*room.Event, error) {
+	if len(r.Body) > room.MaxEventBytes {
+		return nil, fedErr(http.StatusBadRequest, "M_TOO_LARGE", "event too large")
+	}
+	ev, err := room.ParseEvent(version, stripUnsigned(r.Body), "")
+	if err != nil {
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", err.Error())
+	}
+	switch {
+	case ev.ID != eventID:
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "the event ID does not match the path")
+	case ev.RoomID != roomID || ev.Type != "m.room.member" || ev.StateKey == nil || *ev.StateKey != ev.Sender || ev.Membership() != membership:
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "not a "+membership+" event of its sender in this room")
+	case domainOf(ev.Sender) != r.Origin:
+		return nil, errForbidden("the user is not on the requesting server")
+	case !ev.VerifyContentHash():
+		return nil, fedErr(http.StatusBadRequest, "M_BAD_JSON", "content hash mismatch")
+	}
+	if err := ev.VerifySignature(r.Origin, e.fed.Keyring.GetKey); err != nil {
+		return nil, errForbidden("signature check failed: " + err.Error())
+	}
+	return ev, nil
 }

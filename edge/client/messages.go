@@ -2,6 +2,7 @@ package client
 
 import (
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"edge/edge/room"
@@ -9,6 +10,20 @@ import (
 )
 
 const maxPageLimit = 1000
+
+// pageLimit reads a pagination limit: def when absent, an error below
+// least or when not a number, capped at maxPageLimit.
+func pageLimit(q url.Values, def, least int) (int, error) {
+	l := q.Get("limit")
+	if l == "" {
+		return def, nil
+	}
+	v, err := strconv.Atoi(l)
+	if err != nil || v < least {
+		return 0, errInvalidParam("Invalid limit")
+	}
+	return min(v, maxPageLimit), nil
+}
 
 // messages: GET /rooms/{roomId}/messages
 //
@@ -25,13 +40,9 @@ func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 	if dir != "b" && dir != "f" {
 		return nil, errInvalidParam("dir must be b or f")
 	}
-	limit := 10
-	if l := q.Get("limit"); l != "" {
-		v, err := strconv.Atoi(l)
-		if err != nil || v < 0 {
-			return nil, errInvalidParam("Invalid limit")
-		}
-		limit = min(v, maxPageLimit)
+	limit, err := pageLimit(q, 10, 0)
+	if err != nil {
+		return nil, err
 	}
 	f, err := parseFilterParam(q.Get("filter"))
 	if err != nil {
@@ -139,13 +150,9 @@ func (s *Server) lazyMembers(tx *store.Tx, roomID string, evs []*room.Event, red
 // eventContext: GET /rooms/{roomId}/context/{eventId}
 func (s *Server) eventContext(r *http.Request, sess *Session) (any, error) {
 	roomID := r.PathValue("roomId")
-	limit := 10
-	if l := r.URL.Query().Get("limit"); l != "" {
-		v, err := strconv.Atoi(l)
-		if err != nil || v < 0 {
-			return nil, errInvalidParam("Invalid limit")
-		}
-		limit = min(v, maxPageLimit)
+	limit, err := pageLimit(r.URL.Query(), 10, 0)
+	if err != nil {
+		return nil, err
 	}
 	f, err := parseFilterParam(r.URL.Query().Get("filter"))
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
-	"strconv"
 	"time"
 
 	"edge/edge/room"
@@ -99,13 +98,9 @@ func (s *Server) relations(r *http.Request, sess *Session) (any, error) {
 	if dir != "b" && dir != "f" {
 		return nil, errInvalidParam("dir must be b or f")
 	}
-	limit := relationsDefaultLimit
-	if l := q.Get("limit"); l != "" {
-		v, err := strconv.Atoi(l)
-		if err != nil || v < 0 {
-			return nil, errInvalidParam("Invalid limit")
-		}
-		limit = min(v, maxPageLimit)
+	limit, err := pageLimit(q, relationsDefaultLimit, 0)
+	if err != nil {
+		return nil, err
 	}
 	var from, to uint64
 	hasFrom, hasTo := false, false
@@ -132,7 +127,7 @@ func (s *Server) relations(r *http.Request, sess *Session) (any, error) {
 		return nil, errInvalidParam("recurse must be true or false")
 	}
 	resp := map[string]any{}
-	err := s.Store.View(func(tx *store.Tx) error {
+	err = s.Store.View(func(tx *store.Tx) error {
 		parent, vis, err := s.visibleEvent(tx, roomID, eventID, sess.UserID)
 		if err != nil {
 			return err
@@ -360,16 +355,12 @@ func (s *Server) threads(r *http.Request, sess *Session) (any, error) {
 	if include != "all" && include != "participated" {
 		return nil, errInvalidParam("include must be all or participated")
 	}
-	limit := 10
-	if l := q.Get("limit"); l != "" {
-		v, err := strconv.Atoi(l)
-		if err != nil || v < 1 {
-			return nil, errInvalidParam("Invalid limit")
-		}
-		limit = min(v, maxPageLimit)
+	limit, err := pageLimit(q, 10, 1)
+	if err != nil {
+		return nil, err
 	}
 	resp := map[string]any{}
-	err := s.Store.View(func(tx *store.Tx) error {
+	err = s.Store.View(func(tx *store.Tx) error {
 		rm, err := tx.Room(roomID)
 		if err != nil {
 			return errForbidden("You are not in room %s", roomID)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -349,19 +350,28 @@ func (s *Server) publicRoomsGet(r *http.Request) (any, error) {
 			return nil, err
 		}
 	}
-	q := r.URL.Query()
+	pq, err := publicRoomsFromQuery(r.URL.Query())
+	if err != nil {
+		return nil, err
+	}
+	return s.publicRooms(r, pq)
+}
+
+// publicRoomsFromQuery reads GET /publicRooms's query parameters (the
+// client API's and the federation API's are the same).
+func publicRoomsFromQuery(q url.Values) (publicRoomsQuery, error) {
 	var pq publicRoomsQuery
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return nil, errInvalidParam("limit must be an integer")
+			return pq, errInvalidParam("limit must be an integer")
 		}
 		pq.Limit = n
 	}
 	pq.Since = q.Get("since")
 	pq.IncludeAllNetworks = q.Get("include_all_networks") == "true"
 	pq.ThirdPartyInstanceID = q.Get("third_party_instance_id")
-	return s.publicRooms(r, pq)
+	return pq, nil
 }
 
 // publicRoomsPost: POST /publicRooms

@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -506,16 +505,10 @@ func (s *Server) FederationPublicRooms(query url.Values, body json.RawMessage) (
 			}
 		}
 	} else {
-		if v := query.Get("limit"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return nil, errInvalidParam("limit must be an integer")
-			}
-			pq.Limit = n
+		var err error
+		if pq, err = publicRoomsFromQuery(query); err != nil {
+			return nil, err
 		}
-		pq.Since = query.Get("since")
-		pq.IncludeAllNetworks = query.Get("include_all_networks") == "true"
-		pq.ThirdPartyInstanceID = query.Get("third_party_instance_id")
 	}
 	// publicRooms reads only the server parameter of its request.
 	return s.publicRooms(&http.Request{URL: &url.URL{}}, pq)

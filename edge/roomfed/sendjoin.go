@@ -145,4 +145,3 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 	}
 	return resp, nil
 }
-

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,14 +20,17 @@ var (
 
 // Store is the node's database. It is safe for concurrent use.
 type Store struct {
-	db     *bolt.DB
-	writes chan *writeReq
-	done   chan struct{}
-	pos    atomic.Uint64 // last committed stream position
-	// mu orders Write's send against Close's close of the channel.
-	mu     sync.RWMutex
-	closed bool
-	err    error
+	db  *bolt.DB
+	pos atomic.Uint64 // last committed stream position
+
+	// mu guards the write queue, the leader flag and closed. The first
+	// writer to find no leader commits the queue itself (see Write).
+	mu      sync.Mutex
+	queue   []*writeReq
+	leading bool
+	idle    sync.Cond // broadcast when the leader steps down; Close waits on it
+	closed  bool
+	err     error
 }
 
 type writeReq struct {
@@ -63,7 +67,8 @@ func Open(path string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, writes: make(chan *writeReq, 1024), done: make(chan struct{})}
+	s := &Store{db: db}
+	s.idle.L = &s.mu
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, err
@@ -75,7 +80,6 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	go s.writer()
 	return s, nil
 }
 
@@ -105,8 +109,8 @@ func (s *Store) migrate() error {
 	}
 }
 
-// Close stops the writer and closes the file. Pending writes complete first.
-// Closing twice is harmless.
+// Close waits for pending writes and closes the file. Closing twice is
+// harmless.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -114,9 +118,10 @@ func (s *Store) Close() error {
 		return s.err
 	}
 	s.closed = true
-	close(s.writes)
+	for s.leading {
+		s.idle.Wait()
+	}
 	s.mu.Unlock()
-	<-s.done
 	s.err = s.db.Close()
 	return s.err
 }
@@ -132,41 +137,58 @@ func (s *Store) View(fn func(*Tx) error) error {
 // Write runs fn in a read-write transaction and returns once it is durable.
 // fn may run more than once (when a request batched with it fails), so it
 // must have no effects outside the transaction; use Tx.OnCommit for those.
+//
+// Writes are group-committed: every request already waiting shares one
+// transaction and one fsync. A writer that finds no commit under way leads:
+// it commits the queue on its own goroutine, so a lone request pays no
+// hand-off to another goroutine and back (each one a thread wake-up, which
+// on an idle machine costs more than the work). If requests queued up
+// meanwhile, a new goroutine carries on so the leader's caller can return.
 func (s *Store) Write(fn func(*Tx) error) error {
 	req := &writeReq{fn: fn, err: make(chan error, 1)}
-	s.mu.RLock()
+	s.mu.Lock()
 	if s.closed {
-		s.mu.RUnlock()
+		s.mu.Unlock()
 		return ErrClosed
 	}
-	s.writes <- req
-	s.mu.RUnlock()
+	s.queue = append(s.queue, req)
+	lead := !s.leading
+	s.leading = true
+	s.mu.Unlock()
+	if lead && s.commitNext() {
+		go s.drain()
+	}
 	return <-req.err
 }
 
 // maxBatch bounds how many requests share one transaction.
 const maxBatch = 256
 
-// writer is the single goroutine that writes. It takes every request that
-// is already waiting into one transaction, so concurrent senders share an
-// fsync while a lone sender never waits for a timer.
-func (s *Store) writer() {
-	defer close(s.done)
-	for first := range s.writes {
-		batch := []*writeReq{first}
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case r, ok := <-s.writes:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
-		s.commit(batch)
+// commitNext commits one batch from the head of the queue; the caller is
+// the leader. It reports whether requests are still waiting (the caller
+// stays leader) or steps down.
+func (s *Store) commitNext() (more bool) {
+	s.mu.Lock()
+	n := min(len(s.queue), maxBatch)
+	batch := slices.Clone(s.queue[:n])
+	s.queue = append(s.queue[:0], s.queue[n:]...)
+	s.mu.Unlock()
+
+	s.commit(batch)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 {
+		return true
+	}
+	s.leading = false
+	s.idle.Broadcast()
+	return false
+}
+
+// drain leads until the queue is empty.
+func (s *Store) drain() {
+	for s.commitNext() {
 	}
 }
 

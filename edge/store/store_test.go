@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -134,6 +135,64 @@ func TestGroupCommit(t *testing.T) {
 	})
 	if count != n-40 {
 		t.Errorf("after reopen %d keys, want %d", count, n-40)
+	}
+}
+
+// TestGroupCommitBatches checks that requests arriving while a commit is
+// under way share the next transaction, and that the leader's caller is
+// answered without waiting for them.
+func TestGroupCommitBatches(t *testing.T) {
+	s, _ := openTemp(t)
+	const waiting = 50
+	release := make(chan struct{})
+	leaderDone := make(chan error, 1)
+	go func() {
+		leaderDone <- s.Write(func(tx *Tx) error {
+			<-release
+			tx.PutKV("test", "leader", []byte("v"))
+			return nil
+		})
+	}()
+	// Wait until the leader is inside its transaction.
+	for {
+		s.mu.Lock()
+		started := s.leading && len(s.queue) == 0
+		s.mu.Unlock()
+		if started {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	commits, requests := Stats.Commits.Load(), Stats.Requests.Load()
+	var wg sync.WaitGroup
+	for i := range waiting {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Write(func(tx *Tx) error {
+				tx.PutKV("test", fmt.Sprint("k", i), []byte("v"))
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	for {
+		s.mu.Lock()
+		n := len(s.queue)
+		s.mu.Unlock()
+		if n == waiting {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if err := <-leaderDone; err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if c, r := Stats.Commits.Load()-commits, Stats.Requests.Load()-requests; c != 2 || r != waiting+1 {
+		t.Errorf("%d requests in %d commits, want %d in 2 (the leader's, then the rest together)", r, c, waiting+1)
 	}
 }
 

@@ -205,12 +205,22 @@ func (n *Node) extraMetrics() string {
 	rs := &room.Stats
 	one("edge_events_local_total", "counter", "Events this server created and stored.", rs.LocalEvents.Load())
 	one("edge_events_remote_total", "counter", "Events received from other servers and stored.", rs.RemoteEvents.Load())
+	caches := []struct {
+		name string
+		c    *room.CacheCounts
+	}{{"event", &rs.EventCache}, {"state", &rs.StateCache}, {"auth_chain", &rs.AuthChainCache}, {"resolution", &rs.ResolutionCache}, {"power_levels", &rs.PowerLevelsCache}}
 	head("edge_cache_hits_total", "counter", "Cache lookups answered from memory, by cache.")
-	fmt.Fprintf(&b, "edge_cache_hits_total{cache=\"event\"} %d\nedge_cache_hits_total{cache=\"state\"} %d\n",
-		rs.EventCacheHits.Load(), rs.StateCacheHits.Load())
-	head("edge_cache_misses_total", "counter", "Cache lookups that went to the store, by cache.")
-	fmt.Fprintf(&b, "edge_cache_misses_total{cache=\"event\"} %d\nedge_cache_misses_total{cache=\"state\"} %d\n",
-		rs.EventCacheMisses.Load(), rs.StateCacheMisses.Load())
+	for _, c := range caches {
+		fmt.Fprintf(&b, "edge_cache_hits_total{cache=\"%s\"} %d\n", c.name, c.c.Hits.Load())
+	}
+	head("edge_cache_misses_total", "counter", "Cache lookups that went to the store or were computed, by cache.")
+	for _, c := range caches {
+		fmt.Fprintf(&b, "edge_cache_misses_total{cache=\"%s\"} %d\n", c.name, c.c.Misses.Load())
+	}
+	head("edge_cache_size", "gauge", "What a cache holds now in the unit its budget counts: events, state entries, auth-chain event IDs, resolutions.")
+	for _, u := range n.Rooms.CacheUsage() {
+		fmt.Fprintf(&b, "edge_cache_size{cache=\"%s\"} %d\n", u.Name, u.Size)
+	}
 
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

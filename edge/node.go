@@ -68,7 +68,11 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	n := &Node{Config: cfg, Store: st, Log: log, Keys: keys, Notifier: notify.New(), TLS: certs}
 	n.Typing = notify.NewTyping(n.Notifier)
 	n.Rooms = room.New(room.Signer{ServerName: cfg.ServerName, KeyID: keys[0].ID, Key: keys[0].Priv},
-		cfg.Limits.StateCacheSize, cfg.Limits.EventCacheSize)
+		room.CacheSizes{
+			StateSnapshots: cfg.Limits.StateCacheSize, StateEntries: cfg.Limits.StateCacheEntries,
+			Events:       cfg.Limits.EventCacheSize,
+			AuthChainIDs: cfg.Limits.AuthChainCacheEntries, Resolutions: cfg.Limits.ResolutionCacheSize,
+		})
 	n.Rooms.OnEvent = n.withPushGateway(n.onEvent)
 	n.Client = client.New(client.Deps{Config: cfg, Store: st, Rooms: n.Rooms, Notifier: n.Notifier, Typing: n.Typing, Log: log})
 	if err := n.openFederation(); err != nil {

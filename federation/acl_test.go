@@ -76,7 +76,7 @@ func TestFederationACLCheck(t *testing.T) {
 
 func TestFederationRoomACLSource(t *testing.T) {
 	n := startNode(t, nodeOpts{})
-	rooms := room.New(room.Signer{ServerName: n.name, KeyID: n.keys[0].ID, Key: n.keys[0].Priv}, 16, 64)
+	rooms := room.New(room.Signer{ServerName: n.name, KeyID: n.keys[0].ID, Key: n.keys[0].Priv}, room.CacheSizes{StateSnapshots: 16, StateEntries: 1 << 16, Events: 64, AuthChainIDs: 1 << 16, Resolutions: 64})
 	src := RoomACLSource(n.store, rooms)
 	alice := "@alice:" + n.name
 	var roomID string

@@ -168,6 +168,14 @@ func TestMetrics(t *testing.T) {
 	if after[`edge_cache_hits_total{cache="state"}`]+after[`edge_cache_misses_total{cache="state"}`] == 0 {
 		t.Error("no state cache lookups counted")
 	}
+	if after[`edge_cache_size{cache="state"}`] <= 0 || after[`edge_cache_size{cache="event"}`] <= 0 {
+		t.Errorf("cache sizes: state %v events %v, want the room's state and events held", after[`edge_cache_size{cache="state"}`], after[`edge_cache_size{cache="event"}`])
+	}
+	for _, c := range []string{"auth_chain", "resolution"} {
+		if _, ok := after[`edge_cache_misses_total{cache="`+c+`"}`]; !ok {
+			t.Errorf("no %s cache counters", c)
+		}
+	}
 	if after["edge_store_size_bytes"] <= 0 || after["go_goroutines"] <= 0 || after["go_memstats_heap_alloc_bytes"] <= 0 {
 		t.Errorf("gauges: size %v goroutines %v heap %v", after["edge_store_size_bytes"], after["go_goroutines"], after["go_memstats_heap_alloc_bytes"])
 	}

@@ -94,8 +94,16 @@ type Limits struct {
 	MaxRequestBytes int64 `yaml:"max_request_bytes"`
 	// StateCacheSize is the number of materialised state snapshots kept in memory.
 	StateCacheSize int `yaml:"state_cache_size"`
+	// StateCacheEntries bounds the (state key → event) entries of those
+	// snapshots together, so a 100k-member room cannot fill memory.
+	StateCacheEntries int `yaml:"state_cache_entries"`
 	// EventCacheSize is the number of parsed events kept in memory.
 	EventCacheSize int `yaml:"event_cache_size"`
+	// AuthChainCacheEntries bounds the event IDs of the auth chains kept
+	// for state resolution.
+	AuthChainCacheEntries int `yaml:"auth_chain_cache_entries"`
+	// ResolutionCacheSize is the number of state-resolution results kept.
+	ResolutionCacheSize int `yaml:"resolution_cache_size"`
 }
 
 // Rooms holds room defaults.
@@ -126,9 +134,12 @@ func Default(serverName string) *Config {
 			SendPerSecond: 20, SendBurst: 100,
 		},
 		Limits: Limits{
-			MaxRequestBytes: 1 << 20,
-			StateCacheSize:  256,
-			EventCacheSize:  10000,
+			MaxRequestBytes:       1 << 20,
+			StateCacheSize:        256,
+			StateCacheEntries:     1_000_000,
+			EventCacheSize:        10_000,
+			AuthChainCacheEntries: 1_000_000,
+			ResolutionCacheSize:   4096,
 		},
 		Rooms:      Rooms{DefaultVersion: "12"},
 		Federation: DefaultFederation(),
@@ -256,6 +267,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.EventCacheSize < 1 {
 		return &FieldError{"limits.event_cache_size", "must be at least 1"}
+	}
+	if c.Limits.StateCacheEntries < 1 {
+		return &FieldError{"limits.state_cache_entries", "must be at least 1"}
+	}
+	if c.Limits.AuthChainCacheEntries < 1 {
+		return &FieldError{"limits.auth_chain_cache_entries", "must be at least 1"}
+	}
+	if c.Limits.ResolutionCacheSize < 1 {
+		return &FieldError{"limits.resolution_cache_size", "must be at least 1"}
 	}
 	if !knownRoomVersion(c.Rooms.DefaultVersion) {
 		return &FieldError{"rooms.default_version", fmt.Sprintf("%q is not a stable room version (1-12)", c.Rooms.DefaultVersion)}

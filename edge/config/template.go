@@ -126,9 +126,14 @@ rate_limits:
 
 limits:
   max_request_bytes: %[14]d
-  # Materialised room states and parsed events kept in memory.
+  # Memory for rooms: materialised states (snapshots, and their entries
+  # together), parsed events, the auth chains and results of state
+  # resolution. Entry budgets bound memory however large a room is.
   state_cache_size: %[15]d
+  state_cache_entries: %[31]d
   event_cache_size: %[16]d
+  auth_chain_cache_entries: %[32]d
+  resolution_cache_size: %[33]d
 
 rooms:
   # Version for new rooms when the client asks for none (1-12).
@@ -150,7 +155,8 @@ log:
 		yamlList(c.Registration.Tokens), c.Registration.SharedSecret, c.Registration.GuestAccess,
 		federationSection(c.Federation), c.WellKnownServer,
 		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen, mediaSection(c.Media),
-		voipSection(c.VoIP, c.UserDirectory), pushSection(c.Push))
+		voipSection(c.VoIP, c.UserDirectory), pushSection(c.Push),
+		c.Limits.StateCacheEntries, c.Limits.AuthChainCacheEntries, c.Limits.ResolutionCacheSize)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

@@ -9,9 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"sync/atomic"
-
-	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // DefaultMaxResolutionEvents bounds the events one resolution or auth-chain
@@ -38,38 +35,33 @@ type AuthChainCache interface {
 	Add(eventID string, chain []string)
 }
 
-// AuthChainLRU is an AuthChainCache holding the chains of a bounded number
-// of events, with hit and miss counts for metrics.
+// AuthChainLRU is an AuthChainCache bounded by the event IDs it holds
+// (a chain's length plus one for its key), with hit and miss counts for
+// metrics. In a room with a long power-levels history one chain can be
+// thousands of IDs, so counting chains would not bound memory.
 type AuthChainLRU struct {
-	c            *lru.Cache[string, []string]
-	hits, misses atomic.Uint64
+	w *weighted[string, []string]
 }
 
-// NewAuthChainLRU returns a cache of the chains of up to size events.
-func NewAuthChainLRU(size int) (*AuthChainLRU, error) {
-	c, err := lru.New[string, []string](size)
-	if err != nil {
-		return nil, err
-	}
-	return &AuthChainLRU{c: c}, nil
+// NewAuthChainLRU returns a cache holding at most ids event IDs.
+func NewAuthChainLRU(ids int) (*AuthChainLRU, error) {
+	return newAuthChainLRU(ids, new(CacheCounts)), nil
+}
+
+func newAuthChainLRU(ids int, counts *CacheCounts) *AuthChainLRU {
+	return &AuthChainLRU{w: newWeighted[string](ids, ids, func(c []string) int { return len(c) + 1 }, counts)}
 }
 
 // Get returns the cached chain of eventID.
-func (l *AuthChainLRU) Get(eventID string) ([]string, bool) {
-	chain, ok := l.c.Get(eventID)
-	if ok {
-		l.hits.Add(1)
-	} else {
-		l.misses.Add(1)
-	}
-	return chain, ok
-}
+func (l *AuthChainLRU) Get(eventID string) ([]string, bool) { return l.w.Get(eventID) }
 
 // Add caches the chain of eventID; the slice must not be modified afterwards.
-func (l *AuthChainLRU) Add(eventID string, chain []string) { l.c.Add(eventID, chain) }
+func (l *AuthChainLRU) Add(eventID string, chain []string) { l.w.Add(eventID, chain) }
 
 // Stats returns the hit and miss counts since creation.
-func (l *AuthChainLRU) Stats() (hits, misses uint64) { return l.hits.Load(), l.misses.Load() }
+func (l *AuthChainLRU) Stats() (hits, misses uint64) {
+	return l.w.counts.Hits.Load(), l.w.counts.Misses.Load()
+}
 
 // AuthChain returns the IDs of the full auth chain of the given events: their
 // auth events, recursively. The events themselves are included only when

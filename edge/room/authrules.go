@@ -979,7 +979,7 @@ func (a *auth) eventLevel(t string, state bool) power {
 func (a *auth) powerLevels() *powerLevels {
 	if !a.plLoaded {
 		if e := a.state("m.room.power_levels", ""); e != nil {
-			a.pl = newPowerLevels(e.Content, a.rv)
+			a.pl = e.powerLevels(a.rv)
 			a.pl.exists = true
 		}
 		a.plLoaded = true

@@ -1,6 +1,9 @@
 package room
 
 import (
+	"slices"
+	"strconv"
+
 	"edge/edge/store"
 )
 
@@ -57,8 +60,14 @@ func (s *Service) changesTo(tx *store.Tx, base *State, m StateMap) (map[uint64]u
 }
 
 // resolve merges states with the room version's state resolution and
-// stores the result as a snapshot layered on the first state.
+// stores the result as a snapshot layered on the first state. Results are
+// remembered by their input snapshots: the forks of a busy room meet the
+// same pair of states again for every event until they merge.
 func (s *Service) resolve(tx *store.Tx, version string, states []*State) (*State, error) {
+	key := resolutionKey(version, states)
+	if id, ok := s.resolutions.Get(key); ok {
+		return s.states.load(tx, id)
+	}
 	sets := make([]StateMap, len(states))
 	for i, st := range states {
 		m, err := s.stateMap(tx, st)
@@ -67,8 +76,12 @@ func (s *Service) resolve(tx *store.Tx, version string, states []*State) (*State
 		}
 		sets[i] = m
 	}
-	fetch := func(eventID string) (*Event, error) { return s.EventByID(tx, eventID) }
-	resolved, err := ResolveState(version, sets, fetch, s.getKey)
+	r := &Resolver{
+		Fetch:  func(eventID string) (*Event, error) { return s.EventByID(tx, eventID) },
+		GetKey: s.getKey,
+		Chains: s.chains,
+	}
+	resolved, err := r.Resolve(version, sets)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +89,28 @@ func (s *Service) resolve(tx *store.Tx, version string, states []*State) (*State
 	if err != nil {
 		return nil, err
 	}
-	return s.states.load(tx, s.states.with(tx, states[0], changes))
+	id := s.states.with(tx, states[0], changes)
+	// A rolled-back transaction's snapshot ids are reused: remember only
+	// committed ones.
+	tx.OnCommit(func() { s.resolutions.Add(key, id) })
+	return s.states.load(tx, id)
+}
+
+// resolutionKey names a resolution by its room version and the set of its
+// input snapshots (order does not matter to the algorithm).
+func resolutionKey(version string, states []*State) string {
+	ids := make([]uint64, len(states))
+	for i, st := range states {
+		ids[i] = st.ID
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	b := []byte(version)
+	for _, id := range ids {
+		b = append(b, ',')
+		b = strconv.AppendUint(b, id, 10)
+	}
+	return string(b)
 }
 
 // stateAfterNew is the state after ev given the state before it, for an

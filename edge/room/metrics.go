@@ -4,10 +4,11 @@ import "sync/atomic"
 
 // Metrics counts cache use and events since the process started.
 type Metrics struct {
-	// EventCacheHits and EventCacheMisses count Service.Event lookups.
-	EventCacheHits, EventCacheMisses atomic.Uint64
-	// StateCacheHits and StateCacheMisses count base snapshot loads.
-	StateCacheHits, StateCacheMisses atomic.Uint64
+	// EventCache counts Service.Event lookups; StateCache base snapshot
+	// loads; AuthChainCache the auth chains resolutions look up;
+	// ResolutionCache state resolutions looked up by their input snapshots;
+	// PowerLevelsCache the parsed power levels memoised on events.
+	EventCache, StateCache, AuthChainCache, ResolutionCache, PowerLevelsCache CacheCounts
 	// LocalEvents counts events this server built, signed and stored.
 	LocalEvents atomic.Uint64
 	// RemoteEvents counts events received from other servers and stored

@@ -40,6 +40,9 @@ type Service struct {
 	signer Signer
 	states *stateCache
 	events *lru.Cache[uint64, *Event]
+	// chains and resolutions serve the resolutions of forks (forks.go).
+	chains      *AuthChainLRU
+	resolutions *weighted[string, uint64]
 	// GetKey verifies other servers' signatures where an auth rule needs one
 	// (restricted joins); federation installs it. Nil: only our own key.
 	GetKey pdu.GetKeyFunc
@@ -52,9 +55,16 @@ type Service struct {
 }
 
 // New makes a Service with the given cache sizes.
-func New(signer Signer, stateCacheSize, eventCacheSize int) *Service {
-	ec, _ := lru.New[uint64, *Event](max(eventCacheSize, 1))
-	return &Service{signer: signer, states: newStateCache(stateCacheSize), events: ec, now: time.Now}
+func New(signer Signer, sizes CacheSizes) *Service {
+	ec, _ := lru.New[uint64, *Event](max(sizes.Events, 1))
+	return &Service{
+		signer:      signer,
+		states:      newStateCache(sizes.StateSnapshots, sizes.StateEntries),
+		events:      ec,
+		chains:      newAuthChainLRU(sizes.AuthChainIDs, &Stats.AuthChainCache),
+		resolutions: newWeighted[string](sizes.Resolutions, sizes.Resolutions, func(uint64) int { return 1 }, &Stats.ResolutionCache),
+		now:         time.Now,
+	}
 }
 
 // ServerName is the name this node signs as.
@@ -72,10 +82,10 @@ type Proto struct {
 // Event loads a stored event by NID through the cache.
 func (s *Service) Event(tx *store.Tx, nid uint64) (*Event, error) {
 	if ev, ok := s.events.Get(nid); ok {
-		Stats.EventCacheHits.Add(1)
+		Stats.EventCache.Hits.Add(1)
 		return ev, nil
 	}
-	Stats.EventCacheMisses.Add(1)
+	Stats.EventCache.Misses.Add(1)
 	se, err := tx.Event(nid)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrEventNotFound

@@ -3,8 +3,6 @@ package room
 import (
 	"maps"
 
-	lru "github.com/hashicorp/golang-lru/v2"
-
 	"edge/edge/store"
 )
 
@@ -59,12 +57,14 @@ func (s *State) Len() int {
 // stateCache holds materialised base snapshots. Deltas are small and read
 // from the store each time; bases can be 100k entries and are shared.
 type stateCache struct {
-	bases *lru.Cache[uint64, map[uint64]uint64]
+	bases *weighted[uint64, map[uint64]uint64]
 }
 
-func newStateCache(size int) *stateCache {
-	c, _ := lru.New[uint64, map[uint64]uint64](max(size, 1))
-	return &stateCache{bases: c}
+// newStateCache keeps at most snapshots bases of at most entries entries
+// in total.
+func newStateCache(snapshots, entries int) *stateCache {
+	return &stateCache{bases: newWeighted[uint64](snapshots, entries,
+		func(m map[uint64]uint64) int { return len(m) }, &Stats.StateCache)}
 }
 
 // load materialises snapshot id. id 0 is the empty state.
@@ -100,10 +100,8 @@ func (c *stateCache) load(tx *store.Tx, id uint64) (*State, error) {
 
 func (c *stateCache) base(tx *store.Tx, snap *store.Snapshot) (map[uint64]uint64, error) {
 	if m, ok := c.bases.Get(snap.ID); ok {
-		Stats.StateCacheHits.Add(1)
 		return m, nil
 	}
-	Stats.StateCacheMisses.Add(1)
 	m := make(map[uint64]uint64, len(snap.Entries))
 	for _, e := range snap.Entries {
 		m[e.Key] = e.Event

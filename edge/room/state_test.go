@@ -27,7 +27,7 @@ func stateMap(st *State) map[uint64]uint64 {
 // writer and checks every snapshot against a plain map, across rebases.
 func TestLayeredSnapshots(t *testing.T) {
 	s := tempStore(t)
-	c := newStateCache(4)
+	c := newStateCache(4, 1<<20)
 	rng := rand.New(rand.NewPCG(1, 2))
 	want := map[uint64]uint64{}
 	var ids []uint64
@@ -96,7 +96,7 @@ func TestLayeredSnapshots(t *testing.T) {
 // membership change.
 func BenchmarkStateEventBigRoom(b *testing.B) {
 	s := tempStore(b)
-	c := newStateCache(4)
+	c := newStateCache(4, 1<<20)
 	var cur *State
 	_ = s.Write(func(tx *store.Tx) error {
 		full := map[uint64]uint64{}

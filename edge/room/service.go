@@ -200,6 +200,10 @@ func (s *Service) Send(tx *store.Tx, roomID string, p Proto) (*Event, error) {
 	return ev, nil
 }
 
+// maxDepth is the largest depth an event can carry: canonical JSON's
+// integer range (room versions 6+; Synapse caps older ones the same way).
+const maxDepth = 1<<53 - 1
+
 // build makes a signed PDU of the room's version.
 func (s *Service) build(tx *store.Tx, r *store.Room, st *State, p Proto) (*Event, error) {
 	if len(p.Content) == 0 || p.Content[0] != '{' {
@@ -227,7 +231,9 @@ func (s *Service) build(tx *store.Tx, r *store.Room, st *State, p Proto) (*Event
 		prevIDs = append(prevIDs, prev.ID)
 		depth = max(depth, prev.Depth)
 	}
-	depth++
+	// A peer may send an event at the largest depth canonical JSON allows;
+	// going deeper would make every later event of the room unsignable.
+	depth = min(depth+1, maxDepth)
 	ts := s.now().UnixMilli()
 	var redacts *id.EventID
 	content := p.Content

@@ -295,7 +295,7 @@ func testHostilePeer(t *testing.T, version string) {
 	// 5. A negative depth and an unknown prev_event: refused, not stored.
 	for name, mutate := range map[string]func(m map[string]any){
 		"negative depth": func(m map[string]any) { m["depth"] = -5 },
-		"unknown prev":      func(m map[string]any) { m["prev_events"] = []string{"$nonexistent" + strings.Repeat("x", 32)} },
+		"unknown prev":   func(m map[string]any) { m["prev_events"] = []string{"$nonexistent" + strings.Repeat("x", 32)} },
 	} {
 		pdu, evID := h.forge(hostileMessage(bobID, name), mutate)
 		if verdict := h.send(pdu, evID); verdict == "" {

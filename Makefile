@@ -55,6 +55,7 @@ deps:
 
 bench: build
 	$(GO) test -tags goolm -run XXX -bench . -benchtime 2000x ./edge/room/ ./integration/
+	cd bench/stateres && $(GO) test -run XXX -bench . -benchmem
 	bench/run.sh dendrite edge
 
 clean:

@@ -60,6 +60,9 @@ func (w *weighted[K, V]) Get(k K) (V, bool) {
 	return v, ok
 }
 
+// Peek looks k up without counting it or making it recent.
+func (w *weighted[K, V]) Peek(k K) (V, bool) { return w.c.Peek(k) }
+
 func (w *weighted[K, V]) Add(k K, v V) {
 	n := w.weight(v)
 	if n > w.budget {
@@ -108,5 +111,6 @@ func (s *Service) CacheUsage() []CacheUse {
 		{"state", s.states.bases.Weight()},
 		{"auth_chain", s.chains.w.Weight()},
 		{"resolution", s.resolutions.Len()},
+		{"joined_servers", s.joined.Len()},
 	}
 }

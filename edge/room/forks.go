@@ -123,7 +123,10 @@ func (s *Service) stateAfterNew(tx *store.Tx, before *State, ev *Event) (*State,
 	if err != nil {
 		return nil, err
 	}
-	return s.states.load(tx, s.states.with(tx, before, map[uint64]uint64{key: ev.NID}))
+	after := s.states.with(tx, before, map[uint64]uint64{key: ev.NID})
+	old, _ := before.Get(key)
+	s.deriveJoined(tx, before.ID, after, old, ev)
+	return s.states.load(tx, after)
 }
 
 // updateLocalMemberships records, for local users, membership changes

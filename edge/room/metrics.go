@@ -7,8 +7,9 @@ type Metrics struct {
 	// EventCache counts Service.Event lookups; StateCache base snapshot
 	// loads; AuthChainCache the auth chains resolutions look up;
 	// ResolutionCache state resolutions looked up by their input snapshots;
-	// PowerLevelsCache the parsed power levels memoised on events.
-	EventCache, StateCache, AuthChainCache, ResolutionCache, PowerLevelsCache CacheCounts
+	// PowerLevelsCache the parsed power levels memoised on events;
+	// JoinedCache the joined servers per snapshot.
+	EventCache, StateCache, AuthChainCache, ResolutionCache, PowerLevelsCache, JoinedCache CacheCounts
 	// LocalEvents counts events this server built, signed and stored.
 	LocalEvents atomic.Uint64
 	// RemoteEvents counts events received from other servers and stored

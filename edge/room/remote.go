@@ -161,6 +161,8 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 			return err
 		}
 		r.State = s.states.with(tx, cur, map[uint64]uint64{key: ev.NID})
+		old, _ := cur.Get(key)
+		s.deriveJoined(tx, cur.ID, r.State, old, ev)
 		if ev.Type == "m.room.member" && isLocal(*ev.StateKey, s.signer.ServerName) {
 			tx.SetMembership(*ev.StateKey, &store.Membership{RoomID: r.RoomID, Membership: ev.Membership(), Pos: se.Pos, Event: ev.NID})
 		}

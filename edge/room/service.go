@@ -43,6 +43,8 @@ type Service struct {
 	// chains and resolutions serve the resolutions of forks (forks.go).
 	chains      *AuthChainLRU
 	resolutions *weighted[string, uint64]
+	// joined holds the joined servers per snapshot (joined.go).
+	joined *weighted[uint64, map[string]int]
 	// GetKey verifies other servers' signatures where an auth rule needs one
 	// (restricted joins); federation installs it. Nil: only our own key.
 	GetKey pdu.GetKeyFunc
@@ -63,8 +65,18 @@ func New(signer Signer, sizes CacheSizes) *Service {
 		events:      ec,
 		chains:      newAuthChainLRU(sizes.AuthChainIDs, &Stats.AuthChainCache),
 		resolutions: newWeighted[string](sizes.Resolutions, sizes.Resolutions, func(uint64) int { return 1 }, &Stats.ResolutionCache),
-		now:         time.Now,
+		// A snapshot's servers are few; bound by snapshots and by servers held.
+		joined: newWeighted[uint64](4*sizes.StateSnapshots, 64*sizes.StateSnapshots, func(m map[string]int) int { return len(m) + 1 }, &Stats.JoinedCache),
+		now:    time.Now,
 	}
+}
+
+// Evict drops a stored event whose record the caller rewrites in tx from
+// the event cache, now and again when tx commits (a reader may have cached
+// the old record meanwhile). Cached events are shared and never mutated.
+func (s *Service) Evict(tx *store.Tx, nid uint64) {
+	s.events.Remove(nid)
+	tx.OnCommit(func() { s.events.Remove(nid) })
 }
 
 // ServerName is the name this node signs as.
@@ -350,6 +362,8 @@ func (s *Service) persist(tx *store.Tx, r *store.Room, st *State, ev *Event) err
 			return err
 		}
 		r.State = s.states.with(tx, st, map[uint64]uint64{key: ev.NID})
+		old, _ := st.Get(key)
+		s.deriveJoined(tx, st.ID, r.State, old, ev)
 		if ev.Type == "m.room.member" && isLocal(*ev.StateKey, s.signer.ServerName) {
 			tx.SetMembership(*ev.StateKey, &store.Membership{RoomID: r.RoomID, Membership: ev.Membership(), Pos: pos, Event: ev.NID})
 		}
@@ -406,8 +420,7 @@ func (s *Service) applyRedaction(tx *store.Tx, r *store.Room, red *Event) error 
 	se.Flags |= store.FlagRedacted
 	tx.UpdateEvent(se)
 	tx.AddRelation(target.ID, relRedactedBy, red.NID)
-	s.events.Remove(target.NID)
-	tx.OnCommit(func() { s.events.Remove(target.NID) })
+	s.Evict(tx, target.NID)
 	return nil
 }
 

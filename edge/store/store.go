@@ -199,14 +199,16 @@ func (s *Store) commit(batch []*writeReq) {
 	for len(batch) > 0 {
 		var failed = -1
 		var failErr error
-		var hooks []func()
+		var hooks, aborts []func()
 		var pos uint64
 		start := time.Now()
 		err := s.db.Update(func(btx *bolt.Tx) error {
 			hooks = hooks[:0]
 			for i, r := range batch {
 				tx := &Tx{tx: btx, writable: true}
-				if err := runSafely(r.fn, tx); err != nil {
+				err := runSafely(r.fn, tx)
+				aborts = append(aborts, tx.aborts...)
+				if err != nil {
 					failed, failErr = i, err
 					return err
 				}
@@ -215,6 +217,11 @@ func (s *Store) commit(batch []*writeReq) {
 			pos = getU64(btx.Bucket(bMeta).Get(keyPos))
 			return nil
 		})
+		if err != nil {
+			for _, h := range aborts {
+				h()
+			}
+		}
 		if failed >= 0 {
 			batch[failed].err <- failErr
 			batch = append(batch[:failed], batch[failed+1:]...)
@@ -250,6 +257,7 @@ type Tx struct {
 	tx       *bolt.Tx
 	writable bool
 	hooks    []func()
+	aborts   []func()
 }
 
 // Writable tells whether this is a write transaction.
@@ -257,6 +265,15 @@ func (t *Tx) Writable() bool { return t.writable }
 
 // OnCommit registers f to run after the transaction is durable.
 func (t *Tx) OnCommit(f func()) { t.hooks = append(t.hooks, f) }
+
+// OnAbort registers f to run if the transaction is rolled back, before any
+// other write starts: a cache filled inside a transaction (ids it
+// allocated are reused after a rollback) can forget what it learnt.
+func (t *Tx) OnAbort(f func()) {
+	if t.writable {
+		t.aborts = append(t.aborts, f)
+	}
+}
 
 // NextPos allocates the next stream position.
 func (t *Tx) NextPos() uint64 {

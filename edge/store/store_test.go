@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,6 +194,35 @@ func TestGroupCommitBatches(t *testing.T) {
 	wg.Wait()
 	if c, r := Stats.Commits.Load()-commits, Stats.Requests.Load()-requests; c != 2 || r != waiting+1 {
 		t.Errorf("%d requests in %d commits, want %d in 2 (the leader's, then the rest together)", r, c, waiting+1)
+	}
+}
+
+// TestOnAbort: abort hooks run for every attempt that was rolled back —
+// the failing request's and those of requests re-run after it — and never
+// for a committed one.
+func TestOnAbort(t *testing.T) {
+	s, _ := openTemp(t)
+	var aborted, committed atomic.Int64
+	if err := s.Write(func(tx *Tx) error {
+		tx.OnAbort(func() { aborted.Add(1) })
+		tx.OnCommit(func() { committed.Add(1) })
+		return errors.New("refused")
+	}); err == nil {
+		t.Fatal("error lost")
+	}
+	if aborted.Load() != 1 || committed.Load() != 0 {
+		t.Fatalf("after a refused write: %d aborts, %d commits; want 1, 0", aborted.Load(), committed.Load())
+	}
+	aborted.Store(0)
+	if err := s.Write(func(tx *Tx) error {
+		tx.OnAbort(func() { aborted.Add(1) })
+		tx.PutKV("test", "k", []byte("v"))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if aborted.Load() != 0 {
+		t.Fatal("an abort hook ran for a committed write")
 	}
 }
 

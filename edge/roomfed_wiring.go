@@ -7,11 +7,15 @@ import (
 
 // attachRoomFederation plugs the room federation engine into the
 // federation transport, the room service and the client API's joins,
-// invites and leaves.
+// knocks, invites, leaves and backfill.
 func (n *Node) attachRoomFederation() error {
-	eng := roomfed.New(roomfed.Deps{Fed: n.Fed, Rooms: n.Rooms, Store: n.Store, Log: n.Log})
+	eng := roomfed.New(roomfed.Deps{Fed: n.Fed, Rooms: n.Rooms, Store: n.Store, Log: n.Log, FasterJoins: n.Config.Federation.FasterJoins})
 	n.Client.RemoteJoin = eng.Join
+	n.Client.RemoteKnock = eng.Knock
+	n.Client.RemoteBackfill = eng.Backfill
+	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
+	eng.ResumePartialJoins() // rooms a restart left with partial state
 	return nil
 }

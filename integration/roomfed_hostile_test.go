@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
@@ -338,4 +339,59 @@ func rfStateEventByID(t *testing.T, n *rfNode, eventID string) (*room.Event, err
 		t.Fatalf("%s lacks %s: %v", n.Name, eventID, err)
 	}
 	return ev, err
+}
+
+// TestRoomFedHostileGap: B sends A the last of 10,000 events A never saw.
+// get_missing_events (20 at a time) cannot close such a gap; A takes the
+// state at the missing prev event from B (/state_ids, /event) instead and
+// accepts the event with a gap in its timeline, storing a handful of
+// events rather than walking 10,000 back.
+func TestRoomFedHostileGap(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "12")
+	hook := b.Rooms.InTx
+	b.Rooms.InTx = nil // B stores without queueing to A
+	const gap = 10_000
+	var last json.RawMessage
+	var lastID string
+	for done := 0; done < gap; done += 2000 {
+		err := b.Store.Write(func(tx *store.Tx) error {
+			for i := range 2000 {
+				content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": fmt.Sprint("unseen ", done+i)})
+				ev, err := b.Rooms.Send(tx, roomID.String(), room.Proto{Type: "m.room.message", Sender: bob.c.UserID.String(), Content: content})
+				if err != nil {
+					return err
+				}
+				last, lastID = ev.Raw, ev.ID
+			}
+			return nil
+		})
+		if err != nil {
+			b.Rooms.InTx = hook
+			t.Fatal(err)
+		}
+	}
+	b.Rooms.InTx = hook
+
+	stored := room.Stats.RemoteEvents.Load()
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	if verdict := h.send(last, lastID); verdict != "" {
+		t.Fatalf("the event after a 10,000-event gap: %q", verdict)
+	}
+	if flags, ok := rfStoredFlags(a, lastID); !ok || flags&(store.FlagRejected|store.FlagSoftFailed|store.FlagOutlier) != 0 {
+		t.Fatalf("A holds the event after the gap: %v, flags %v; want it in the timeline", ok, flags)
+	}
+	if n := room.Stats.RemoteEvents.Load() - stored; n > 50 {
+		t.Errorf("A stored %d events to take one event after the gap", n)
+	}
+	alice.until(t, "the event after the gap", func(evs []*event.Event) bool {
+		return slices.Contains(rfBodies(evs, roomID), fmt.Sprint("unseen ", gap-1))
+	})
+	// The room goes on: alice's next message reaches B.
+	if _, err := alice.c.SendText(ctxT(t), roomID, "after the gap"); err != nil {
+		t.Fatal(err)
+	}
+	bob.until(t, "alice's message after the gap", func(evs []*event.Event) bool {
+		return slices.Contains(rfBodies(evs, roomID), "after the gap")
+	})
 }

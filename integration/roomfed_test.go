@@ -39,7 +39,7 @@ type rfCA struct {
 	leaf tls.Certificate
 }
 
-func newRFCA(t *testing.T) *rfCA {
+func newRFCA(t testing.TB) *rfCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -79,7 +79,7 @@ type rfNode struct {
 	Name string
 }
 
-func startRFNode(t *testing.T, ca *rfCA) *rfNode {
+func startRFNode(t testing.TB, ca *rfCA, opts ...func(*config.Config)) *rfNode {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -95,6 +95,9 @@ func startRFNode(t *testing.T, ca *rfCA) *rfNode {
 		c.Federation.TrustCAFile = caFile
 		c.Federation.AllowPrivateAddresses = true
 		c.Federation.TrustedKeyServers = nil
+		for _, o := range opts {
+			o(c)
+		}
 	})
 	srv := &http.Server{Handler: n.Handler(), TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}}}
 	go func() { _ = srv.ServeTLS(ln, "", "") }()

@@ -275,6 +275,11 @@ func (s *Server) getEvent(r *http.Request, sess *Session) (any, error) {
 
 // members: GET /rooms/{roomId}/members
 func (s *Server) members(r *http.Request, sess *Session) (any, error) {
+	if s.AwaitFullState != nil {
+		if err := s.AwaitFullState(r.Context(), r.PathValue("roomId")); err != nil {
+			return nil, err
+		}
+	}
 	q := r.URL.Query()
 	membership, notMembership := q.Get("membership"), q.Get("not_membership")
 	var chunk []*room.ClientEvent

@@ -30,6 +30,15 @@ func pageLimit(q url.Values, def, least int) (int, error) {
 // Pagination tokens name a point between events: token t<P> lies just after
 // the event at stream position P. Backwards from P returns positions ≤ P,
 // forwards returns positions > P.
+//
+// Before the room's timeline lies its backfilled history (events fetched
+// from other servers, store.Tx.Backfilled), numbered 1, 2, … from newest
+// to oldest: token b<N> lies just before (newer than) backfilled event N,
+// so backwards from it returns N, N+1, … and forwards N-1, …, 1, then the
+// timeline. When a backwards page runs out of events held and the oldest
+// one has prev_events, the room federation engine is asked for more
+// (RemoteBackfill) and the page is read again. A to token of the other
+// kind is not honoured across the boundary.
 func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 	q := r.URL.Query()
 	roomID := r.PathValue("roomId")
@@ -52,78 +61,197 @@ func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 		limit = min(limit, f.Limit)
 	}
 	var resp map[string]any
-	err = s.Store.View(func(tx *store.Tx) error {
-		rm, err := tx.Room(roomID)
-		if err != nil {
-			return errForbidden("You are not in room %s", roomID)
+	var short bool
+	page := func(fetched bool) error {
+		return s.Store.View(func(tx *store.Tx) error {
+			var err error
+			resp, short, err = s.messagesPage(tx, r, sess, roomID, dir == "b", limit, f, fetched)
+			return err
+		})
+	}
+	err = page(false)
+	if err == nil && short && s.RemoteBackfill != nil {
+		n, ferr := s.RemoteBackfill(r.Context(), roomID, max(limit, 20))
+		if ferr != nil {
+			s.Log.Info("backfill failed", "room_id", roomID, "err", ferr)
 		}
-		vis := s.newVisibility(tx, roomID, sess.UserID)
-		if vis.current != "join" && vis.left == 0 {
-			if _, err := s.viewState(tx, roomID, sess.UserID); err != nil {
-				return err
-			}
+		if n > 0 {
+			err = page(true)
 		}
-		backwards := dir == "b"
-		var from uint64
-		if ft := q.Get("from"); ft != "" {
-			p, ok := parsePos(ft)
-			if !ok {
-				return errInvalidParam("Invalid from token")
-			}
+	}
+	return resp, err
+}
+
+// parseBackfillToken reads a b<N> token.
+func parseBackfillToken(t string) (uint64, bool) {
+	if len(t) < 2 || t[0] != 'b' {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(t[1:], 10, 64)
+	return v, err == nil && v > 0
+}
+
+func backfillToken(seq uint64) string { return "b" + strconv.FormatUint(seq, 10) }
+
+// messagesPage reads one /messages page. short: a backwards page ran out
+// of events held before limit, and the oldest event it reached has
+// prev_events we may fetch (never once fetched is set).
+func (s *Server) messagesPage(tx *store.Tx, r *http.Request, sess *Session, roomID string, backwards bool, limit int, f *roomEventFilter, fetched bool) (map[string]any, bool, error) {
+	q := r.URL.Query()
+	rm, err := tx.Room(roomID)
+	if err != nil {
+		return nil, false, errForbidden("You are not in room %s", roomID)
+	}
+	vis := s.newVisibility(tx, roomID, sess.UserID)
+	if vis.current != "join" && vis.left == 0 {
+		if _, err := s.viewState(tx, roomID, sess.UserID); err != nil {
+			return nil, false, err
+		}
+	}
+	var from, bfFrom uint64
+	startToken := ""
+	if ft := q.Get("from"); ft != "" {
+		if seq, ok := parseBackfillToken(ft); ok {
+			bfFrom, startToken = seq, ft
+		} else if p, ok := parsePos(ft); ok {
 			from = p
-		} else if backwards {
-			from = tx.Pos()
+		} else {
+			return nil, false, errInvalidParam("Invalid from token")
 		}
-		var to uint64
-		hasTo := false
-		if tt := q.Get("to"); tt != "" {
+	} else if backwards {
+		from = tx.Pos()
+	}
+	var to uint64
+	hasTo := false
+	if tt := q.Get("to"); tt != "" {
+		if _, ok := parseBackfillToken(tt); !ok {
 			p, ok := parsePos(tt)
 			if !ok {
-				return errInvalidParam("Invalid to token")
+				return nil, false, errInvalidParam("Invalid to token")
 			}
 			to, hasTo = p, true
 		}
-		if backwards && vis.current != "join" && vis.left != 0 {
-			from = min(from, vis.left) // a user who left sees nothing after leaving
+	}
+	if backwards && bfFrom == 0 && vis.current != "join" && vis.left != 0 {
+		from = min(from, vis.left) // a user who left sees nothing after leaving
+	}
+	if startToken == "" {
+		startToken = pageToken(from)
+	}
+	var chunk []*room.Event
+	var oldest *room.Event // the oldest event looked at, for the gap check
+	take := func(nid uint64) {
+		ev, err := s.Rooms.Event(tx, nid)
+		if err != nil {
+			return
 		}
-		start := from
-		if !backwards {
-			start = from + 1
-		}
-		var chunk []*room.Event
-		var last uint64
-		examined, more := false, false
-		tx.Timeline(rm.NID, start, backwards, func(pos, nid uint64) bool {
-			if hasTo && ((backwards && pos <= to) || (!backwards && pos > to)) {
-				return false
-			}
-			if len(chunk) >= limit {
-				more = true
-				return false
-			}
-			last, examined = pos, true
-			ev, err := s.Rooms.Event(tx, nid)
-			if err != nil || !vis.canSee(ev) || !f.matchRoomEvent(ev) {
-				return true
-			}
+		oldest = ev
+		if vis.canSee(ev) && f.matchRoomEvent(ev) {
 			chunk = append(chunk, ev)
-			return true
-		})
-		resp = map[string]any{"start": pageToken(from), "chunk": s.renderAll(tx, chunk, sess)}
-		switch {
-		case more && !examined: // limit 0: nothing read, so carry on from where we began
-			resp["end"] = pageToken(from)
-		case (more || len(chunk) == 0) && examined && backwards:
-			resp["end"] = pageToken(last - 1)
-		case (more || len(chunk) == 0) && examined:
-			resp["end"] = pageToken(last)
 		}
-		if f.LazyLoadMembers {
-			resp["state"] = s.renderAll(tx, s.lazyMembers(tx, roomID, chunk, f.IncludeRedundantMembers, nil), sess)
+	}
+	resp := map[string]any{"start": startToken}
+	short := false
+	if backwards {
+		regularDone := bfFrom != 0
+		var last uint64
+		examined := false
+		if !regularDone {
+			more, stopped := false, false
+			tx.Timeline(rm.NID, from, true, func(pos, nid uint64) bool {
+				if hasTo && pos <= to {
+					stopped = true
+					return false
+				}
+				if len(chunk) >= limit {
+					more = true
+					return false
+				}
+				last, examined = pos, true
+				take(nid)
+				return true
+			})
+			switch {
+			case more && !examined: // limit 0: nothing read, so carry on from where we began
+				resp["end"] = pageToken(from)
+			case more || stopped:
+				if examined && (more || len(chunk) == 0) {
+					resp["end"] = pageToken(last - 1)
+				}
+			default:
+				regularDone, bfFrom = true, 1
+			}
 		}
-		return nil
-	})
-	return resp, err
+		if regularDone {
+			bfLast, bfMore := bfFrom-1, false
+			tx.Backfilled(rm.NID, bfFrom, func(seq, nid uint64) bool {
+				if len(chunk) >= limit {
+					bfMore = true
+					return false
+				}
+				bfLast = seq
+				take(nid)
+				return true
+			})
+			gap := oldest != nil && len(oldest.PrevEvents) > 0 && !fetched && s.RemoteBackfill != nil
+			switch {
+			case bfMore:
+				resp["end"] = backfillToken(bfLast + 1)
+			case gap && len(chunk) < limit:
+				short = true
+			case gap:
+				resp["end"] = backfillToken(bfLast + 1) // the next page fetches
+			case examined && len(chunk) == 0 && bfLast == 0:
+				resp["end"] = pageToken(last - 1) // as before backfill: all filtered out
+			}
+		}
+	} else {
+		if bfFrom != 0 {
+			// Forwards out of the backfilled history: N-1 … 1, then the timeline.
+			var seqs, nids []uint64
+			tx.Backfilled(rm.NID, 1, func(seq, nid uint64) bool {
+				if seq >= bfFrom {
+					return false
+				}
+				seqs, nids = append(seqs, seq), append(nids, nid)
+				return true
+			})
+			for i := len(nids) - 1; i >= 0 && len(chunk) < limit; i-- {
+				take(nids[i])
+				if len(chunk) >= limit && i > 0 {
+					resp["end"] = backfillToken(seqs[i])
+				}
+			}
+			from = 0
+		}
+		if _, set := resp["end"]; !set {
+			var last uint64
+			examined, more := false, false
+			tx.Timeline(rm.NID, from+1, false, func(pos, nid uint64) bool {
+				if hasTo && pos > to {
+					return false
+				}
+				if len(chunk) >= limit {
+					more = true
+					return false
+				}
+				last, examined = pos, true
+				take(nid)
+				return true
+			})
+			switch {
+			case more && !examined:
+				resp["end"] = pageToken(from)
+			case (more || len(chunk) == 0) && examined:
+				resp["end"] = pageToken(last)
+			}
+		}
+	}
+	resp["chunk"] = s.renderAll(tx, chunk, sess)
+	if f.LazyLoadMembers {
+		resp["state"] = s.renderAll(tx, s.lazyMembers(tx, roomID, chunk, f.IncludeRedundantMembers, nil), sess)
+	}
+	return resp, short, nil
 }
 
 // lazyMembers returns the member events of the senders of evs, in the

@@ -54,18 +54,27 @@ var ErrRemoteNotFound = errors.New("remote server answered 404")
 const remoteQueryTimeout = 15 * time.Second
 
 // otherServersIn lists the servers other than ours with a member joined
-// to roomID, sorted.
+// to roomID, sorted — from the room service's per-snapshot counts, not a
+// walk of the state. While the room has partial state (a faster join),
+// the servers the resident server named are added: the state does not
+// hold their members yet.
 func (s *Server) otherServersIn(tx *store.Tx, roomID string) []string {
-	_, st, err := s.roomState(tx, roomID)
+	r, err := tx.Room(roomID)
 	if err != nil {
 		return nil
 	}
-	var out []string
-	for _, u := range s.joinedUserIDs(tx, st) {
-		if srv, ok := userServer(u); ok && srv != s.Config.ServerName {
-			out = append(out, srv)
-		}
+	counts, err := s.Rooms.JoinedServers(tx, r.State)
+	if err != nil {
+		return nil
 	}
+	out := make([]string, 0, len(counts))
+	for srv := range counts {
+		out = append(out, srv)
+	}
+	if ps, err := tx.PartialState(roomID); err == nil {
+		out = append(out, ps.Servers...)
+	}
+	out = slices.DeleteFunc(out, func(srv string) bool { return srv == s.Config.ServerName })
 	slices.Sort(out)
 	return slices.Compact(out)
 }

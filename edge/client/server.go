@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"edge/edge/config"
 	"edge/edge/notify"
@@ -50,6 +51,17 @@ type Server struct {
 	// RemoteJoin joins a room this server does not know through other
 	// servers (see remotejoin.go); nil: unknown rooms are 404.
 	RemoteJoin func(ctx context.Context, userID, roomID string, servers []string) error
+	// RemoteKnock knocks on a room this server is not in through other
+	// servers (see knock.go); nil: unknown rooms are 404.
+	RemoteKnock func(ctx context.Context, userID, roomID string, servers []string, reason string) (eventID string, pdu json.RawMessage, state []json.RawMessage, err error)
+	// AwaitFullState waits until a room joined with partial state (faster
+	// joins) has its full state; /members answers only then, as in
+	// Synapse. Nil: rooms never have partial state.
+	AwaitFullState func(ctx context.Context, roomID string) error
+	// RemoteBackfill fetches history older than what this server holds of
+	// a room from other servers, returning how many events it added (see
+	// messages.go); nil: /messages stops at the oldest event held.
+	RemoteBackfill func(ctx context.Context, roomID string, limit int) (int, error)
 	// Remote carries typing, receipts, profiles and aliases to other
 	// servers (see remote_queries.go); nil: local only.
 	Remote *RemoteQueries
@@ -75,6 +87,7 @@ func New(d Deps) *Server {
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
+		s.routesKnock,
 	} {
 		register()
 	}
@@ -196,7 +209,8 @@ func decode(r *http.Request, v any) error {
 	if len(strings.TrimSpace(string(body))) == 0 {
 		body = []byte("{}")
 	}
-	if !json.Valid(body) {
+	// JSON is UTF-8 (RFC 8259); the decoder would let invalid bytes through.
+	if !utf8.Valid(body) || !json.Valid(body) {
 		return errNotJSON("Content not JSON")
 	}
 	if err := json.Unmarshal(body, v); err != nil {

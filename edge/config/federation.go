@@ -66,6 +66,12 @@ type Federation struct {
 	// Presence sends and accepts m.presence EDUs (default true). Presence is
 	// the chattiest EDU; switching it off keeps it local to this server.
 	Presence bool `yaml:"presence"`
+
+	// FasterJoins asks resident servers for the room state without its
+	// members when joining (MSC3706 partial-state joins, default true): the
+	// room opens at once and the members arrive in the background. Off:
+	// every join waits for the full state.
+	FasterJoins bool `yaml:"faster_joins"`
 }
 
 // TrustedKeyServer is one notary: its server name and the verify keys
@@ -93,6 +99,7 @@ func DefaultFederation() Federation {
 		RetryMinInterval: 10 * time.Second,
 		RetryMaxInterval: 24 * time.Hour,
 		Presence:         true,
+		FasterJoins:      true,
 	}
 }
 

@@ -18,6 +18,8 @@ type Deps struct {
 	Rooms *room.Service
 	Store *store.Store
 	Log   *slog.Logger
+	// FasterJoins asks for partial-state joins (omit_members).
+	FasterJoins bool
 }
 
 // Engine federates the node's rooms. New plugs it into the federation
@@ -28,9 +30,13 @@ type Engine struct {
 	store *store.Store
 	log   *slog.Logger
 	name  string
+	// fasterJoins: see Deps.
+	fasterJoins bool
 
 	mu    sync.Mutex
 	locks map[string]*roomLock
+
+	partial partialRunner // faster joins' background resyncs (partial.go)
 }
 
 // roomLock serialises one room's inbound events.
@@ -48,7 +54,7 @@ func New(d Deps) *Engine {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{fed: d.Fed, rooms: d.Rooms, store: d.Store, log: d.Log.With("component", "roomfed"),
-		name: d.Rooms.ServerName(), locks: map[string]*roomLock{}}
+		name: d.Rooms.ServerName(), locks: map[string]*roomLock{}, fasterJoins: d.FasterJoins}
 	d.Fed.OnPDUs = e.onPDUs
 	d.Rooms.InTx = e.queueLocal
 	e.routes()
@@ -94,6 +100,7 @@ func (e *Engine) queueLocal(tx *store.Tx, ev *room.Event) error {
 			return err
 		}
 	}
+	e.addPartialServers(tx, ev.RoomID, dests)
 	delete(dests, e.name)
 	if len(dests) == 0 {
 		return nil
@@ -106,29 +113,17 @@ func (e *Engine) queueLocal(tx *store.Tx, ev *room.Event) error {
 	return nil
 }
 
-// joinedServers adds to out the servers of the members joined in snapshot.
-// TODO(issue 6): cache per snapshot; this walks the whole state.
+// joinedServers adds to out the servers of the members joined in snapshot
+// (cached per snapshot by the room service).
 func (e *Engine) joinedServers(tx *store.Tx, snapshot uint64, out map[string]bool) error {
-	st, err := e.rooms.State(tx, snapshot)
+	counts, err := e.rooms.JoinedServers(tx, snapshot)
 	if err != nil {
 		return err
 	}
-	st.Each(func(key, nid uint64) bool {
-		t, sk, kerr := tx.StateKey(key)
-		if kerr != nil || t != "m.room.member" || out[domainOf(sk)] {
-			return true
-		}
-		ev, eerr := e.rooms.Event(tx, nid)
-		if eerr != nil {
-			err = eerr
-			return false
-		}
-		if ev.Membership() == "join" {
-			out[domainOf(sk)] = true
-		}
-		return true
-	})
-	return err
+	for srv := range counts {
+		out[srv] = true
+	}
+	return nil
 }
 
 // serverJoined tells whether server has a joined member in the room's

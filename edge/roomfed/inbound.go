@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"runtime/debug"
 	"slices"
 	"sync"
 
@@ -47,7 +48,7 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 			unlock := e.lock(roomID)
 			defer unlock()
 			for _, raw := range byRoom[roomID] {
-				evID, err := e.receive(ctx, origin, roomID, raw, true)
+				evID, err := e.receiveSafely(ctx, origin, roomID, raw)
 				if err != nil {
 					e.log.Info("inbound PDU refused", "origin", origin, "room_id", roomID, "event_id", evID, "err", err)
 				}
@@ -61,6 +62,19 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 	}
 	wg.Wait()
 	return results
+}
+
+// receiveSafely is receive with a panic — a bug of ours or of a
+// dependency, reached by remote input — turned into the refusal of that
+// one PDU: a peer must not be able to take the node down.
+func (e *Engine) receiveSafely(ctx context.Context, origin, roomID string, raw []byte) (evID string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			e.log.Error("panic on an inbound PDU", "origin", origin, "room_id", roomID, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: internal error", ErrRejected)
+		}
+	}()
+	return e.receive(ctx, origin, roomID, raw, true)
 }
 
 // roomVersion returns the version of a room we know.
@@ -108,10 +122,23 @@ func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte,
 	if len(missing) > 0 && fetch {
 		e.fetchMissing(ctx, origin, ev)
 		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
+		if len(missing) > 0 {
+			if err := e.fillGap(ctx, origin, version, ev, missing); err != nil {
+				e.log.Info("gap not filled", "origin", origin, "event_id", ev.ID, "err", err)
+			}
+			_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
+		}
 	}
 	if len(missing) > 0 {
-		// TODO(issue 6): /state_ids + /event to take the event with its state.
 		return ev.ID, fmt.Errorf("%w: %v", ErrMissingPrev, missing)
+	}
+	var missingAuth []string
+	_ = e.store.View(func(tx *store.Tx) error { missingAuth = e.unknown(tx, ev.AuthEvents); return nil })
+	if len(missingAuth) > 0 {
+		// The sender holds the event, so it can give its auth chain.
+		if _, err := e.fetchAuth(ctx, origin, version, roomID, ev.ID); err != nil {
+			e.log.Info("event_auth failed", "origin", origin, "event_id", ev.ID, "err", err)
+		}
 	}
 	return ev.ID, e.apply(ev)
 }
@@ -209,7 +236,7 @@ func (e *Engine) apply(ev *room.Event) error {
 		}
 		if err := room.Authorize(ev, lookup, e.fed.Keyring.GetKey); err != nil {
 			if errors.Is(err, room.ErrEventNotFound) {
-				// TODO(issue 6): fetch them with /event_auth.
+				// receive asked the sender for them (event_auth) already.
 				return fmt.Errorf("%w: %v", ErrMissingAuth, err)
 			}
 			if !errors.Is(err, room.ErrForbidden) {
@@ -218,7 +245,7 @@ func (e *Engine) apply(ev *room.Event) error {
 			outcome = fmt.Errorf("%w: auth_events: %v", ErrRejected, err)
 		} else if authRejected {
 			outcome = fmt.Errorf("%w: an auth event was rejected", ErrRejected)
-		} else if err := e.authorizeAt(tx, ev, before); err != nil {
+		} else if err := e.authorizeState(tx, ev, before); err != nil {
 			outcome = fmt.Errorf("%w: state before the event: %v", ErrRejected, err)
 		}
 		if outcome != nil {
@@ -232,7 +259,7 @@ func (e *Engine) apply(ev *room.Event) error {
 		if err != nil {
 			return err
 		}
-		if err := e.authorizeAt(tx, ev, cur); err != nil {
+		if err := e.authorizeState(tx, ev, cur); err != nil {
 			e.log.Info("soft-failing event", "event_id", ev.ID, "err", err)
 			return e.rooms.PersistRemote(tx, ev, before, store.FlagSoftFailed)
 		}

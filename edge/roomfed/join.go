@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"edge/edge/room"
@@ -44,6 +47,9 @@ type sendJoinResp struct {
 	State     []json.RawMessage `json:"state"`
 	AuthChain []json.RawMessage `json:"auth_chain"`
 	Event     json.RawMessage   `json:"event"`
+	// MembersOmitted and ServersInRoom answer omit_members (MSC3706).
+	MembersOmitted bool     `json:"members_omitted"`
+	ServersInRoom  []string `json:"servers_in_room"`
 }
 
 func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error {
@@ -80,7 +86,16 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 			return fmt.Errorf("%w: make_join template has a wrong %s", room.ErrBadEvent, k)
 		}
 	}
-	tmpl["content"], _ = json.Marshal(map[string]string{"membership": "join"})
+	// A restricted room's resident server names the member authorising
+	// the join (auth rule 4.3.5.2 of room versions 8+); keep that.
+	content := map[string]string{"membership": "join"}
+	var tc struct {
+		Via string `json:"join_authorised_via_users_server"`
+	}
+	if json.Unmarshal(tmpl["content"], &tc) == nil && tc.Via != "" {
+		content["join_authorised_via_users_server"] = tc.Via
+	}
+	tmpl["content"], _ = json.Marshal(content)
 	tmpl["origin"], _ = json.Marshal(e.name)
 	if _, ok := tmpl["origin_server_ts"]; !ok {
 		tmpl["origin_server_ts"], _ = json.Marshal(time.Now().UnixMilli())
@@ -93,7 +108,11 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		return err
 	}
 	var sj sendJoinResp
+	// Ask for a faster join: the members come later, in the background.
 	path = "/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(eventID)
+	if e.fasterJoins {
+		path += "?omit_members=true"
+	}
 	if err := e.fed.Client.Put(ctx, srv, path, json.RawMessage(signed), &sj); err != nil {
 		return remoteErr(err)
 	}
@@ -113,7 +132,18 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		return err
 	}
 	state = slices.DeleteFunc(state, func(ev *room.Event) bool { return ev.ID == eventID })
-	return e.store.Write(func(tx *store.Tx) error {
+	var partial *store.PartialState
+	if sj.MembersOmitted {
+		// The answering server first: it holds our join for certain.
+		servers := []string{srv}
+		for _, s := range sj.ServersInRoom {
+			if s != e.name && !slices.Contains(servers, s) {
+				servers = append(servers, s)
+			}
+		}
+		partial = &store.PartialState{RoomID: roomID, JoinEvent: eventID, Servers: servers, Since: nowMS()}
+	}
+	err = e.store.Write(func(tx *store.Tx) error {
 		before, err := e.rooms.CreateFromJoin(tx, version, roomID, state, chain)
 		if err != nil {
 			return err
@@ -122,11 +152,23 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		if err != nil {
 			return err
 		}
+		if partial != nil {
+			// A restricted join's authorising member may be omitted.
+			tx.SetPartialState(partial)
+			fillFromAuthEvents(tx, e.rooms, join, m)
+		}
 		if err := room.AuthorizeAgainst(join, m, e.fed.Keyring.GetKey); err != nil {
 			return err
 		}
 		return e.rooms.PersistRemote(tx, join, before, 0)
 	})
+	if err == nil && partial != nil {
+		PartialStats.Joins.Add(1)
+		e.log.Info("joined with partial state; fetching the members", "room_id", roomID, "server", srv,
+			"state", len(state), "servers_in_room", len(sj.ServersInRoom))
+		e.startResync(roomID)
+	}
+	return err
 }
 
 // verifyJoinState checks the state and auth chain of a send_join answer:
@@ -137,12 +179,12 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 func (e *Engine) verifyJoinState(version, roomID string, sj sendJoinResp) (state, chain []*room.Event, err error) {
 	all := map[string]*room.Event{}
 	parse := func(list []json.RawMessage) ([]*room.Event, error) {
+		checked, err := e.checkAll(version, roomID, list)
+		if err != nil {
+			return nil, err
+		}
 		out := make([]*room.Event, 0, len(list))
-		for _, raw := range list {
-			ev, err := e.check(version, roomID, raw)
-			if err != nil {
-				return nil, err
-			}
+		for _, ev := range checked {
 			if all[ev.ID] == nil {
 				all[ev.ID] = ev
 			}
@@ -197,6 +239,30 @@ func (e *Engine) verifyJoinState(version, roomID string, sj sendJoinResp) (state
 		return nil, nil, fmt.Errorf("%w: create event says room version %q, make_join said %q", room.ErrBadEvent, cc.Version, version)
 	}
 	return state, chain, nil
+}
+
+// checkAll runs check on every event on every core: a join into a big
+// room is bound by the signatures to verify, one per event.
+func (e *Engine) checkAll(version, roomID string, list []json.RawMessage) ([]*room.Event, error) {
+	out := make([]*room.Event, len(list))
+	errs := make([]error, len(list))
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(list)/64))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(list); i = int(next.Add(1) - 1) {
+				out[i], errs[i] = e.check(version, roomID, list[i])
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // remoteErr maps a resident server's refusal to the room layer's errors,

@@ -1,6 +1,7 @@
 package roomfed
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -11,6 +12,10 @@ import (
 	"edge/federation"
 )
 
+// maxHeroes is how many members stand in for a nameless room's name in a
+// members-omitted send_join answer (the client API's m.heroes).
+const maxHeroes = 5
+
 // serveMakeJoin answers GET /_matrix/federation/v1/make_join/{roomId}/{userId}:
 // a join template built on the current state, if the room's version is
 // one the asking server supports (its ver= parameters, "1" when absent)
@@ -20,7 +25,20 @@ func (e *Engine) serveMakeJoin(r *federation.Request) (any, error) {
 	if len(vers) == 0 {
 		vers = []string{"1"}
 	}
+	if err := e.refuseIfPartial(r.PathValue("roomId")); err != nil {
+		return nil, err
+	}
 	return e.makeMembership(r, "join", vers)
+}
+
+// refuseIfPartial answers 404 for a room whose state we are still
+// fetching, as if we were not in it (as Synapse does): a join built on a
+// partial state could not be checked, nor its send_join answered.
+func (e *Engine) refuseIfPartial(roomID string) error {
+	if e.isPartial(roomID) {
+		return errNotFound("this server is not fully joined to the room yet")
+	}
+	return nil
 }
 
 // makeMembership answers make_join and make_leave: a member-event template
@@ -48,6 +66,11 @@ func (e *Engine) makeMembership(r *federation.Request, membership string, versio
 			}
 		}
 		var err error
+		if membership == "join" {
+			if content, err = e.restrictedJoinContent(tx, roomID, userID); err != nil {
+				return err
+			}
+		}
 		version, tmpl, err = e.rooms.Template(tx, roomID, room.Proto{Type: "m.room.member", StateKey: &sk, Sender: userID, Content: content})
 		return err
 	})
@@ -60,15 +83,22 @@ func (e *Engine) makeMembership(r *federation.Request, membership string, versio
 // serveSendJoin answers PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}:
 // the join event, checked like any inbound PDU plus the join's own rules,
 // is countersigned, stored and sent to the other servers in the room; the
-// answer is the state before it and the auth chain.
-// TODO(issue 6): omit_members (MSC3706) is ignored: the full state is sent.
+// answer is the state before it and the auth chain. With omit_members=true
+// (MSC3706) the answer is the lighter one of a faster join: the state
+// without member events (but the heroes', for a room without a name), the
+// auth chain without the events already in the state, and the servers in
+// the room to fetch the rest from.
 func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 	roomID, eventID := r.PathValue("roomId"), r.PathValue("eventId")
+	omit := r.URL.Query().Get("omit_members") == "true"
 	unlock := e.lock(roomID)
 	defer unlock()
 	version, err := e.roomVersion(roomID)
 	if err != nil {
 		return nil, errNotFound("unknown room")
+	}
+	if err := e.refuseIfPartial(roomID); err != nil {
+		return nil, err
 	}
 	ev, err := e.sentMembership(r, version, roomID, eventID, "join")
 	if err != nil {
@@ -112,9 +142,20 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 		if err != nil {
 			return err
 		}
+		if omit {
+			state = omitMembers(state, stored.StateKey)
+		}
 		chain, err := e.rooms.AuthChain(tx, append(slices.Clone(state), stored))
 		if err != nil {
 			return err
+		}
+		if omit {
+			// The spec lets events already in state go from the chain.
+			inState := make(map[string]bool, len(state))
+			for _, s := range state {
+				inState[s.ID] = true
+			}
+			chain = slices.DeleteFunc(chain, func(c *room.Event) bool { return inState[c.ID] })
 		}
 		servers := map[string]bool{}
 		if err := e.joinedServers(tx, stored.StateBefore, servers); err != nil {
@@ -134,14 +175,56 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 		for s := range servers {
 			list = append(list, s)
 		}
+		slices.Sort(list)
 		resp = map[string]any{
 			"origin": e.name, "event": json.RawMessage(stored.Raw), "state": raws(state),
-			"auth_chain": raws(chain), "members_omitted": false, "servers_in_room": list,
+			"auth_chain": raws(chain), "members_omitted": omit, "servers_in_room": list,
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, mapErr(err)
 	}
+	if omit {
+		e.log.Debug("send_join answered with members omitted", "room_id", roomID, "origin", r.Origin)
+	}
 	return resp, nil
+}
+
+// omitMembers drops the member events from a state, keeping those of the
+// room's heroes when it has neither a name nor a canonical alias (the
+// spec asks for them, so the joining server can name the room at once),
+// and the joining user's own earlier membership.
+func omitMembers(state []*room.Event, joiner *string) []*room.Event {
+	named := false
+	var members []*room.Event
+	out := make([]*room.Event, 0, len(state))
+	for _, ev := range state {
+		switch ev.Type {
+		case "m.room.member":
+			if joiner != nil && ev.StateKey != nil && *ev.StateKey == *joiner {
+				out = append(out, ev)
+			} else if m := ev.Membership(); m == "join" || m == "invite" {
+				members = append(members, ev)
+			}
+			continue
+		case "m.room.name":
+			var c struct {
+				Name string `json:"name"`
+			}
+			named = named || (json.Unmarshal(ev.Content, &c) == nil && c.Name != "")
+		case "m.room.canonical_alias":
+			var c struct {
+				Alias string `json:"alias"`
+			}
+			named = named || (json.Unmarshal(ev.Content, &c) == nil && c.Alias != "")
+		}
+		out = append(out, ev)
+	}
+	if !named {
+		// Heroes: the earliest members, as the client API orders them.
+		slices.SortFunc(members, func(a, b *room.Event) int { return cmp.Compare(a.NID, b.NID) })
+		out = append(out, members[:min(len(members), maxHeroes)]...)
+	}
+	return out
 }

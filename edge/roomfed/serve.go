@@ -18,11 +18,15 @@ func (e *Engine) routes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/state_ids/{roomId}", e.serveStateIDs)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/state/{roomId}", e.serveState)
 	e.fed.HandleRoom("POST /_matrix/federation/v1/get_missing_events/{roomId}", e.serveMissing)
+	e.fed.HandleRoom("GET /_matrix/federation/v1/backfill/{roomId}", e.serveBackfill)
+	e.fed.HandleRoom("GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}", e.serveEventAuth)
+	e.fed.HandleRoom("GET /_matrix/federation/v1/make_knock/{roomId}/{userId}", e.serveMakeKnock)
+	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}", e.serveSendKnock)
 }
 
-// visibleTo loads the room and checks that server may read its events:
-// it has a joined member, or the room is world-readable.
-// TODO(issue 6): history visibility at each event, not the current state.
+// visibleTo loads the room and checks that server may ask about it at
+// all: it has a joined member, or the room is world-readable now. Which
+// events it then gets is decided at each event (serverView).
 func (e *Engine) visibleTo(tx *store.Tx, roomID, server string) (*store.Room, error) {
 	r, err := tx.Room(roomID)
 	if errors.Is(err, store.ErrNotFound) {
@@ -69,23 +73,37 @@ func (e *Engine) serveEvent(r *federation.Request) (any, error) {
 		if err := e.fed.ACLCheck(r.Origin, ev.RoomID); err != nil {
 			return err
 		}
-		if _, err := e.visibleTo(tx, ev.RoomID, r.Origin); err != nil {
+		rm, err := e.visibleTo(tx, ev.RoomID, r.Origin)
+		if err != nil {
 			return err
 		}
-		out = map[string]any{"origin": e.name, "origin_server_ts": nowMS(), "pdus": []json.RawMessage{ev.Raw}}
+		view, err := e.newServerView(tx, rm, r.Origin)
+		if err != nil {
+			return err
+		}
+		out = map[string]any{"origin": e.name, "origin_server_ts": nowMS(), "pdus": view.filter([]*room.Event{ev})}
 		return nil
 	})
 	return out, mapErr(err)
 }
 
-// stateAt loads the state before event_id in the room and its auth chain.
+// stateAt loads the state before event_id in the room and its auth chain,
+// if the asking server may see that event.
 func (e *Engine) stateAt(r *federation.Request) (state, chain []*room.Event, err error) {
 	roomID, eventID := r.PathValue("roomId"), r.URL.Query().Get("event_id")
 	if eventID == "" {
 		return nil, nil, fedErr(http.StatusBadRequest, "M_MISSING_PARAM", "event_id is required")
 	}
 	err = e.store.View(func(tx *store.Tx) error {
-		if _, err := e.visibleTo(tx, roomID, r.Origin); err != nil {
+		if err := refusePartialState(tx, roomID); err != nil {
+			return err
+		}
+		rm, err := e.visibleTo(tx, roomID, r.Origin)
+		if err != nil {
+			return err
+		}
+		view, err := e.newServerView(tx, rm, r.Origin)
+		if err != nil {
 			return err
 		}
 		ev, err := e.rooms.EventByID(tx, eventID)
@@ -96,6 +114,9 @@ func (e *Engine) stateAt(r *federation.Request) (state, chain []*room.Event, err
 		}
 		if ev.Flags&store.FlagOutlier != 0 {
 			return errNotFound("the state at this event is not known")
+		}
+		if !view.canSee(ev) {
+			return errForbidden("the server may not see this event")
 		}
 		st, err := e.rooms.State(tx, ev.StateBefore)
 		if err != nil {
@@ -130,7 +151,8 @@ func (e *Engine) serveState(r *federation.Request) (any, error) {
 
 // serveMissing answers POST /_matrix/federation/v1/get_missing_events/{roomId}:
 // walking back from latest_events through prev_events, not past
-// earliest_events or below min_depth, at most limit events, oldest first.
+// earliest_events or below min_depth, at most limit events, oldest first;
+// those the server may not see are redacted (serverView.filter).
 func (e *Engine) serveMissing(r *federation.Request) (any, error) {
 	var req struct {
 		Earliest []string `json:"earliest_events"`
@@ -147,10 +169,20 @@ func (e *Engine) serveMissing(r *federation.Request) (any, error) {
 	req.Limit = min(req.Limit, 100)
 	roomID := r.PathValue("roomId")
 	var found []*room.Event
+	var view *serverView
+	var out []json.RawMessage
 	err := e.store.View(func(tx *store.Tx) error {
-		if _, err := e.visibleTo(tx, roomID, r.Origin); err != nil {
+		rm, err := e.visibleTo(tx, roomID, r.Origin)
+		if err != nil {
 			return err
 		}
+		if view, err = e.newServerView(tx, rm, r.Origin); err != nil {
+			return err
+		}
+		defer func() {
+			slices.SortStableFunc(found, func(a, b *room.Event) int { return int(min(max(a.Depth-b.Depth, -1), 1)) })
+			out = view.filter(found)
+		}()
 		seen := map[string]bool{}
 		for _, x := range req.Earliest {
 			seen[x] = true
@@ -183,8 +215,7 @@ func (e *Engine) serveMissing(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, mapErr(err)
 	}
-	slices.SortStableFunc(found, func(a, b *room.Event) int { return int(min(max(a.Depth-b.Depth, -1), 1)) })
-	return map[string]any{"events": raws(found)}, nil
+	return map[string]any{"events": out}, nil
 }
 
 // mapErr turns room errors into federation answers.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 )
 
 var errStop = errors.New("stop")
@@ -31,6 +32,7 @@ const (
 	FlagSoftFailed                        // passed auth but not current state: not in timelines
 	FlagOutlier                           // known without its state (auth chains, backfill)
 	FlagRedacted                          // JSON has been redacted
+	FlagBackfilled                        // fetched with /backfill: an outlier shown before the room's timeline
 )
 
 // Event record layout: roomNID(8) pos(8) stateBefore(8) flags(1)
@@ -339,4 +341,57 @@ func (t *Tx) Relations(parent, relType string) []uint64 {
 		out = append(out, getU64(k[len(k)-8:]))
 	}
 	return out
+}
+
+// Backfilled history lives before a room's timeline, which has no stream
+// positions to spare below its first event: each room numbers its
+// backfilled events 1, 2, … from newest to oldest (a later batch is
+// older), in the KV namespaces below. An event is in it at most once.
+const (
+	backfillOrderNS = "backfill_order" // roomNID seq → event NID
+	backfillIndexNS = "backfill_index" // event NID → seq
+	backfillNextNS  = "backfill_next"  // roomNID → last seq given
+)
+
+func hex16(v uint64) string { return fmt.Sprintf("%016x", v) }
+
+// AddBackfilled places an event at the old end of its room's backfilled
+// history, unless it is there already; it returns the event's seq.
+func (t *Tx) AddBackfilled(roomNID, eventNID uint64) uint64 {
+	if seq, ok := t.BackfillSeq(eventNID); ok {
+		return seq
+	}
+	var seq uint64
+	if v, err := t.GetKV(backfillNextNS, hex16(roomNID)); err == nil {
+		seq, _ = strconv.ParseUint(string(v), 16, 64)
+	}
+	seq++
+	t.PutKV(backfillNextNS, hex16(roomNID), []byte(hex16(seq)))
+	t.PutKV(backfillOrderNS, hex16(roomNID)+hex16(seq), u64(eventNID))
+	t.PutKV(backfillIndexNS, hex16(eventNID), []byte(hex16(seq)))
+	return seq
+}
+
+// BackfillSeq tells whether an event is in its room's backfilled history.
+func (t *Tx) BackfillSeq(eventNID uint64) (uint64, bool) {
+	v, err := t.GetKV(backfillIndexNS, hex16(eventNID))
+	if err != nil {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(string(v), 16, 64)
+	return seq, err == nil
+}
+
+// Backfilled walks a room's backfilled history from seq from (inclusive)
+// towards older events, calling fn with each (seq, event NID) until fn
+// returns false.
+func (t *Tx) Backfilled(roomNID, from uint64, fn func(seq, eventNID uint64) bool) {
+	p := hex16(roomNID)
+	t.ScanKVFrom(backfillOrderNS, p+hex16(from), func(k string, v []byte) bool {
+		if len(k) != 32 || k[:16] != p || len(v) != 8 {
+			return false
+		}
+		seq, err := strconv.ParseUint(k[16:], 16, 64)
+		return err == nil && fn(seq, getU64(v))
+	})
 }

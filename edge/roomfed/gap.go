@@ -1,0 +1,137 @@
+package roomfed
+
+// Gaps that get_missing_events cannot close (server-server API, "Receiving
+// PDUs": a server may instead ask for the state at the missing events).
+// Each missing prev event is fetched with the state before it (/state_ids,
+// then /state or /event for what we lack); the state events are checked
+// like any PDU and stored as outliers, and the prev event is stored as an
+// outlier whose state is known, so the new event's state follows from it
+// as from any other prev event. The history between stays a gap (filled
+// later by backfill).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+
+	"edge/edge/room"
+	"edge/edge/store"
+)
+
+// maxGapPrevs bounds the missing prev events filled for one event: an
+// event citing more is rejected rather than costing a state fetch each.
+const maxGapPrevs = 5
+
+// fillGap fetches from srv each missing prev event of ev with its state.
+func (e *Engine) fillGap(ctx context.Context, srv, version string, ev *room.Event, missing []string) error {
+	if len(missing) > maxGapPrevs {
+		return fmt.Errorf("%w: %d unknown prev events", ErrMissingPrev, len(missing))
+	}
+	for _, pid := range missing {
+		if err := e.fetchWithState(ctx, srv, version, ev.RoomID, pid); err != nil {
+			return fmt.Errorf("prev event %s: %w", pid, err)
+		}
+	}
+	return nil
+}
+
+// fetchWithState stores eventID as an outlier with the state before it, as
+// srv reports it.
+func (e *Engine) fetchWithState(ctx context.Context, srv, version, roomID, eventID string) error {
+	var one struct {
+		PDUs []json.RawMessage `json:"pdus"`
+	}
+	if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/event/"+url.PathEscape(eventID), &one); err != nil {
+		return err
+	}
+	if len(one.PDUs) != 1 {
+		return fmt.Errorf("%w: /event answered %d PDUs", room.ErrBadEvent, len(one.PDUs))
+	}
+	prev, err := e.check(version, roomID, one.PDUs[0])
+	if err != nil {
+		return err
+	}
+	if prev.ID != eventID {
+		return fmt.Errorf("%w: asked for %s, got %s", room.ErrBadEvent, eventID, prev.ID)
+	}
+	ids, err := e.fetchStateAt(ctx, srv, version, roomID, eventID)
+	if err != nil {
+		return err
+	}
+	return e.store.Write(func(tx *store.Tx) error {
+		if _, err := tx.EventNID(prev.ID); err == nil {
+			return nil // arrived meanwhile
+		}
+		full, _, err := e.fullState(tx, roomID, ids.PDUs)
+		if err != nil {
+			return err
+		}
+		entries := make([]store.StateEntry, 0, len(full))
+		for k, v := range full {
+			entries = append(entries, store.StateEntry{Key: k, Event: v})
+		}
+		before, err := e.rooms.State(tx, tx.PutSnapshot(0, entries))
+		if err != nil {
+			return err
+		}
+		flags := store.FlagOutlier
+		if err := e.authorizeOutlier(tx, prev, nil); err != nil {
+			e.log.Info("gap: prev event fails auth", "event_id", prev.ID, "err", err)
+			flags |= store.FlagRejected
+		}
+		return e.rooms.PersistRemote(tx, prev, before, flags)
+	})
+}
+
+// fetchStateAt asks srv for the state before eventID (/state_ids) and
+// stores, checked, the state and auth events we lack: with /state when
+// many are missing, else one /event each.
+func (e *Engine) fetchStateAt(ctx context.Context, srv, version, roomID, eventID string) (stateIDs, error) {
+	q := "?event_id=" + url.QueryEscape(eventID)
+	var ids stateIDs
+	if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/state_ids/"+url.PathEscape(roomID)+q, &ids); err != nil {
+		return ids, err
+	}
+	wanted := make(map[string]bool, len(ids.PDUs)+len(ids.AuthChain))
+	var unknown []string
+	err := e.store.View(func(tx *store.Tx) error {
+		for _, list := range [][]string{ids.AuthChain, ids.PDUs} {
+			for _, eid := range list {
+				if wanted[eid] {
+					continue
+				}
+				wanted[eid] = true
+				if _, err := tx.EventNID(eid); err != nil {
+					unknown = append(unknown, eid)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return ids, err
+	}
+	var raws []json.RawMessage
+	if len(unknown) > stateFetchAbove {
+		var st struct {
+			PDUs      []json.RawMessage `json:"pdus"`
+			AuthChain []json.RawMessage `json:"auth_chain"`
+		}
+		if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, &st); err != nil {
+			return ids, err
+		}
+		raws = append(st.AuthChain, st.PDUs...)
+	} else {
+		for _, eid := range unknown {
+			var one struct {
+				PDUs []json.RawMessage `json:"pdus"`
+			}
+			if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/event/"+url.PathEscape(eid), &one); err != nil {
+				return ids, fmt.Errorf("event %s: %w", eid, err)
+			}
+			raws = append(raws, one.PDUs...)
+		}
+	}
+	return ids, e.storeFetched(version, roomID, raws, wanted)
+}

@@ -89,8 +89,9 @@ func testPNG(t *testing.T, w, h int) []byte {
 }
 
 // TestMediaFedDownload: alice on A uploads an image; bob on B downloads it
-// and a thumbnail through B byte-equal to what alice gets from A, the
-// second time from B's cache (A sees no further federation media request);
+// and a thumbnail through B byte-equal to what alice gets from A (A's own,
+// fetched once), the second time from B's cache (A sees no further
+// federation media request);
 // unknown remote media is 404; a server whose upload limit is below the
 // file's size answers 502 M_TOO_LARGE; A's federation media endpoint
 // refuses unsigned requests.
@@ -139,8 +140,12 @@ func TestMediaFedDownload(t *testing.T) {
 	if st != http.StatusOK || len(wantThumb) == 0 || !bytes.Equal(gotThumb, wantThumb) {
 		t.Fatalf("thumbnail through B: %d, %d bytes, want %d equal bytes", st, len(gotThumb), len(wantThumb))
 	}
-	if n := hitsA.Load(); n != 1 {
-		t.Fatalf("A answered %d federation media requests after cached ones, want 1", n)
+	// The thumbnail is A's own, fetched once: one more request, then cached.
+	if st, again, _ := mediaFedGet(t, bob, th); st != http.StatusOK || !bytes.Equal(again, wantThumb) {
+		t.Fatalf("cached thumbnail through B: %d, %d bytes", st, len(again))
+	}
+	if n := hitsA.Load(); n != 2 {
+		t.Fatalf("A answered %d federation media requests after cached ones, want 2", n)
 	}
 
 	st, body, _ := mediaFedGet(t, bob, fmt.Sprintf("/_matrix/client/v1/media/download/%s/NoSuchMedia", a.Name))
@@ -154,11 +159,11 @@ func TestMediaFedDownload(t *testing.T) {
 	}
 	// B asked A about the unknown ID, C about the image, and C cached
 	// nothing: asking again asks A again.
-	if n := hitsA.Load(); n != 3 {
-		t.Fatalf("A answered %d federation media requests after C's, want 3", n)
+	if n := hitsA.Load(); n != 4 {
+		t.Fatalf("A answered %d federation media requests after C's, want 4", n)
 	}
-	if st, _, _ = mediaFedGet(t, carol, dl); st != http.StatusBadGateway || hitsA.Load() != 4 {
-		t.Fatalf("second over-limit download: %d, A answered %d requests; want 502 and 4", st, hitsA.Load())
+	if st, _, _ = mediaFedGet(t, carol, dl); st != http.StatusBadGateway || hitsA.Load() != 5 {
+		t.Fatalf("second over-limit download: %d, A answered %d requests; want 502 and 5", st, hitsA.Load())
 	}
 
 	// Unsigned federation requests are refused.

@@ -301,6 +301,14 @@ func (s *Server) signaturesUpload(r *http.Request, sess *Session) (any, error) {
 					var stored bool
 					stored, err = s.signOwnKey(tx, sess.UserID, keyID, obj)
 					ownChanged = ownChanged || stored
+					if stored {
+						// Remote servers cache our keys: send them the new signature.
+						if _, derr := tx.GetKV(nsDeviceKeys, e2eeKey(sess.UserID, keyID)); derr == nil {
+							s.sendDeviceListUpdate(tx, sess.UserID, keyID, false)
+						} else {
+							s.sendSigningKeyUpdate(tx, sess.UserID)
+						}
+					}
 				} else {
 					err = s.signOthersMasterKey(tx, sess.UserID, target, keyID, obj)
 				}

@@ -16,8 +16,8 @@ import (
 // this file holds the client API's half — fanning /keys/query and
 // /keys/claim out to remote servers, queueing device-list updates and
 // to-device EDUs, and the local answers the federation routes of
-// edge/keysfed serve. Remote device lists are not cached: every query asks
-// the user's server, so inbound updates only need to mark the user changed.
+// edge/keysfed serve. Remote device lists are cached by edge/keysfed, which
+// answers /keys/query through E2EEFederation.QueryKeys when it is set.
 
 // E2EEFederation is what the E2EE handlers need of the federation
 // transport; edge/keysfed provides it. Without one, remote users get a
@@ -27,6 +27,10 @@ type E2EEFederation struct {
 	Post func(ctx context.Context, server, path string, body, out any) error
 	// SendEDUTx queues an EDU for server inside tx.
 	SendEDUTx func(tx *store.Tx, server, eduType string, content any)
+	// QueryKeys, when set, answers a server's share of a /keys/query
+	// (users → device IDs, empty for all) instead of a live POST. An
+	// error, reported in failures, may come with a partial answer.
+	QueryKeys func(ctx context.Context, server string, users map[string][]string) (*RemoteKeys, error)
 }
 
 // SetE2EEFederation connects the E2EE handlers to other servers. Call it
@@ -74,8 +78,8 @@ func fanOut[T any](servers map[string]T, ask func(server string, req T)) {
 	wg.Wait()
 }
 
-// remoteKeysAnswer is a /user/keys/query answer.
-type remoteKeysAnswer struct {
+// RemoteKeys is a /user/keys/query answer.
+type RemoteKeys struct {
 	DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
 	MasterKeys      map[string]json.RawMessage            `json:"master_keys"`
 	SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys"`
@@ -95,12 +99,22 @@ func (s *Server) queryRemoteKeys(ctx context.Context, byServer map[string]map[st
 			mu.Unlock()
 			return
 		}
-		var ans remoteKeysAnswer
-		err := f.Post(ctx, server, "/_matrix/federation/v1/user/keys/query", map[string]any{"device_keys": users}, &ans)
+		ans := &RemoteKeys{}
+		var err error
+		if f.QueryKeys != nil {
+			ans, err = f.QueryKeys(ctx, server, users)
+		} else {
+			err = f.Post(ctx, server, "/_matrix/federation/v1/user/keys/query", map[string]any{"device_keys": users}, ans)
+			if err != nil {
+				ans = nil
+			}
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
 			failures[server] = unreachable(err)
+		}
+		if ans == nil {
 			return
 		}
 		for u, devs := range ans.DeviceKeys {
@@ -257,8 +271,8 @@ func (s *Server) remoteServersOf(tx *store.Tx, userID string) []string {
 		if m.Membership != "join" {
 			continue
 		}
-		for _, u := range s.e2eeRoomMembers(tx, m.RoomID) {
-			if server, ok := userServer(u); ok && server != s.Config.ServerName && !seen[server] {
+		for _, server := range s.otherServersIn(tx, m.RoomID) {
+			if !seen[server] {
 				seen[server] = true
 				out = append(out, server)
 			}

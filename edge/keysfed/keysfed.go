@@ -2,8 +2,9 @@
 // serves our users' keys and device lists to other servers
 // (/_matrix/federation/v1/user/keys/query, /user/keys/claim,
 // /user/devices/{userId}), receives the E2EE EDUs (m.direct_to_device,
-// m.device_list_update, m.signing_key_update), and gives the client API's
-// E2EE handlers the federation client and queue for remote users.
+// m.device_list_update, m.signing_key_update) into a cache of remote
+// users' device lists (devicelist.go), and gives the client API's E2EE
+// handlers the federation client, the queue and that cache.
 package keysfed
 
 import (
@@ -32,8 +33,11 @@ func Install(d Deps) {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	log := d.Log.With("component", "keysfed")
+	devlists := newCache(d, log)
+	go devlists.run()
 	d.Client.SetE2EEFederation(&client.E2EEFederation{
-		Post: d.Fed.Client.Post,
+		Post:      d.Fed.Client.Post,
+		QueryKeys: devlists.queryKeys,
 		SendEDUTx: func(tx *store.Tx, server, eduType string, content any) {
 			raw, err := json.Marshal(content)
 			if err != nil {
@@ -77,8 +81,10 @@ func Install(d Deps) {
 		switch edu.Type {
 		case "m.direct_to_device":
 			err = d.Client.FederationToDevice(origin, edu.Content)
-		case "m.device_list_update", "m.signing_key_update":
-			err = d.Client.FederationDeviceListUpdate(origin, edu.Content)
+		case "m.device_list_update":
+			err = devlists.onDeviceListUpdate(ctx, origin, edu.Content)
+		case "m.signing_key_update":
+			err = devlists.onSigningKeyUpdate(ctx, origin, edu.Content)
 		default:
 			if prev != nil {
 				prev(ctx, origin, edu)

@@ -5,6 +5,9 @@ package media
 // multipart/mixed answer of a JSON part ({}) and the content (or a
 // Location to fetch it from); our clients' requests for another server's
 // media are fetched that way once and cached under (server, mediaId).
+// Thumbnails of another server's media are the origin's own, fetched once
+// per (server, mediaId, size, method) and cached; only when the origin
+// cannot thumbnail do we make one from the downloaded original.
 
 import (
 	"bytes"
@@ -20,6 +23,8 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +35,10 @@ import (
 
 // nsRemote maps "server\x00mediaID" → record of a cached remote file.
 const nsRemote = "media_remote"
+
+// nsRemoteThumb maps "server\x00mediaID\x00WxH-method[-animated]" →
+// record of a thumbnail fetched from the origin.
+const nsRemoteThumb = "media_remote_thumb"
 
 // remoteFetchTimeout bounds one remote fetch, redirect included.
 const remoteFetchTimeout = 60 * time.Second
@@ -77,10 +86,13 @@ func (s *Service) remote(ctx context.Context, server, id string) (*record, error
 	return rec, nil
 }
 
-func (s *Service) cached(key string) (*record, error) {
+func (s *Service) cached(key string) (*record, error) { return s.cachedIn(nsRemote, key) }
+
+// cachedIn reads a record of a remote file from namespace ns; nil if none.
+func (s *Service) cachedIn(ns, key string) (*record, error) {
 	var rec record
 	err := s.Store.View(func(tx *store.Tx) error {
-		b, err := tx.GetKV(nsRemote, key)
+		b, err := tx.GetKV(ns, key)
 		if err != nil {
 			return err
 		}
@@ -251,3 +263,80 @@ type bufferWriter struct {
 func (b *bufferWriter) Header() http.Header         { return b.h }
 func (b *bufferWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
 func (b *bufferWriter) WriteHeader(s int)           { b.status = s }
+
+// remoteThumbnail serves the origin's thumbnail of another server's media
+// (width and height already snapped to our sizes), fetched once and
+// cached. handled is false when the origin could not make one (it cannot
+// thumbnail that content, is unreachable or predates the endpoint): the
+// caller then thumbnails the original itself.
+func (s *Service) remoteThumbnail(w http.ResponseWriter, r *http.Request, server, id string, width, height int, method string) (handled bool, err error) {
+	if !validMediaID(id) || s.FetchRemote == nil {
+		return true, errNotFound()
+	}
+	animated := r.URL.Query().Get("animated")
+	if animated != "true" && animated != "false" {
+		animated = ""
+	}
+	key := fmt.Sprintf("%s\x00%s\x00%dx%d-%s", server, id, width, height, method)
+	if animated != "" {
+		key += "-animated=" + animated
+	}
+	rec, err := s.cachedIn(nsRemoteThumb, key)
+	if err != nil {
+		return true, err
+	}
+	if rec == nil {
+		mu, _ := fetchLocks.LoadOrStore(key, &sync.Mutex{})
+		mu.(*sync.Mutex).Lock()
+		defer mu.(*sync.Mutex).Unlock()
+		if rec, err = s.cachedIn(nsRemoteThumb, key); err != nil {
+			return true, err
+		}
+	}
+	if rec == nil {
+		q := url.Values{"width": {strconv.Itoa(width)}, "height": {strconv.Itoa(height)}, "method": {method}}
+		if animated != "" {
+			q.Set("animated", animated)
+		}
+		if t := r.URL.Query().Get("timeout_ms"); t != "" {
+			q.Set("timeout_ms", t)
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), remoteFetchTimeout)
+		defer cancel()
+		body, err := s.FetchRemote(ctx, server, "/_matrix/federation/v1/media/thumbnail/"+url.PathEscape(id)+"?"+q.Encode())
+		if err != nil {
+			var re *federation.RemoteError
+			if errors.As(err, &re) && ((re.Status == http.StatusNotFound && re.Code == "M_NOT_FOUND") ||
+				(re.Status == http.StatusGatewayTimeout && re.Code == "M_NOT_YET_UPLOADED")) {
+				return true, remoteError(err) // no such media (yet): no original either
+			}
+			s.Log.DebugContext(r.Context(), "remote thumbnail unavailable; thumbnailing the original", "server", server, "media_id", id, "err", err)
+			return false, nil
+		}
+		if rec, err = s.storeMultipart(ctx, body); err != nil {
+			return false, nil
+		}
+		if mt, _, _ := mime.ParseMediaType(rec.ContentType); !strings.HasPrefix(mt, "image/") {
+			return false, nil // not a thumbnail we would serve inline
+		}
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return true, err
+		}
+		if err := s.Store.Write(func(tx *store.Tx) error {
+			tx.PutKV(nsRemoteThumb, key, val)
+			return nil
+		}); err != nil {
+			return true, err
+		}
+	}
+	ext := "png"
+	if exts, _ := mime.ExtensionsByType(rec.ContentType); len(exts) > 0 {
+		ext = strings.TrimPrefix(exts[0], ".")
+	}
+	if mt, _, _ := mime.ParseMediaType(rec.ContentType); mt == "image/jpeg" {
+		ext = "jpg"
+	}
+	return true, s.serveFile(w, r, s.files.content(rec.SHA256), rec.ContentType, disposition(rec.ContentType, "thumbnail."+ext),
+		time.UnixMilli(rec.CreatedTS), rec.SHA256)
+}

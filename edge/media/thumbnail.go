@@ -64,11 +64,17 @@ func (s *Service) thumbnail(w http.ResponseWriter, r *http.Request, req request)
 	default:
 		return errorf(http.StatusBadRequest, "M_INVALID_PARAM", "method must be crop or scale")
 	}
+	width, height = snapSide(width), snapSide(height)
+	if server := r.PathValue("serverName"); server != "" && server != s.Config.ServerName && r.URL.Query().Get("allow_remote") != "false" {
+		// Another server's media: its own thumbnail (remote.go).
+		if handled, err := s.remoteThumbnail(w, r, server, r.PathValue("mediaId"), width, height, method); handled {
+			return err
+		}
+	}
 	rec, err := s.ready(r, req)
 	if err != nil {
 		return err
 	}
-	width, height = snapSide(width), snapSide(height)
 	modTime := time.UnixMilli(rec.CreatedTS)
 	name := fmt.Sprintf("%dx%d-%s", width, height, method)
 	for _, ext := range []string{"jpg", "png"} {

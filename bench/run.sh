@@ -15,7 +15,7 @@ set -euo pipefail
 
 [[ -f go.mod && -d bench/hsbench ]] || { echo "run from the repo root" >&2; exit 2; }
 
-DENDRITE_VERSION=v0.13.8
+DENDRITE_VERSION=$(sed -n 's/^DENDRITE_VERSION=//p' scripts/dendrite.sh)
 SETTLE=${SETTLE:-5}              # seconds after /versions answers before idle RSS is read
 EDGE_BIN=${EDGE_BIN:-./bin/edge}
 HSBENCH_FLAGS=${HSBENCH_FLAGS:-}
@@ -64,16 +64,8 @@ port_free() {
 # --- dendrite ---------------------------------------------------------------
 
 install_dendrite() {
-	local missing=()
-	for t in dendrite generate-keys generate-config; do
-		[[ -x $bin/$t ]] || missing+=("github.com/matrix-org/dendrite/cmd/$t@$DENDRITE_VERSION")
-	done
-	((${#missing[@]})) || return 0
-	echo "installing Dendrite $DENDRITE_VERSION (cgo, sqlite) ..."
-	local t0=$SECONDS
-	# Build as upstream does: GOEXPERIMENT=jsonv2 would swap encoding/json's internals.
-	GOEXPERIMENT='' CGO_ENABLED=1 GOBIN=$bin go install "${missing[@]}" || return 1
-	echo "go install took $((SECONDS - t0))s"
+	# Shared with `make test` (integration/dendrite_test.go federates with it).
+	scripts/dendrite.sh >/dev/null
 }
 
 # setup_dendrite DIR PORT: fresh keys, databases and config.

@@ -16,7 +16,7 @@ LDFLAGS := -s -w -X edge/edge.Version=$(VERSION)
 ARCHES  := amd64 arm64 riscv64
 PKGS    := ./...
 
-.PHONY: build run test unit lint smoke-riscv64 cross bench deps clean
+.PHONY: build run test unit lint smoke-riscv64 cross bench deps dendrite pebble complement-image clean
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/edge ./cmd/edge
@@ -32,8 +32,11 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags goolm $(PKGS)
 
-unit:
-	$(GO) test -tags goolm -count=1 -timeout 20m $(PKGS)
+# integration/dendrite_test.go federates with a real Dendrite: it fails
+# (never skips) when EDGE_DENDRITE_BIN does not name one.
+# integration/acme_test.go likewise needs Pebble (EDGE_PEBBLE_BIN).
+unit: dendrite pebble
+	EDGE_DENDRITE_BIN=$(CURDIR)/.cache/bin/dendrite EDGE_PEBBLE_BIN=$(CURDIR)/.cache/bin/pebble $(GO) test -tags goolm -count=1 -timeout 20m $(PKGS)
 
 cross:
 	@mkdir -p dist
@@ -50,13 +53,31 @@ smoke-riscv64: deps
 	GOOS=linux GOARCH=riscv64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/edge-linux-riscv64 ./cmd/edge
 	$(GO) run ./integration/smoke -binary dist/edge-linux-riscv64 -qemu "$$(scripts/find-qemu.sh riscv64)"
 
-deps:
+deps: dendrite pebble
 	@scripts/deps.sh
 
+pebble:
+	@scripts/pebble.sh >/dev/null
+
+dendrite:
+	@scripts/dendrite.sh >/dev/null
+
 bench: build
-	$(GO) test -tags goolm -run XXX -bench . -benchtime 2000x ./edge/room/ ./integration/
+	$(GO) test -tags goolm -run XXX -bench . -benchtime 2000x ./edge/room/
+	$(GO) test -run XXX -bench . -benchtime 200x ./edge/store/
+	$(GO) test -tags goolm -run XXX -bench SendWake -benchtime 2000x ./integration/
+	$(GO) test -tags goolm -run XXX -bench 'JoinLargeRoom|PartialJoinFirstEvent' -benchtime 1x -timeout 60m ./integration/
 	cd bench/stateres && $(GO) test -run XXX -bench . -benchmem
 	bench/run.sh dendrite edge
+
+# The image Complement (the Matrix conformance suite) tests: FROM scratch,
+# the static binary and docker/complement/*. See docs/complement.md.
+COMPLEMENT_IMAGE ?= complement-edge:latest
+complement-image: build
+	rm -rf .cache/complement-image && mkdir -p .cache/complement-image/tmp
+	chmod 1777 .cache/complement-image/tmp
+	cp bin/edge docker/complement/edge.yaml docker/complement/nsswitch.conf .cache/complement-image/
+	docker build -t $(COMPLEMENT_IMAGE) -f docker/complement/Dockerfile .cache/complement-image
 
 clean:
 	rm -rf bin dist

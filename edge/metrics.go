@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"edge/edge/client"
+	"edge/edge/keysfed"
 	"edge/edge/room"
 	"edge/edge/store"
 )
@@ -208,7 +209,7 @@ func (n *Node) extraMetrics() string {
 	caches := []struct {
 		name string
 		c    *room.CacheCounts
-	}{{"event", &rs.EventCache}, {"state", &rs.StateCache}, {"auth_chain", &rs.AuthChainCache}, {"resolution", &rs.ResolutionCache}, {"power_levels", &rs.PowerLevelsCache}}
+	}{{"event", &rs.EventCache}, {"state", &rs.StateCache}, {"auth_chain", &rs.AuthChainCache}, {"resolution", &rs.ResolutionCache}, {"power_levels", &rs.PowerLevelsCache}, {"joined_servers", &rs.JoinedCache}}
 	head("edge_cache_hits_total", "counter", "Cache lookups answered from memory, by cache.")
 	for _, c := range caches {
 		fmt.Fprintf(&b, "edge_cache_hits_total{cache=\"%s\"} %d\n", c.name, c.c.Hits.Load())
@@ -221,6 +222,13 @@ func (n *Node) extraMetrics() string {
 	for _, u := range n.Rooms.CacheUsage() {
 		fmt.Fprintf(&b, "edge_cache_size{cache=\"%s\"} %d\n", u.Name, u.Size)
 	}
+
+	ks := keysfed.StatsFor(n.Config.ServerName)
+	one("edge_device_lists_resyncs_total", "counter", "Remote device lists fetched whole (GET /user/devices).", ks.Resyncs.Load())
+	one("edge_device_lists_resync_failures_total", "counter", "Remote device-list fetches that failed, leaving the list stale.", ks.ResyncFailures.Load())
+	one("edge_device_lists_gaps_total", "counter", "Device-list updates whose prev_id was unknown (each starts a resync).", ks.Gaps.Load())
+	one("edge_device_lists_updates_applied_total", "counter", "Device-list and signing-key updates applied to cached lists.", ks.Applied.Load())
+	one("edge_device_lists_cache_answers_total", "counter", "Remote users of /keys/query answered from the cache.", ks.CacheAnswers.Load())
 
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

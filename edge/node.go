@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -15,13 +14,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
+
 	"edge/edge/client"
 	"edge/edge/config"
 	"edge/edge/notify"
 	"edge/edge/pushgw"
 	"edge/edge/room"
+	"edge/edge/roomfed"
 	"edge/edge/store"
 	"edge/edge/tlsfiles"
+	"edge/edge/tlsmode"
 	"edge/federation"
 	"edge/wellknown"
 )
@@ -41,9 +44,9 @@ type Node struct {
 	Resolver *wellknown.Resolver
 	Log      *slog.Logger
 	Keys     []config.SigningKey
-	// TLS is the federation listener's certificate (nil without
-	// tls_cert_file/tls_key_file).
-	TLS *tlsfiles.Files
+	// TLS is the certificate of the TLS listeners (client API and
+	// federation), as tls.mode says; nil for mode off.
+	TLS *tlsmode.Source
 
 	wellKnown http.Handler
 	push      *pushgw.Pusher
@@ -55,14 +58,13 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing_key_path: %w", err)
 	}
-	var certs *tlsfiles.Files
-	if cfg.TLSCertFile != "" {
-		if certs, err = LoadCertificateFiles(cfg, log); err != nil {
-			return nil, err
-		}
-	}
 	st, err := store.Open(cfg.Path(cfg.DatabasePath))
 	if err != nil {
+		return nil, err
+	}
+	certs, err := tlsmode.New(cfg, st, log)
+	if err != nil {
+		st.Close()
 		return nil, err
 	}
 	n := &Node{Config: cfg, Store: st, Log: log, Keys: keys, Notifier: notify.New(), TLS: certs}
@@ -145,27 +147,22 @@ func (n *Node) Handler() http.Handler {
 // LoadCertificateFiles loads cfg's tls_cert_file and tls_key_file (for
 // the federation listener), naming the setting at fault on error.
 func LoadCertificateFiles(cfg *config.Config, log *slog.Logger) (*tlsfiles.Files, error) {
-	f, err := tlsfiles.Load(cfg.Path(cfg.TLSCertFile), cfg.Path(cfg.TLSKeyFile), tlsfiles.DefaultInterval, log)
-	if err != nil {
-		field := "tls_cert_file, tls_key_file"
-		var te *tlsfiles.Error
-		if errors.As(err, &te) && te.Which == "cert" {
-			field = "tls_cert_file"
-		} else if errors.As(err, &te) && te.Which == "key" {
-			field = "tls_key_file"
-		}
-		return nil, &config.FieldError{Field: field, Reason: err.Error()}
-	}
-	return f, nil
+	return tlsmode.LoadFiles(cfg, log)
 }
 
 // Listeners are the sockets a node serves; nil ones are not served.
 type Listeners struct {
 	// Client gets plain HTTP: the client API, and federation too.
 	Client net.Listener
-	// Federation gets TLS with the node's certificate files, and the same
-	// APIs as Client.
+	// Federation gets TLS with the node's certificate (tls.mode), and the
+	// same APIs as Client.
 	Federation net.Listener
+	// TLS is the client API's TLS listener (tls.listen): the same as
+	// Federation, on the port clients use (443).
+	TLS net.Listener
+	// ACMEHTTP is acme mode's plain port-80 listener: HTTP-01 challenges
+	// and redirects to https.
+	ACMEHTTP net.Listener
 	// Metrics gets the admin endpoints of MetricsHandler.
 	Metrics net.Listener
 }
@@ -178,10 +175,11 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 
 // ServeListeners starts federation's background work and serves on every
 // listener in ls until ctx is done or one of them fails, then shuts all
-// of them down gracefully.
+// of them down gracefully. With tls.http3 on, each TLS listener gets an
+// HTTP/3 server on the same UDP port, advertised with Alt-Svc.
 func (n *Node) ServeListeners(ctx context.Context, ls Listeners) error {
-	if ls.Federation != nil && n.TLS == nil {
-		return errors.New("federation_listen: needs tls_cert_file and tls_key_file")
+	if (ls.Federation != nil || ls.TLS != nil || ls.ACMEHTTP != nil) && n.TLS == nil {
+		return errors.New("federation_listen, tls.listen: need a certificate (tls.mode, or tls_cert_file and tls_key_file)")
 	}
 	if err := n.Fed.Start(); err != nil {
 		return err
@@ -191,22 +189,50 @@ func (n *Node) ServeListeners(ctx context.Context, ls Listeners) error {
 		return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errLog}
 	}
 	type served struct {
-		srv *http.Server
-		run func() error
+		run  func() error
+		stop func(context.Context) error // graceful; err DeadlineExceeded: then close
+		kill func() error
 	}
 	var all []served
+	serveHTTP := func(srv *http.Server, run func() error) {
+		all = append(all, served{run, srv.Shutdown, srv.Close})
+	}
 	if ls.Client != nil {
 		srv := newServer(n.Handler())
-		all = append(all, served{srv, func() error { return srv.Serve(ls.Client) }})
+		serveHTTP(srv, func() error { return srv.Serve(ls.Client) })
 	}
-	if ls.Federation != nil {
-		srv := newServer(n.Handler())
-		srv.TLSConfig = &tls.Config{GetCertificate: n.TLS.GetCertificate, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
-		all = append(all, served{srv, func() error { return srv.ServeTLS(ls.Federation, "", "") }})
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	n.TLS.Start(runCtx)
+	for _, ln := range []net.Listener{ls.TLS, ls.Federation} {
+		if ln == nil {
+			continue
+		}
+		h := n.Handler()
+		if n.Config.TLS.HTTP3 {
+			if h3, alt, err := n.http3Server(ln.Addr().String()); err != nil {
+				n.Log.Warn("HTTP/3 not served; TCP only", "addr", ln.Addr().String(), "err", err)
+			} else {
+				h = withAltSvc(h, alt)
+				all = append(all, served{h3.run, h3.srv.Shutdown, func() error { return h3.srv.Close() }})
+				defer h3.pc.Close()
+			}
+		}
+		srv := newServer(h)
+		srv.TLSConfig = n.TLS.TLSConfig()
+		serveHTTP(srv, func() error { return srv.ServeTLS(ln, "", "") })
+	}
+	if ls.ACMEHTTP != nil {
+		port := ""
+		if ls.TLS != nil {
+			_, port, _ = net.SplitHostPort(ls.TLS.Addr().String())
+		}
+		srv := newServer(n.TLS.HTTPHandler(port))
+		serveHTTP(srv, func() error { return srv.Serve(ls.ACMEHTTP) })
 	}
 	if ls.Metrics != nil {
 		srv := newServer(n.MetricsHandler())
-		all = append(all, served{srv, func() error { return srv.Serve(ls.Metrics) }})
+		serveHTTP(srv, func() error { return srv.Serve(ls.Metrics) })
 	}
 	errc := make(chan error, len(all))
 	for _, s := range all {
@@ -224,8 +250,8 @@ func (n *Node) ServeListeners(ctx context.Context, ls Listeners) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if serr := s.srv.Shutdown(shutdown); errors.Is(serr, context.DeadlineExceeded) {
-				_ = s.srv.Close() // long-polls outlived the grace period
+			if serr := s.stop(shutdown); errors.Is(serr, context.DeadlineExceeded) {
+				_ = s.kill() // long-polls outlived the grace period
 			}
 		}()
 	}
@@ -234,6 +260,37 @@ func (n *Node) ServeListeners(ctx context.Context, ls Listeners) error {
 		err = nil
 	}
 	return err
+}
+
+// h3Server is an HTTP/3 server on its UDP socket.
+type h3Server struct {
+	srv *http3.Server
+	pc  net.PacketConn
+	run func() error
+}
+
+// http3Server opens UDP on addr (a TLS listener's address) and returns
+// the HTTP/3 server for it and the Alt-Svc value advertising it.
+func (n *Node) http3Server(addr string) (*h3Server, string, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, "", err
+	}
+	_, port, _ := net.SplitHostPort(pc.LocalAddr().String())
+	srv := &http3.Server{Handler: n.Handler(), TLSConfig: http3.ConfigureTLSConfig(n.TLS.TLSConfig()),
+		IdleTimeout: 2 * time.Minute, Logger: n.Log}
+	return &h3Server{srv: srv, pc: pc, run: func() error { return srv.Serve(pc) }},
+		fmt.Sprintf(`h3=":%s"; ma=86400`, port), nil
+}
+
+// withAltSvc advertises HTTP/3 on TCP answers (RFC 7838).
+func withAltSvc(h http.Handler, value string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor < 3 {
+			w.Header().Set("Alt-Svc", value)
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Run listens on the configured addresses and serves until ctx is done.
@@ -263,12 +320,28 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		attrs = append(attrs, "federation_listen", ls.Federation.Addr().String())
 	}
+	if addr := cfg.TLSListenAddr(); addr != "" {
+		if ls.TLS, err = listen("tls.listen", addr); err != nil {
+			return err
+		}
+		attrs = append(attrs, "tls.listen", ls.TLS.Addr().String())
+	}
+	if addr := cfg.TLS.ACME.HTTPListen; addr != "" && cfg.TLSMode() == config.TLSACME {
+		if ls.ACMEHTTP, err = listen("tls.acme.http_listen", addr); err != nil {
+			return err
+		}
+		attrs = append(attrs, "tls.acme.http_listen", ls.ACMEHTTP.Addr().String())
+	}
+	if n.TLS != nil {
+		attrs = append(attrs, "tls.mode", n.TLS.Mode, "http3", cfg.TLS.HTTP3)
+	}
 	if cfg.MetricsListen != "" {
 		if ls.Metrics, err = listen("metrics_listen", cfg.MetricsListen); err != nil {
 			return err
 		}
 		attrs = append(attrs, "metrics_listen", ls.Metrics.Addr().String())
 	}
+	n.startAdmin(ctx)
 	n.Log.Info("edge is serving", attrs...)
 	return n.ServeListeners(ctx, ls)
 }
@@ -280,7 +353,7 @@ func (n *Node) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_, _ = w.Write([]byte(queueMetrics(n.Fed.Queue.Status()) + n.extraMetrics()))
+		_, _ = w.Write([]byte(queueMetrics(n.Fed.Queue.Status()) + n.extraMetrics() + roomfed.PartialMetrics()))
 	})
 	mux.HandleFunc("GET /federation/queues", func(w http.ResponseWriter, r *http.Request) {
 		body, err := json.Marshal(map[string]any{"destinations": n.Fed.Queue.Status()})

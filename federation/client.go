@@ -16,11 +16,15 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"edge/edge/config"
 	"edge/wellknown"
@@ -73,7 +77,19 @@ type destConn struct {
 	mu       sync.Mutex
 	target   *wellknown.Result
 	resolved time.Time
+
+	// HTTP/3, once the destination advertised it (Alt-Svc h3 on its own
+	// host): the UDP port, until when the advertisement holds, and until
+	// when not to try after a failure. h3 is made on first use.
+	h3Port   uint16
+	h3Until  time.Time
+	h3Broken time.Time
+	h3       *http3.Transport
 }
+
+// h3RetryAfter is how long a destination whose HTTP/3 failed is spoken
+// to over TCP only (UDP blocked by a firewall is the usual cause).
+const h3RetryAfter = 30 * time.Minute
 
 // NewClient makes the federation client.
 func NewClient(opts ClientOptions) (*Client, error) {
@@ -95,7 +111,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	c := &Client{opts: opts}
 	c.dialer = &net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second, ControlContext: c.control}
 	var err error
-	c.dests, err = lru.NewWithEvict(512, func(_ string, d *destConn) { d.transport.CloseIdleConnections() })
+	c.dests, err = lru.NewWithEvict(512, func(_ string, d *destConn) { d.close() })
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +239,158 @@ func (d *destConn) dialTLS(ctx context.Context, _, _ string) (net.Conn, error) {
 	return nil, errors.Join(errs...)
 }
 
+// close drops the destination's idle connections.
+func (d *destConn) close() {
+	d.transport.CloseIdleConnections()
+	d.mu.Lock()
+	h3 := d.h3
+	d.h3 = nil
+	d.mu.Unlock()
+	if h3 != nil {
+		_ = h3.Close()
+	}
+}
+
+// noteAltSvc remembers (or forgets) HTTP/3 from a TCP answer's Alt-Svc
+// header (RFC 7838). Only an alternative on the same host is taken: one
+// on another host would need its own resolution and policy check.
+func (d *destConn) noteAltSvc(header string) {
+	if header == "" {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if strings.TrimSpace(header) == "clear" {
+		d.h3Port, d.h3Until = 0, time.Time{}
+		return
+	}
+	for _, alt := range strings.Split(header, ",") {
+		params := strings.Split(alt, ";")
+		proto, authority, ok := strings.Cut(strings.TrimSpace(params[0]), "=")
+		if !ok || proto != "h3" {
+			continue
+		}
+		authority = strings.Trim(authority, `"`)
+		if !strings.HasPrefix(authority, ":") {
+			continue
+		}
+		port, err := strconv.ParseUint(authority[1:], 10, 16)
+		if err != nil || port == 0 {
+			continue
+		}
+		maxAge := 24 * time.Hour
+		for _, p := range params[1:] {
+			if k, v, ok := strings.Cut(strings.TrimSpace(p), "="); ok && k == "ma" {
+				if secs, err := strconv.ParseInt(strings.Trim(v, `"`), 10, 64); err == nil && secs >= 0 {
+					maxAge = time.Duration(min(secs, 7*86400)) * time.Second
+				}
+			}
+		}
+		d.h3Port, d.h3Until = uint16(port), time.Now().Add(maxAge)
+		return
+	}
+}
+
+// http3 returns the destination's HTTP/3 transport when it advertised
+// HTTP/3 and that has not failed lately, else nil.
+func (d *destConn) http3() *http3.Transport {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	if d.h3Port == 0 || now.After(d.h3Until) || now.Before(d.h3Broken) {
+		return nil
+	}
+	if d.h3 == nil {
+		d.h3 = &http3.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: d.c.opts.RootCAs, MinVersion: tls.VersionTLS13},
+			// A blocked UDP path must not eat the request's whole timeout
+			// before the TCP fallback.
+			QUICConfig:             &quic.Config{HandshakeIdleTimeout: 3 * time.Second, MaxIdleTimeout: 90 * time.Second},
+			Dial:                   d.dialQUIC,
+			MaxResponseHeaderBytes: 64 << 10,
+		}
+	}
+	return d.h3
+}
+
+// h3Failed stops HTTP/3 to the destination for h3RetryAfter.
+func (d *destConn) h3Failed() {
+	d.mu.Lock()
+	d.h3Broken = time.Now().Add(h3RetryAfter)
+	h3 := d.h3
+	d.h3 = nil
+	d.mu.Unlock()
+	if h3 != nil {
+		_ = h3.Close()
+	}
+}
+
+// dialQUIC is dialTLS over QUIC: the same resolution, address policy and
+// certificate verification, on the advertised UDP port.
+func (d *destConn) dialQUIC(ctx context.Context, _ string, tlsCfg *tls.Config, qc *quic.Config) (*quic.Conn, error) {
+	t, err := d.resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	port := d.h3Port
+	d.mu.Unlock()
+	var errs []error
+	for _, ep := range t.Endpoints {
+		if why, bad := d.c.refused(ep.Addr.Addr()); bad {
+			errs = append(errs, fmt.Errorf("%w: %s is %s", ErrAddressRefused, ep.Addr.Addr(), why))
+			continue
+		}
+		cfg := tlsCfg.Clone()
+		cfg.ServerName = t.TLSServerName
+		conn, err := quic.DialAddr(ctx, netip.AddrPortFrom(ep.Addr.Addr(), port).String(), cfg, qc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return conn, nil
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("%w: %s resolved to no address", wellknown.ErrNoAddress, d.name)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// roundTrip sends req over HTTP/3 when the destination offers it, falling
+// back to TCP (HTTP/2 or 1.1) when that fails.
+func (d *destConn) roundTrip(req *http.Request) (*http.Response, error) {
+	if h3 := d.http3(); h3 != nil {
+		resp, err := h3.RoundTrip(req)
+		if err == nil {
+			return resp, nil
+		}
+		d.h3Failed()
+		d.c.opts.Log.Info("federation: HTTP/3 failed; using TCP", "destination", d.name, "retry_h3_after", h3RetryAfter, "err", err)
+		if req.Context().Err() != nil {
+			return nil, err
+		}
+		retry, gerr := retryRequest(req)
+		if gerr != nil {
+			return nil, err
+		}
+		req = retry
+	}
+	resp, err := d.transport.RoundTrip(req)
+	if err != nil && staleConnection(err) && req.GetBody != nil {
+		// A pooled connection the peer closed (it restarted) fails the
+		// write. Federation requests are idempotent (GETs, and PUTs named by
+		// a transaction or event ID), so one resend on a fresh connection
+		// is safe and spares the destination a round of backoff.
+		if retry, gerr := retryRequest(req); gerr == nil {
+			resp, err = d.transport.RoundTrip(retry)
+		}
+	}
+	if err == nil {
+		d.noteAltSvc(resp.Header.Get("Alt-Svc"))
+	}
+	return resp, err
+}
+
 // Get sends a signed GET and decodes the JSON answer into out (if non-nil).
 func (c *Client) Get(ctx context.Context, destination, path string, out any) error {
 	return c.Do(ctx, http.MethodGet, destination, path, nil, out)
@@ -308,16 +476,7 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 		req.Body, req.ContentLength = http.NoBody, 0
 	}
 	start := time.Now()
-	resp, err := d.transport.RoundTrip(req)
-	if err != nil && staleConnection(err) && req.GetBody != nil {
-		// A pooled connection the peer closed (it restarted) fails the
-		// write. Federation requests are idempotent (GETs, and PUTs named by
-		// a transaction or event ID), so one resend on a fresh connection
-		// is safe and spares the destination a round of backoff.
-		if retry, gerr := retryRequest(req); gerr == nil {
-			resp, err = d.transport.RoundTrip(retry)
-		}
-	}
+	resp, err := d.roundTrip(req)
 	if err != nil {
 		c.opts.Log.DebugContext(ctx, "federation request failed", "destination", destination, "method", method, "path", u.Path, "err", err)
 		return nil, fmt.Errorf("%s %s to %s: %w", method, path, destination, err)
@@ -354,7 +513,7 @@ func (c *Client) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, d := range c.dests.Values() {
-		d.transport.CloseIdleConnections()
+		d.close()
 	}
 }
 

@@ -171,7 +171,10 @@ func TestMetrics(t *testing.T) {
 	if after[`edge_cache_size{cache="state"}`] <= 0 || after[`edge_cache_size{cache="event"}`] <= 0 {
 		t.Errorf("cache sizes: state %v events %v, want the room's state and events held", after[`edge_cache_size{cache="state"}`], after[`edge_cache_size{cache="event"}`])
 	}
-	for _, c := range []string{"auth_chain", "resolution"} {
+	if _, ok := after["edge_device_lists_resyncs_total"]; !ok {
+		t.Error("no remote device-list counters")
+	}
+	for _, c := range []string{"auth_chain", "resolution", "joined_servers"} {
 		if _, ok := after[`edge_cache_misses_total{cache="`+c+`"}`]; !ok {
 			t.Errorf("no %s cache counters", c)
 		}

@@ -23,6 +23,8 @@ const maxCNAMEHops = 8
 // rather than whatever the host's stub resolver does.
 type dnsClient struct {
 	servers []string
+	// hosts answers before DNS (see hosts.go); nil: none.
+	hosts   map[string][]netip.Addr
 	timeout time.Duration
 	udp     *dns.Client
 	tcp     *dns.Client
@@ -194,6 +196,9 @@ func (d *dnsClient) lookup(ctx context.Context, name string, qtype uint16, trace
 // lookupIP resolves host to its AAAA then A addresses. One family failing
 // is tolerated when the other gives addresses.
 func (d *dnsClient) lookupIP(ctx context.Context, host string, trace *[]DNSQuery) ([]netip.Addr, error) {
+	if a := d.hosts[strings.ToLower(strings.TrimSuffix(host, "."))]; len(a) > 0 {
+		return slices.Clone(a), nil
+	}
 	var addrs []netip.Addr
 	var errs []error
 	for _, qtype := range []uint16{dns.TypeAAAA, dns.TypeA} {

@@ -1,6 +1,7 @@
 package wellknown
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -37,6 +38,9 @@ type Options struct {
 	Nameservers []string
 	// ResolvConf is read when Nameservers is empty; "" means /etc/resolv.conf.
 	ResolvConf string
+	// HostsFile answers A/AAAA before DNS when Nameservers is empty, as
+	// the system resolver does; "" means /etc/hosts.
+	HostsFile string
 	// DNSTimeout bounds one DNS query to one server (default 5s).
 	DNSTimeout time.Duration
 
@@ -96,7 +100,13 @@ type Resolver struct {
 
 // New builds a Resolver, filling defaults into opts.
 func New(opts Options) (*Resolver, error) {
+	var hosts map[string][]netip.Addr
 	if len(opts.Nameservers) == 0 {
+		hostsPath := cmp.Or(opts.HostsFile, "/etc/hosts")
+		var err error
+		if hosts, err = readHosts(hostsPath); err != nil {
+			return nil, fmt.Errorf("wellknown: %w", err)
+		}
 		path := opts.ResolvConf
 		if path == "" {
 			path = "/etc/resolv.conf"
@@ -153,6 +163,7 @@ func New(opts Options) (*Resolver, error) {
 		log:      opts.Logger,
 		randIntN: rand.IntN,
 	}
+	r.dns.hosts = hosts
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}

@@ -26,6 +26,7 @@ import (
 	"edge/edge/client"
 	"edge/edge/config"
 	"edge/edge/store"
+	"edge/edge/tlsmode"
 	"edge/federation"
 )
 
@@ -54,6 +55,13 @@ func cmdInit(args []string) error {
 	trustCA := fs.String("trust-ca", "", "PEM file of an extra CA the federation client trusts")
 	allowPrivate := fs.Bool("allow-private-federation", false, "let federation reach loopback and private addresses")
 	metrics := fs.String("metrics-listen", "", "admin listener for metrics (keep it on loopback)")
+	tlsMode := fs.String("tls", "", "certificate source: off, files (--tls-cert/--tls-key), acme or internal (default files with --tls-cert, else off)")
+	tlsListen := fs.String("tls-listen", "", "client API TLS listener (default [::]:443 with --tls)")
+	tlsHosts := fs.String("tls-hosts", "", "comma-separated names the certificate covers besides the server name")
+	acmeEmail := fs.String("acme-email", "", "ACME account contact address")
+	acmeStaging := fs.Bool("acme-staging", false, "use Let's Encrypt's staging CA")
+	acmeDir := fs.String("acme-directory", "", "ACME directory URL (default Let's Encrypt)")
+	acmeHTTP := fs.String("acme-http-listen", "", "port-80 listener for HTTP-01 challenges and https redirects (e.g. [::]:80)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -63,8 +71,21 @@ func cmdInit(args []string) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usageError{"init: --tls-cert and --tls-key go together (tls_cert_file, tls_key_file)"}
 	}
-	if *fedListen != "" && *tlsCert == "" {
-		return usageError{"init: --federation-listen needs --tls-cert and --tls-key (federation_listen is TLS)"}
+	switch *tlsMode {
+	case "", config.TLSOff, config.TLSACME, config.TLSInternal:
+		if *tlsMode != "" && *tlsCert != "" {
+			return usageError{"init: --tls-cert and --tls-key are for --tls files"}
+		}
+	case config.TLSFiles:
+		if *tlsCert == "" {
+			return usageError{"init: --tls files needs --tls-cert and --tls-key"}
+		}
+	default:
+		return usageError{fmt.Sprintf("init: --tls %q is not one of off, files, acme, internal", *tlsMode)}
+	}
+	tlsOn := *tlsCert != "" || *tlsMode == config.TLSACME || *tlsMode == config.TLSInternal
+	if *fedListen != "" && !tlsOn {
+		return usageError{"init: --federation-listen needs a certificate: --tls acme|internal, or --tls-cert and --tls-key (federation_listen is TLS)"}
 	}
 	cfg := config.Default(*name)
 	cfg.Listen = *listen
@@ -88,7 +109,16 @@ func cmdInit(args []string) error {
 	if cfg.Federation.TrustCAFile, err = abs(*trustCA); err != nil {
 		return err
 	}
-	if cfg.TLSCertFile != "" {
+	cfg.TLS.Mode = *tlsMode
+	cfg.TLS.Listen = *tlsListen
+	if *tlsHosts != "" {
+		cfg.TLS.Hosts = strings.Split(*tlsHosts, ",")
+	}
+	cfg.TLS.ACME.Email = *acmeEmail
+	cfg.TLS.ACME.Staging = *acmeStaging
+	cfg.TLS.ACME.DirectoryURL = *acmeDir
+	cfg.TLS.ACME.HTTPListen = *acmeHTTP
+	if tlsOn {
 		cfg.FederationListen = *fedListen
 		if cfg.FederationListen == "" {
 			cfg.FederationListen = config.DefaultFederationListen
@@ -131,6 +161,19 @@ func cmdInit(args []string) error {
 	} else {
 		fmt.Printf("keeping existing signing key %s\n", keyPath)
 	}
+	if cfg.TLS.Mode == config.TLSInternal {
+		caCert := filepath.Join(*dir, cfg.TLS.Internal.CACertFile)
+		if _, err := os.Stat(caCert); errors.Is(err, os.ErrNotExist) {
+			if _, err := tlsmode.CreateCA(caCert, filepath.Join(*dir, cfg.TLS.Internal.CAKeyFile), *name); err != nil {
+				return fmt.Errorf("init: internal CA: %w", err)
+			}
+			fmt.Printf("wrote internal CA %s (key %s, mode 0600)\n", caCert, cfg.TLS.Internal.CAKeyFile)
+		} else {
+			fmt.Printf("keeping existing internal CA %s\n", caCert)
+		}
+		abs, _ := filepath.Abs(caCert)
+		fmt.Println(tlsmode.TrustHint(abs))
+	}
 	if err := config.WriteFile(cfgPath, cfg); err != nil {
 		return err
 	}
@@ -163,6 +206,11 @@ func cmdRun(args []string) error {
 		return err
 	}
 	log := newLogger(cfg.Log.Level)
+	if key, made, err := cfg.EnsureSigningKey(); err != nil {
+		return err
+	} else if made {
+		log.Info("generated a signing key (signing_key_generate)", "path", cfg.Path(cfg.SigningKeyPath), "key_id", key.ID)
+	}
 	node, err := edge.Open(cfg, log)
 	if err != nil {
 		return err

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
 	"time"
 
+	"edge/edge"
 	"edge/edge/config"
 	"edge/edge/status"
 	"edge/federation"
@@ -23,10 +25,12 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 // cmdStatus inspects a remote server's federation setup:
 // edge status [-c edge.yaml] [--json] [--trust-ca FILE] [--allow-private]
 // [--nameserver ADDR]... [--notary SERVER]... SERVER
+// or, without SERVER, shows the running node's health from its admin
+// listener: edge status [-c edge.yaml] [--json]
 func cmdStatus(args []string) error {
 	fs := newFlags("status")
 	cfgPath := fs.String("c", "", "config file whose federation settings (trust_ca_file, allow_private_addresses, nameservers, trusted_key_servers) apply")
-	asJSON := fs.Bool("json", false, "print the full report as JSON")
+	asJSON := fs.Bool("json", false, "print the full report (or the node's status) as JSON")
 	trustCA := fs.String("trust-ca", "", "PEM file of extra CA certificates to trust")
 	allowPrivate := fs.Bool("allow-private", false, "allow loopback and private addresses")
 	var nameservers, notaries listFlag
@@ -43,6 +47,9 @@ func cmdStatus(args []string) error {
 			break
 		}
 		rest, a = append(rest, fs.Arg(0)), fs.Args()[1:]
+	}
+	if len(rest) == 0 {
+		return nodeStatus(*cfgPath, *asJSON)
 	}
 	if len(rest) != 1 {
 		return usageError{"status: exactly one SERVER is required\n\nusage: edge status [-c edge.yaml] [--json] [--trust-ca FILE] [--allow-private] [--nameserver ADDR] [--notary SERVER] SERVER"}
@@ -62,7 +69,13 @@ func cmdStatus(args []string) error {
 		if caFile == "" && f.TrustCAFile != "" {
 			caFile = cfg.Path(f.TrustCAFile)
 		}
-		opts.AdminURL = adminURL(cfg.MetricsListen)
+		// Prefer the authenticated admin listener; metrics_listen also
+		// knows the queues.
+		if token, err := readAdminToken(cfg); cfg.AdminListen != "" && err == nil {
+			opts.AdminURL, opts.AdminToken = adminURL(cfg.AdminListen), token
+		} else {
+			opts.AdminURL = adminURL(cfg.MetricsListen)
+		}
 		if len(notaries) == 0 {
 			for _, t := range f.TrustedKeyServers {
 				opts.Notaries = append(opts.Notaries, status.Notary{ServerName: t.ServerName, VerifyKeys: t.VerifyKeys})
@@ -113,4 +126,51 @@ func adminURL(listen string) string {
 		host = "127.0.0.1"
 	}
 	return "http://" + net.JoinHostPort(host, port)
+}
+
+// readAdminToken reads the token the running node wrote beside its config.
+func readAdminToken(cfg *config.Config) (string, error) {
+	b, err := os.ReadFile(edge.AdminTokenPath(cfg.Dir))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// nodeStatus prints the running node's health: uptime, version, users,
+// rooms, store, caches and peers, from its admin listener.
+func nodeStatus(cfgPath string, asJSON bool) error {
+	if cfgPath == "" {
+		cfgPath = "edge.yaml"
+		if _, err := os.Stat(cfgPath); err != nil {
+			return usageError{"status: give a SERVER to check, or run it beside the node's edge.yaml (or pass -c FILE) for the node's own health\n\nusage: edge status [-c edge.yaml] [--json] [flags] [SERVER]"}
+		}
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	if cfg.AdminListen == "" {
+		return errors.New("status: admin_listen is off in " + cfgPath + ": set it (e.g. " + config.DefaultAdminListen + ") and restart the node")
+	}
+	token, err := readAdminToken(cfg)
+	if err != nil {
+		return fmt.Errorf("status: no admin token (%w): is the node running? `edge run` writes it at start", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := status.FetchNodeStatus(ctx, adminURL(cfg.AdminListen), token)
+	if errors.Is(err, status.ErrAdminUnauthorized) {
+		return fmt.Errorf("status: %w: another process may hold %s, or the node restarted and %s is stale", err, cfg.AdminListen, status.AdminTokenFile)
+	}
+	if err != nil {
+		return fmt.Errorf("status: the node's admin listener at %s did not answer (%w): is `edge run` running with this config?", cfg.AdminListen, err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	status.WriteNodeText(os.Stdout, st)
+	return nil
 }

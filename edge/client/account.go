@@ -401,6 +401,7 @@ func (s *Server) changePassword(r *http.Request, sess *Session) (any, error) {
 				}
 			}
 		}
+		deletePushersExcept(tx, sess.UserID, sess.DeviceID)
 		return nil
 	})
 }

@@ -38,6 +38,30 @@ func pusherKey(userID, appID, pushKey string) string {
 	return userID + "\x1f" + appID + "\x1f" + pushKey
 }
 
+// pusherDeviceNamespace maps a pusher's key to the device that set it, so
+// a password change can keep the changing device's pushers only.
+const pusherDeviceNamespace = "pusher_devices"
+
+func deletePusher(tx *store.Tx, key string) {
+	tx.DeleteKV(pusherNamespace, key)
+	tx.DeleteKV(pusherDeviceNamespace, key)
+}
+
+// deletePushersExcept removes userID's pushers set by any device but
+// keepDevice, as Synapse does when a password change logs the others out.
+func deletePushersExcept(tx *store.Tx, userID, keepDevice string) {
+	var drop []string
+	tx.ScanKV(pusherNamespace, userID+"\x1f", func(k string, _ []byte) bool {
+		if dev, err := tx.GetKV(pusherDeviceNamespace, k); err != nil || string(dev) != keepDevice {
+			drop = append(drop, k)
+		}
+		return true
+	})
+	for _, k := range drop {
+		deletePusher(tx, k)
+	}
+}
+
 // getPushers: GET /pushers
 func (s *Server) getPushers(r *http.Request, sess *Session) (any, error) {
 	out := []json.RawMessage{}
@@ -67,7 +91,7 @@ func (s *Server) setPusher(r *http.Request, sess *Session) (any, error) {
 	key := pusherKey(sess.UserID, p.AppID, p.PushKey)
 	if p.Kind == nil {
 		return empty{}, s.Store.Write(func(tx *store.Tx) error {
-			tx.DeleteKV(pusherNamespace, key)
+			deletePusher(tx, key)
 			return nil
 		})
 	}
@@ -111,10 +135,11 @@ func (s *Server) setPusher(r *http.Request, sess *Session) (any, error) {
 				return true
 			})
 			for _, k := range stale {
-				tx.DeleteKV(pusherNamespace, k)
+				deletePusher(tx, k)
 			}
 		}
 		tx.PutKV(pusherNamespace, key, raw)
+		tx.PutKV(pusherDeviceNamespace, key, []byte(sess.DeviceID))
 		return nil
 	})
 }

@@ -4,8 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 
+	"maunium.net/go/mautrix/id"
+
+	"edge/edge/config"
 	"edge/edge/room"
 	"edge/edge/store"
 )
@@ -71,6 +75,9 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 			return nil, errBadJSON("creation_content and power_level_content_override must be objects")
 		}
 	}
+	if err := checkCreators(&req, sess.UserID); err != nil {
+		return nil, err
+	}
 	alias := ""
 	if req.RoomAliasName != "" {
 		if strings.ContainsAny(req.RoomAliasName, ":# ") {
@@ -115,6 +122,53 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	return map[string]string{"room_id": roomID}, nil
 }
 
+// checkCreators rejects, as a bad request rather than a refused event,
+// what the auth rules of versions with privileged creators (MSC4289, v12)
+// would refuse: additional_creators that are not user IDs, and creators
+// listed in the power levels' users.
+func checkCreators(req *createRoomRequest, creator string) error {
+	if !id.RoomVersion(req.RoomVersion).PrivilegedRoomCreators() {
+		return nil
+	}
+	creators := []string{creator}
+	if len(req.CreationContent) > 0 && string(req.CreationContent) != "null" {
+		var cc map[string]json.RawMessage
+		if err := json.Unmarshal(req.CreationContent, &cc); err != nil {
+			return errBadJSON("creation_content must be an object")
+		}
+		if raw, ok := cc["additional_creators"]; ok {
+			var extra []string
+			if err := json.Unmarshal(raw, &extra); err != nil {
+				return errBadJSON("additional_creators must be an array of user IDs")
+			}
+			for _, u := range extra {
+				srv, ok := userServer(u)
+				if !ok || !validUserID(u) || config.ValidateServerName(srv) != nil {
+					return errBadJSON("additional_creators: %q is not a user ID", u)
+				}
+			}
+			creators = append(creators, extra...)
+		}
+	}
+	if req.Preset == "trusted_private_chat" {
+		creators = append(creators, req.Invite...)
+	}
+	if len(req.PowerLevelContentOverride) > 0 && string(req.PowerLevelContentOverride) != "null" {
+		var pl struct {
+			Users map[string]json.RawMessage `json:"users"`
+		}
+		if err := json.Unmarshal(req.PowerLevelContentOverride, &pl); err != nil {
+			return errBadJSON("power_level_content_override: %s", jsonMessage(err))
+		}
+		for _, c := range creators {
+			if _, ok := pl.Users[c]; ok {
+				return errBadJSON("power_level_content_override: room creators (%s) cannot be given a power level in room version %s", c, req.RoomVersion)
+			}
+		}
+	}
+	return nil
+}
+
 func validUserID(u string) bool {
 	return strings.HasPrefix(u, "@") && strings.Contains(u, ":") && len(u) <= 255
 }
@@ -150,17 +204,33 @@ func (s *Server) joinRoom(r *http.Request, sess *Session) (any, error) {
 }
 
 func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error) {
-	var req struct {
-		Reason string `json:"reason"`
-	}
-	if err := decode(r, &req); err != nil {
+	// Other keys of the body go into the member event's content, as in
+	// Synapse: a per-room displayname, or custom keys.
+	var body map[string]json.RawMessage
+	if err := decode(r, &body); err != nil {
 		return nil, err
+	}
+	var reason string
+	if raw, ok := body["reason"]; ok {
+		if err := json.Unmarshal(raw, &reason); err != nil {
+			return nil, errBadJSON("reason must be a string")
+		}
 	}
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
 		}
-		content := s.memberContent(tx, sess.UserID, "join", req.Reason)
+		content := s.memberContent(tx, sess.UserID, "join", reason)
+		for k, v := range body {
+			if _, set := content[k]; !set || k == "displayname" || k == "avatar_url" {
+				if k != "third_party_signed" && k != "membership" && k != "reason" {
+					content[k] = v
+				}
+			}
+		}
+		if s.sameMember(tx, roomID, sess.UserID, content) {
+			return nil // joining twice is idempotent: no second event
+		}
 		_, err := s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
 		return err
 	})
@@ -171,6 +241,25 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
+}
+
+// sameMember reports whether userID's current member event in roomID
+// already has exactly content.
+func (s *Server) sameMember(tx *store.Tx, roomID, userID string, content map[string]any) bool {
+	_, st, err := s.roomState(tx, roomID)
+	if err != nil {
+		return false
+	}
+	ev, err := s.Rooms.StateEvent(tx, st, "m.room.member", userID)
+	if err != nil || ev == nil {
+		return false
+	}
+	var have, want any
+	raw, _ := json.Marshal(content)
+	if json.Unmarshal(ev.Content, &have) != nil || json.Unmarshal(raw, &want) != nil {
+		return false
+	}
+	return reflect.DeepEqual(have, want)
 }
 
 // memberContent is a member event's content carrying the user's profile.

@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"sync"
@@ -78,6 +79,10 @@ func (s *Server) uiaCheck(auth *uiaAuth, userID string, flows [][]string, params
 		if !allowed {
 			stageErr = newErr(http.StatusBadRequest, "M_UNRECOGNIZED", "Auth type %s is not offered", auth.Type)
 		} else if err := verify(auth); err != nil {
+			var hard uiaHardError
+			if errors.As(err, &hard) {
+				return hard.err
+			}
 			stageErr = toError(err)
 		} else {
 			u.mu.Lock()
@@ -122,6 +127,12 @@ func (s *Server) uiaCheck(auth *uiaAuth, userID string, flows [][]string, params
 	return e
 }
 
+// uiaHardError fails the request outright (403), as Synapse does for
+// credentials of another user, instead of offering the stage again (401).
+type uiaHardError struct{ err *Error }
+
+func (h uiaHardError) Error() string { return h.err.Error() }
+
 // passwordStage verifies m.login.password for userID.
 func (s *Server) passwordStage(userID string) func(a *uiaAuth) error {
 	return func(a *uiaAuth) error {
@@ -137,7 +148,7 @@ func (s *Server) passwordStage(userID string) func(a *uiaAuth) error {
 			who = id.User
 		}
 		if who != "" && who != userID && who != localpart(userID) {
-			return errForbidden("Wrong user")
+			return uiaHardError{errForbidden("Wrong user")}
 		}
 		var hash string
 		_ = s.Store.View(func(tx *store.Tx) error {

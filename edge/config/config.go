@@ -20,15 +20,20 @@ type Config struct {
 	// SigningKeyPath is the ed25519 key file in Synapse's format; relative paths
 	// are resolved against the config file's directory.
 	SigningKeyPath string `yaml:"signing_key_path"`
+	// SigningKeyGenerate writes a fresh key to SigningKeyPath at start when
+	// the file is missing (a container's first start); an existing key is
+	// kept. Off by default: a lost key file should stop the node, not
+	// silently change its identity.
+	SigningKeyGenerate bool `yaml:"signing_key_generate"`
 	// DatabasePath is the bbolt file; relative to the config file's directory.
 	DatabasePath string `yaml:"database_path"`
 	// Listen is the address of the plain-HTTP listener: the client API,
 	// and the federation API too (for a TLS-terminating proxy in front).
 	Listen string `yaml:"listen"`
-	// FederationListen is the address of a second listener, with TLS from
-	// TLSCertFile and TLSKeyFile, serving the same APIs: what other servers
-	// connect to. Empty means none, or "[::]:8448" when the certificate
-	// files are set (see FederationAddr).
+	// FederationListen is the address of a second listener, with the TLS
+	// certificate of tls.mode, serving the same APIs: what other servers
+	// connect to. Empty means none, or "[::]:8448" when TLS is on (see
+	// FederationAddr).
 	FederationListen string `yaml:"federation_listen"`
 	// TLSCertFile and TLSKeyFile are the PEM certificate (chain) and key of
 	// the federation listener, relative to the config file's directory.
@@ -39,6 +44,11 @@ type Config struct {
 	// (GET /metrics in the Prometheus text format, GET /federation/queues
 	// as JSON). Empty: off. Keep it on loopback.
 	MetricsListen string `yaml:"metrics_listen"`
+	// AdminListen is the address of the admin listener `edge status` (no
+	// SERVER) asks for the node's health (GET /_edge/admin/status). It is
+	// authenticated with a token the node writes to admin.token beside the
+	// config file at start. Empty: off. Default: DefaultAdminListen.
+	AdminListen string `yaml:"admin_listen"`
 	// PublicBaseURL is what /.well-known/matrix/client advertises; empty means
 	// the well-known endpoint answers 404 and clients use the host they typed.
 	PublicBaseURL string `yaml:"public_base_url"`
@@ -55,6 +65,7 @@ type Config struct {
 	VoIP          VoIP          `yaml:"voip"`
 	Push          Push          `yaml:"push"`
 	UserDirectory UserDirectory `yaml:"user_directory"`
+	TLS           TLS           `yaml:"tls"`
 	Log           Log           `yaml:"log"`
 
 	// Dir is the directory of the loaded file; relative paths resolve against it.
@@ -124,6 +135,7 @@ func Default(serverName string) *Config {
 		SigningKeyPath: "signing.key",
 		DatabasePath:   "edge.db",
 		Listen:         "[::]:8008",
+		AdminListen:    DefaultAdminListen,
 		Registration: Registration{
 			Enabled:           true,
 			MinPasswordLength: 8,
@@ -146,6 +158,7 @@ func Default(serverName string) *Config {
 		Media:      DefaultMedia(),
 		VoIP:       DefaultVoIP(),
 		Log:        Log{Level: "info"},
+		TLS:        DefaultTLS(),
 	}
 }
 
@@ -161,7 +174,8 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
 // Load reads and validates the file at path. Fields missing from the file keep
-// their defaults.
+// their defaults. Values may name environment variables, ${NAME} or
+// ${NAME:-default} (see env.go); an unset one without a default is an error.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -170,7 +184,7 @@ func Load(path string) (*Config, error) {
 		return nil, err
 	}
 	cfg := Default("")
-	if err := yaml.Unmarshal(data, cfg); err != nil {
+	if err := decodeExpanded(data, cfg, os.LookupEnv); err != nil {
 		return nil, fmt.Errorf("%s: %s", path, yamlMessage(data, err))
 	}
 	abs, err := filepath.Abs(path)
@@ -254,6 +268,9 @@ func (c *Config) Validate() error {
 	if err := c.validateListeners(); err != nil {
 		return err
 	}
+	if err := c.validateTLS(); err != nil {
+		return err
+	}
 	if c.WellKnownServer != "" {
 		if err := ValidateServerName(c.WellKnownServer); err != nil {
 			return &FieldError{"well_known_server", err.Error()}
@@ -313,14 +330,18 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// DefaultFederationListen is the federation listener's address when the
-// certificate files are set and federation_listen is not.
+// DefaultFederationListen is the federation listener's address when TLS
+// is on (tls.mode, or the certificate files) and federation_listen is not.
 const DefaultFederationListen = "[::]:8448"
+
+// DefaultAdminListen is where the admin listener listens unless
+// admin_listen says otherwise: loopback only.
+const DefaultAdminListen = "127.0.0.1:8010"
 
 // FederationAddr is the address of the TLS federation listener, or "" for
 // none.
 func (c *Config) FederationAddr() string {
-	if c.FederationListen == "" && c.TLSCertFile != "" {
+	if c.FederationListen == "" && c.TLSMode() != TLSOff {
 		return DefaultFederationListen
 	}
 	return c.FederationListen
@@ -337,13 +358,18 @@ func (c *Config) validateListeners() error {
 		if _, _, err := net.SplitHostPort(c.FederationListen); err != nil {
 			return &FieldError{"federation_listen", fmt.Sprintf("%q is not host:port", c.FederationListen)}
 		}
-		if c.TLSCertFile == "" {
-			return &FieldError{"federation_listen", "needs tls_cert_file and tls_key_file: other servers only speak TLS"}
+		if c.TLSMode() == TLSOff {
+			return &FieldError{"federation_listen", "needs a certificate (tls.mode, or tls_cert_file and tls_key_file): other servers only speak TLS"}
 		}
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			return &FieldError{"metrics_listen", fmt.Sprintf("%q is not host:port", c.MetricsListen)}
+		}
+	}
+	if c.AdminListen != "" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			return &FieldError{"admin_listen", fmt.Sprintf("%q is not host:port", c.AdminListen)}
 		}
 	}
 	return nil

@@ -29,6 +29,10 @@ func TestWriteFileRoundTrip(t *testing.T) {
 	c.TLSCertFile = "tls/cert.pem"
 	c.TLSKeyFile = "/etc/edge/key.pem"
 	c.MetricsListen = "127.0.0.1:9100"
+	c.TLS = TLS{Mode: "acme", Listen: "127.0.0.1:8443", Hosts: []string{"matrix.example.org"}, HTTP3: false,
+		ACME: ACME{DirectoryURL: "https://ca.example/dir", Staging: true, Email: "ops@example.org",
+			HTTPListen: "[::]:80", TrustCAFile: "pebble.pem", RenewBefore: 90 * time.Minute},
+		Internal: InternalTLS{CACertFile: "ca/c.pem", CAKeyFile: "ca/c.key"}}
 	path := filepath.Join(dir, "edge.yaml")
 	if err := WriteFile(path, c); err != nil {
 		t.Fatal(err)

@@ -60,8 +60,11 @@ federation:
   retry_max_interval: %s
   # Share presence (online/away) with other servers.
   presence: %t
+  # Join rooms without waiting for their members (partial-state joins);
+  # the full state is fetched in the background.
+  faster_joins: %t
 `, yamlList(f.Nameservers), f.TrustCAFile, f.RequestTimeout, f.MaxRequestBytes, f.MaxResponseBytes, f.KeyCacheSize,
-		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval, f.Presence)
+		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval, f.Presence, f.FasterJoins)
 	return b.String()
 }
 
@@ -76,6 +79,9 @@ server_name: %[1]q
 # ed25519 signing key, Synapse's format ("ed25519 <version> <seed>"): a
 # Synapse signing key can be copied here to keep the server's identity.
 signing_key_path: %[2]q
+# Write a fresh key there at start when the file is missing (a container's
+# first start); an existing key is always kept.
+signing_key_generate: %[36]t
 
 # The database: one bbolt file.
 database_path: %[3]q
@@ -84,17 +90,22 @@ database_path: %[3]q
 listen: %[4]q
 
 # Federation over TLS: a second listener serving the same APIs with the
-# certificate below, for other servers to connect to. Empty: none, or
-# "[::]:8448" when the certificate files are set.
+# node's certificate (see tls below), for other servers to connect to.
+# Empty: none, or "[::]:8448" when TLS is on.
 federation_listen: %[24]q
-# PEM certificate (chain) and key; replaced files are picked up without a
-# restart.
+# PEM certificate (chain) and key of tls.mode files; replaced files are
+# picked up without a restart.
 tls_cert_file: %[25]q
 tls_key_file: %[26]q
 
 # Admin listener: GET /metrics (Prometheus text) and GET /federation/queues
 # (JSON). Not authenticated: keep it on loopback. Empty: off.
 metrics_listen: %[27]q
+
+# Admin listener of `+"`edge status`"+` (no SERVER): the node's health as JSON,
+# authenticated with the token the node writes to admin.token beside this
+# file at start. Empty: off.
+admin_listen: %[34]q
 
 # Advertised in /.well-known/matrix/client when set (e.g. https://matrix.example.org).
 public_base_url: %[5]q
@@ -145,7 +156,8 @@ log:
 %[22]s
 %[28]s
 %[29]s
-%[30]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
+%[30]s
+%[35]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
 		c.Registration.Enabled, c.Registration.MinPasswordLength,
 		c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst,
 		c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst,
@@ -156,7 +168,7 @@ log:
 		federationSection(c.Federation), c.WellKnownServer,
 		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen, mediaSection(c.Media),
 		voipSection(c.VoIP, c.UserDirectory), pushSection(c.Push),
-		c.Limits.StateCacheEntries, c.Limits.AuthChainCacheEntries, c.Limits.ResolutionCacheSize)
+		c.Limits.StateCacheEntries, c.Limits.AuthChainCacheEntries, c.Limits.ResolutionCacheSize, c.AdminListen, tlsSection(c.TLS), c.SigningKeyGenerate)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err

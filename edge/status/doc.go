@@ -9,4 +9,7 @@
 // (https://spec.matrix.org/latest/server-server-api/): "Resolving server
 // names", "TLS", "Retrieving server keys" and "GET /_matrix/federation/v1/version";
 // and of the Client-Server API's "Well-known URIs" for the client document.
+//
+// It also holds [NodeStatus], the running node's health that its admin
+// listener serves for `edge status` without a SERVER.
 package status

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -42,9 +43,15 @@ type Options struct {
 	// ExpiryWarning is how close a certificate's NotAfter may come before
 	// it is warned about (default 14 days).
 	ExpiryWarning time.Duration
-	// AdminURL is the local node's admin listener ("http://127.0.0.1:9090"),
-	// asked for its queue to the server; empty skips that.
-	AdminURL string
+	// AdminURL is the local node's admin listener ("http://127.0.0.1:8010"),
+	// asked for its queue to the server; empty skips that. With AdminToken
+	// it is admin_listen (GET /_edge/admin/status), without it
+	// metrics_listen (GET /federation/queues).
+	AdminURL   string
+	AdminToken string
+	// KeyExpiryWarning is how close valid_until_ts may come before it is
+	// warned about (default 1 hour).
+	KeyExpiryWarning time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -73,6 +80,9 @@ func Inspect(ctx context.Context, serverName string, opts Options) (*Report, err
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.KeyExpiryWarning <= 0 {
+		opts.KeyExpiryWarning = time.Hour
 	}
 	res, err := wellknown.New(wellknown.Options{
 		Nameservers: opts.Nameservers, RootCAs: opts.RootCAs, AllowPrivate: opts.AllowPrivate,
@@ -228,26 +238,45 @@ func (in *inspector) connection(ctx context.Context, res *wellknown.Result, ep w
 		}
 		return tc, nil
 	}
+	start := time.Now()
 	conn, err := dial(ctx, "", "")
 	if err != nil {
 		c.Error = err.Error()
 		return c
 	}
+	c.HandshakeMS = time.Since(start).Milliseconds()
 	state := conn.(*tls.Conn).ConnectionState()
 	conn.Close()
 	c.TLSVersion, c.CipherSuite, c.ALPN = tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), state.NegotiatedProtocol
+	c.HTTP2 = c.ALPN == "h2"
+	if !c.HTTP2 {
+		in.warn("HTTP2", c.Addr, "the server did not choose h2 by ALPN (got "+cmp.Or(c.ALPN, "none")+")",
+			"enable HTTP/2 on the TLS listener or the reverse proxy in front: federation works over HTTP/1.1 but opens more connections")
+	}
 	in.certificates(&c, state.PeerCertificates, res.TLSServerName, now)
 
 	hc := &http.Client{Timeout: in.opts.Timeout, Transport: &http.Transport{
 		Proxy: nil, DialTLSContext: dial, ForceAttemptHTTP2: true, TLSClientConfig: tlsConf,
 	}}
 	defer hc.CloseIdleConnections()
+	start = time.Now()
 	body, hdr, err := get(ctx, hc, "https://"+res.Host+"/_matrix/key/v2/server")
+	if hdr != nil {
+		c.KeysMS = time.Since(start).Milliseconds()
+		c.AltSvc = hdr.Get("Alt-Svc")
+	}
 	if err != nil {
 		c.Checks.Ed25519Checks = map[string]Ed25519Checks{}
 		c.fail("HasEd25519Key", "GET /_matrix/key/v2/server: "+err.Error(), "the federation listener must answer /_matrix/key/v2/server with the server's signed keys")
 	} else {
 		checkKeys(&c, body, in.rep.ServerName, now)
+		if c.Keys != nil && c.Checks.FutureValidUntilTS {
+			if left := time.UnixMilli(c.Keys.ValidUntilTS).Sub(now); left < in.opts.KeyExpiryWarning {
+				in.warn("KeyExpiry", c.Addr, fmt.Sprintf("the key response expires in %s (valid_until_ts %s)", left.Round(time.Second),
+					time.UnixMilli(c.Keys.ValidUntilTS).UTC().Format(time.RFC3339)),
+					"publish keys valid for a day or more (edge: federation.key_validity): peers refetch expiring keys constantly and cannot check new signatures while the server is down")
+			}
+		}
 		if t, err := http.ParseTime(hdr.Get("Date")); err == nil {
 			skew := math.Round(t.Sub(now).Seconds())
 			c.ClockSkewSeconds = &skew
@@ -256,6 +285,7 @@ func (in *inspector) connection(ctx context.Context, res *wellknown.Result, ep w
 			}
 		}
 	}
+	in.http3Check(ctx, &c, res.TLSServerName, res.Host)
 	ch := &c.Checks
 	ch.AllChecksOK = ch.MatchingServerName && ch.FutureValidUntilTS && ch.HasEd25519Key && ch.AllEd25519ChecksOK &&
 		ch.ValidCertificates && ch.MatchingKeyServerName
@@ -579,25 +609,33 @@ func (in *inspector) localView(ctx context.Context) {
 	}
 	lv := &LocalView{}
 	in.rep.LocalView = lv
-	hc := &http.Client{Timeout: in.opts.Timeout}
-	body, _, err := get(ctx, hc, strings.TrimRight(in.opts.AdminURL, "/")+"/federation/queues")
-	var out struct {
-		Destinations []struct {
-			Destination string `json:"destination"`
-			LocalView
-		} `json:"destinations"`
-	}
-	if err == nil {
-		err = json.Unmarshal(body, &out)
+	var peers []Peer
+	var err error
+	if in.opts.AdminToken != "" {
+		var ns *NodeStatus
+		if ns, err = FetchNodeStatus(ctx, in.opts.AdminURL, in.opts.AdminToken); err == nil {
+			peers = ns.Peers
+		}
+	} else {
+		hc := &http.Client{Timeout: in.opts.Timeout}
+		var body []byte
+		body, _, err = get(ctx, hc, strings.TrimRight(in.opts.AdminURL, "/")+"/federation/queues")
+		var out struct {
+			Destinations []Peer `json:"destinations"`
+		}
+		if err == nil {
+			err = json.Unmarshal(body, &out)
+		}
+		peers = out.Destinations
 	}
 	if err != nil {
 		lv.Error = "local node's admin listener: " + err.Error()
 		return
 	}
-	for _, d := range out.Destinations {
+	for _, d := range peers {
 		if d.Destination == in.rep.ServerName {
-			*lv = d.LocalView
-			lv.Known = true
+			*lv = LocalView{Known: true, Pending: d.Pending, InFlight: d.InFlight, Failures: d.Failures, RetryAt: d.RetryAt,
+				LastError: d.LastError, LastSuccess: d.LastSuccess, SentTransactions: d.SentTransactions, Dropped: d.Dropped}
 		}
 	}
 	if lv.Known && lv.Failures > 0 {

@@ -106,6 +106,17 @@ type Connection struct {
 	Version *Version     `json:"version,omitempty"`
 	// ClockSkewSeconds is the peer's Date header minus our clock.
 	ClockSkewSeconds *float64 `json:"clock_skew_seconds,omitempty"`
+	// HandshakeMS is the TCP connect plus TLS handshake time; KeysMS the
+	// round trip of GET /_matrix/key/v2/server on the open connection.
+	HandshakeMS int64 `json:"handshake_ms"`
+	KeysMS      int64 `json:"keys_ms,omitempty"`
+	// HTTP2 is whether the server chose h2 by ALPN.
+	HTTP2 bool `json:"http2"`
+	// HTTP3 is the h3 check where Alt-Svc offers it: "ok (addr)",
+	// "failed (addr): …", or "not advertised (…)".
+	HTTP3 string `json:"http3"`
+	// AltSvc is the Alt-Svc header the server sent (h3 advertisement).
+	AltSvc string `json:"alt_svc,omitempty"`
 }
 
 // Certificate is one certificate of the chain the peer sent, leaf first.
@@ -188,7 +199,10 @@ type NotaryCheck struct {
 }
 
 // LocalView is what the local node's admin listener (GET
-// /federation/queues) says about its traffic to the server.
+// /_edge/admin/status with the admin token, or metrics_listen's GET
+// /federation/queues) says about its traffic to the server. The queue
+// keeps no latency figures; the connections' HandshakeMS and KeysMS are
+// this machine's view of the round trip.
 type LocalView struct {
 	// Known is false when the node has never sent to the server.
 	Known            bool      `json:"known"`

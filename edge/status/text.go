@@ -77,7 +77,11 @@ func WriteText(w io.Writer, r *Report) {
 		if alpn == "" {
 			alpn = "no ALPN"
 		}
-		p("    %s %s %s", c.TLSVersion, c.CipherSuite, alpn)
+		p("    %s %s %s, handshake %dms, key request %dms", c.TLSVersion, c.CipherSuite, alpn, c.HandshakeMS, c.KeysMS)
+		p("    %s HTTP/2, HTTP/3 %s", mark(c.HTTP2), c.HTTP3)
+		if c.AltSvc != "" {
+			p("    Alt-Svc: %s", c.AltSvc)
+		}
 		for i, ce := range c.Certificates {
 			role := "cert"
 			if i > 0 {

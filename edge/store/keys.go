@@ -27,7 +27,7 @@ var (
 	bRoomAliases        = []byte("roomalias_empty")
 	bPublicRooms        = []byte("roomid_public")
 	bRelations          = []byte("parentrelchild_empty")
-	bKV                 = []byte("namespacekey_value")
+	bKV                 = []byte("namespacekey_value") // KV namespace "acme": edge/tlsmode's ACME account key and certificates
 	allBuckets          = [][]byte{bMeta, bUsers, bDevices, bTokens, bEvents, bEventIDs, bStateKeys, bStateKeyNIDs, bSnapshots, bRooms, bRoomNIDs, bTimeline, bMemberships, bAccountData, bAccountStream, bReceipts, bReceiptStream, bTxns, bFilters, bAliases, bRoomAliases, bPublicRooms, bRelations, bKV}
 	keySchema           = []byte("schema_version")
 	keyPos              = []byte("stream_pos")

@@ -172,11 +172,7 @@ func (n *Node) AdminStatus() (*status.NodeStatus, error) {
 		st.Caches = append(st.Caches, cs)
 	}
 	for _, d := range n.Fed.Queue.Status() {
-		st.Peers = append(st.Peers, status.Peer{
-			Destination: d.Destination, Pending: d.Pending, InFlight: d.InFlight, Failures: d.Failures,
-			RetryAt: d.RetryAt, LastError: d.LastError, LastSuccess: d.LastSuccess,
-			SentTransactions: d.SentTransactions, SentPDUs: d.SentPDUs, SentEDUs: d.SentEDUs, Dropped: d.Dropped,
-		})
+		st.Peers = append(st.Peers, status.Peer{DestinationStatus: d})
 	}
 	status.SortPeers(st.Peers, now)
 	return st, nil

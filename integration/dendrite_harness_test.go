@@ -330,19 +330,5 @@ func (d *dendriteNode) register(t *testing.T, name string) *mautrix.Client {
 // login logs in to an existing Dendrite account as a new device.
 func (d *dendriteNode) login(t *testing.T, user id.UserID, deviceName string) *mautrix.Client {
 	t.Helper()
-	c, err := mautrix.NewClient(d.URL, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Login(ctxT(t), &mautrix.ReqLogin{
-		Type:                     mautrix.AuthTypePassword,
-		Identifier:               mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: user.Localpart()},
-		Password:                 "correct horse battery",
-		InitialDeviceDisplayName: deviceName,
-		StoreCredentials:         true,
-	})
-	if err != nil {
-		t.Fatalf("login %s on dendrite: %v", user, err)
-	}
-	return c
+	return e2eeLogin(t, &testNode{URL: d.URL}, user, deviceName)
 }

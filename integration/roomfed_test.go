@@ -112,6 +112,9 @@ type rfSyncer struct {
 	seen  []*event.Event // timeline events of every room, in order
 }
 
+// rfSyncFilter is the inline /sync filter of rfSyncer.
+const rfSyncFilter = `{"room":{"timeline":{"limit":1000}}}`
+
 // until syncs until ok holds for the events seen so far.
 func (s *rfSyncer) until(t *testing.T, what string, ok func(evs []*event.Event) bool) {
 	t.Helper()
@@ -120,7 +123,9 @@ func (s *rfSyncer) until(t *testing.T, what string, ok func(evs []*event.Event) 
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: timed out waiting for %s; saw %d events", s.c.UserID, what, len(s.seen))
 		}
-		resp, err := s.c.SyncRequest(ctxT(t), 2000, s.since, "", false, "")
+		// An inline filter with a large timeline: the default limit (10)
+		// would cut a busy stretch short and lose events silently.
+		resp, err := s.c.SyncRequest(ctxT(t), 2000, s.since, rfSyncFilter, false, "")
 		if err != nil {
 			t.Fatalf("sync: %v", err)
 		}

@@ -7,7 +7,6 @@ package roomfed
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -66,19 +65,9 @@ func (e *Engine) serveSendKnock(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var known bool
-	_ = e.store.View(func(tx *store.Tx) error {
-		_, err := tx.EventNID(eventID)
-		known = err == nil
-		return nil
-	})
-	if !known {
-		if err := e.apply(ev); err != nil {
-			if errors.Is(err, ErrRejected) {
-				return nil, errForbidden(err.Error())
-			}
-			return nil, mapErr(err)
-		}
+	known, err := e.applySent(ev)
+	if err != nil {
+		return nil, err
 	}
 	var state []json.RawMessage
 	err = e.store.Write(func(tx *store.Tx) error {

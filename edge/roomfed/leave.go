@@ -94,6 +94,27 @@ func (e *Engine) leaveVia(ctx context.Context, srv, userID, roomID, reason strin
 	return eventID, signed, nil
 }
 
+// applySent stores the membership event a send_join, send_leave or
+// send_knock carries, as an inbound PDU, unless it is stored already (a
+// retried request); a refusal by the auth rules is 403.
+func (e *Engine) applySent(ev *room.Event) (known bool, err error) {
+	_ = e.store.View(func(tx *store.Tx) error {
+		_, err := tx.EventNID(ev.ID)
+		known = err == nil
+		return nil
+	})
+	if known {
+		return true, nil
+	}
+	if err := e.apply(ev); err != nil {
+		if errors.Is(err, ErrRejected) {
+			return false, errForbidden(err.Error())
+		}
+		return false, mapErr(err)
+	}
+	return false, nil
+}
+
 // serveMakeLeave answers GET /_matrix/federation/v1/make_leave/{roomId}/{userId}:
 // a leave template built on the current state, if the auth rules let the
 // user (on the asking server) leave.
@@ -117,20 +138,10 @@ func (e *Engine) serveSendLeave(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var known bool
-	_ = e.store.View(func(tx *store.Tx) error {
-		_, err := tx.EventNID(eventID)
-		known = err == nil
-		return nil
-	})
-	if known {
+	if known, err := e.applySent(ev); err != nil {
+		return nil, err
+	} else if known {
 		return map[string]any{}, nil
-	}
-	if err := e.apply(ev); err != nil {
-		if errors.Is(err, ErrRejected) {
-			return nil, errForbidden(err.Error())
-		}
-		return nil, mapErr(err)
 	}
 	err = e.store.Write(func(tx *store.Tx) error {
 		stored, err := e.rooms.EventByID(tx, eventID)

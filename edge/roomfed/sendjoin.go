@@ -111,19 +111,9 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 	if ev, err = room.ParseEvent(version, signed, eventID); err != nil {
 		return nil, err
 	}
-	var known bool
-	_ = e.store.View(func(tx *store.Tx) error {
-		_, err := tx.EventNID(eventID)
-		known = err == nil
-		return nil
-	})
-	if !known {
-		if err := e.apply(ev); err != nil {
-			if errors.Is(err, ErrRejected) {
-				return nil, errForbidden(err.Error())
-			}
-			return nil, mapErr(err)
-		}
+	known, err := e.applySent(ev)
+	if err != nil {
+		return nil, err
 	}
 	var resp map[string]any
 	err = e.store.Write(func(tx *store.Tx) error {

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"edge/federation"
 )
 
 // AdminStatusPath is the admin listener's endpoint for NodeStatus.
@@ -54,19 +56,10 @@ type Cache struct {
 	Size int `json:"size"`
 }
 
-// Peer is this node's outbound queue to one destination.
+// Peer is this node's outbound queue to one destination, as the
+// federation queue reports it, and how troubled it is.
 type Peer struct {
-	Destination      string    `json:"destination"`
-	Pending          int       `json:"pending"`
-	InFlight         bool      `json:"in_flight"`
-	Failures         int       `json:"failures"`
-	RetryAt          time.Time `json:"retry_at,omitzero"`
-	LastError        string    `json:"last_error,omitempty"`
-	LastSuccess      time.Time `json:"last_success,omitzero"`
-	SentTransactions uint64    `json:"sent_transactions"`
-	SentPDUs         uint64    `json:"sent_pdus"`
-	SentEDUs         uint64    `json:"sent_edus"`
-	Dropped          uint64    `json:"dropped"`
+	federation.DestinationStatus
 	// Trouble is "ok", "backing off" (failing, retry scheduled), "failing",
 	// "dropping" (queue overflowed) or "never reached" (sending, no success yet).
 	Trouble string `json:"trouble"`

@@ -189,9 +189,11 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
 	}
 	if ev.Type == "m.room.redaction" && ev.Redacts != "" {
-		// TODO(issue 6): the power-level route of the redaction rule; for
-		// now a remote redaction applies to events of the same server.
-		if target, err := s.EventByID(tx, ev.Redacts); err == nil && domainOf(target.Sender) == domainOf(ev.Sender) {
+		ok, err := s.mayRedact(tx, before, ev)
+		if err != nil {
+			return err
+		}
+		if ok {
 			if err := s.applyRedaction(tx, r, ev); err != nil {
 				return err
 			}
@@ -205,6 +207,27 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 		}
 	})
 	return nil
+}
+
+// mayRedact applies the spec's rule for a received redaction (rooms v3+;
+// the auth rules let any member send one): it strips its target when the
+// sender has the redact power level in the state before it, or when
+// target and redaction come from the same server.
+func (s *Service) mayRedact(tx *store.Tx, before *State, red *Event) (bool, error) {
+	target, err := s.EventByID(tx, red.Redacts)
+	if errors.Is(err, ErrEventNotFound) {
+		return false, nil // not seen yet: nothing to strip
+	} else if err != nil {
+		return false, err
+	}
+	if domainOf(target.Sender) == domainOf(red.Sender) {
+		return true, nil
+	}
+	pl, err := s.PowerLevels(tx, before)
+	if err != nil {
+		return false, err
+	}
+	return pl.UserLevel(red.Sender) >= pl.Redact(), nil
 }
 
 // CreateFromJoin creates a room this server learns of by joining it: the

@@ -239,4 +239,3 @@ func rfRoomSnapshot(t *testing.T, n *rfNode, roomID id.RoomID) (map[string]strin
 }
 
 func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
-

@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"strings"
 
 	"edge/edge/push"
 	"edge/edge/room"
@@ -55,59 +56,54 @@ func (s *Server) PushTargets(ev *room.Event) (PushEvent, []PushTarget, error) {
 			NotificationPowerLevels: map[string]int64{"room": int64(pl.NotificationLevel("room"))},
 			SenderPowerLevel:        int64(pl.UserLevel(ev.Sender)),
 		}
-		// One pass over the state: member count, local members and their
-		// display names, the sender's name, the room's name and alias.
+		// Nothing here walks the room's state: a message in a room with
+		// 100k members must cost what it costs in a room of two. The
+		// member count comes from the per-snapshot joined-server counts;
+		// the candidates are the local users with a pusher, checked
+		// against their membership.
+		joined, err := s.Rooms.JoinedServers(tx, st.ID)
+		if err != nil {
+			return err
+		}
+		for _, n := range joined {
+			base.MemberCount += n
+		}
+		stateEvent := func(evType, key string) *room.Event {
+			e, _ := s.Rooms.StateEvent(tx, st, evType, key)
+			return e
+		}
+		if m := stateEvent("m.room.member", ev.Sender); m != nil {
+			info.SenderDisplayName = pushDisplayName(m.Content)
+		}
+		var c struct {
+			Name  string `json:"name"`
+			Alias string `json:"alias"`
+		}
+		if e := stateEvent("m.room.name", ""); e != nil && json.Unmarshal(e.Content, &c) == nil {
+			info.RoomName = c.Name
+		}
+		if e := stateEvent("m.room.canonical_alias", ""); e != nil && json.Unmarshal(e.Content, &c) == nil {
+			info.RoomAlias = c.Alias
+		}
 		names := map[string]string{}
 		var local []string
-		st.Each(func(k, nid uint64) bool {
-			evType, stateKey, err := tx.StateKey(k)
-			if err != nil {
-				return true
+		for _, userID := range usersWithPushers(tx) {
+			if userID == ev.Sender {
+				continue
 			}
-			switch evType {
-			case "m.room.member":
-				m, err := s.Rooms.Event(tx, nid)
-				if err != nil {
-					return true
-				}
-				if stateKey == ev.Sender {
-					info.SenderDisplayName = pushDisplayName(m.Content)
-				}
-				if m.Membership() != "join" {
-					return true
-				}
-				base.MemberCount++
-				if s.isLocalUser(stateKey) && stateKey != ev.Sender {
-					local = append(local, stateKey)
-					names[stateKey] = pushDisplayName(m.Content)
-				}
-			case "m.room.name", "m.room.canonical_alias":
-				if stateKey != "" {
-					return true
-				}
-				e, err := s.Rooms.Event(tx, nid)
-				if err != nil {
-					return true
-				}
-				var c struct {
-					Name  string `json:"name"`
-					Alias string `json:"alias"`
-				}
-				_ = json.Unmarshal(e.Content, &c)
-				if evType == "m.room.name" {
-					info.RoomName = c.Name
-				} else {
-					info.RoomAlias = c.Alias
-				}
+			if m, err := tx.Membership(userID, r.RoomID); err != nil || m.Membership != "join" {
+				continue
 			}
-			return true
-		})
+			local = append(local, userID)
+			if m := stateEvent("m.room.member", userID); m != nil {
+				names[userID] = pushDisplayName(m.Content)
+			}
+		}
 		// An invite concerns its (local) invitee before they join: the
 		// default .m.rule.invite_for_me is for them.
-		var invitee string
 		if ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership() == "invite" &&
 			*ev.StateKey != ev.Sender && s.isLocalUser(*ev.StateKey) {
-			invitee = *ev.StateKey
+			invitee := *ev.StateKey
 			local = append(local, invitee)
 			names[invitee] = pushDisplayName(ev.Content)
 		}
@@ -141,6 +137,19 @@ func (s *Server) PushTargets(ev *room.Event) (PushEvent, []PushTarget, error) {
 		return nil
 	})
 	return info, out, err
+}
+
+// usersWithPushers lists the local users with at least one pusher (keys
+// of the pusher namespace are "user\x1fapp\x1fpushkey").
+func usersWithPushers(tx *store.Tx) []string {
+	var out []string
+	tx.ScanKV(pusherNamespace, "", func(k string, _ []byte) bool {
+		if u, _, ok := strings.Cut(k, "\x1f"); ok && (len(out) == 0 || out[len(out)-1] != u) {
+			out = append(out, u)
+		}
+		return true
+	})
+	return out
 }
 
 // totalUnread sums notification_count over the user's joined rooms: the

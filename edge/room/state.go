@@ -107,12 +107,11 @@ func (c *stateCache) base(tx *store.Tx, snap *store.Snapshot) (map[uint64]uint64
 	for _, e := range snap.Entries {
 		m[e.Key] = e.Event
 	}
-	// Only committed snapshots may enter the shared cache: a rolled-back
-	// transaction's ids are reused.
-	tx.OnCommit(func() { c.bases.Add(snap.ID, m) })
-	if !tx.Writable() {
-		c.bases.Add(snap.ID, m)
-	}
+	// Cached at once, so the next event of the same transaction finds it;
+	// a rolled-back transaction's snapshot ids are reused, so its entries
+	// go with it.
+	c.bases.Add(snap.ID, m)
+	tx.OnAbort(func() { c.bases.Remove(snap.ID) })
 	return m, nil
 }
 

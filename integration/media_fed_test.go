@@ -10,8 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,32 +23,14 @@ import (
 // requests the node answers, with cfg adjusted by opts.
 func startMediaFedNode(t *testing.T, ca *rfCA, hits *atomic.Int64, opts ...func(*config.Config)) *rfNode {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := ln.Addr().String()
-	caFile := filepath.Join(t.TempDir(), "federation-ca.pem")
-	if err := os.WriteFile(caFile, ca.pem, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	n := startNode(t, append([]func(*config.Config){func(c *config.Config) {
-		c.ServerName = name
-		c.Federation.TrustCAFile = caFile
-		c.Federation.AllowPrivateAddresses = true
-		c.Federation.TrustedKeyServers = nil
-	}}, opts...)...)
-	h := n.Handler()
-	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/") {
-			hits.Add(1)
-		}
-		h.ServeHTTP(w, r)
-	})
-	srv := &http.Server{Handler: counted, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}}}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return &rfNode{testNode: n, Name: name}
+	return startRFNodeWrapped(t, ca, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/") {
+				hits.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}, opts...)
 }
 
 // mediaFedGet sends an authenticated GET to a client media endpoint.

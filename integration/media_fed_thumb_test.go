@@ -2,17 +2,11 @@ package integration
 
 import (
 	"bytes"
-	"crypto/tls"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
-
-	"edge/edge/config"
 )
 
 // thumbOrigin counts the federation media requests a node answers, by
@@ -25,41 +19,23 @@ type thumbOrigin struct {
 // startThumbOrigin is startMediaFedNode with per-kind counts.
 func startThumbOrigin(t *testing.T, ca *rfCA, o *thumbOrigin) *rfNode {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := ln.Addr().String()
-	caFile := filepath.Join(t.TempDir(), "federation-ca.pem")
-	if err := os.WriteFile(caFile, ca.pem, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	n := startNode(t, func(c *config.Config) {
-		c.ServerName = name
-		c.Federation.TrustCAFile = caFile
-		c.Federation.AllowPrivateAddresses = true
-		c.Federation.TrustedKeyServers = nil
-	})
-	h := n.Handler()
-	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/download/"):
-			o.downloads.Add(1)
-		case strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/thumbnail/"):
-			o.thumbnails.Add(1)
-			if o.noThumbnails.Load() {
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusNotFound)
-				_, _ = w.Write([]byte(`{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`))
-				return
+	return startRFNodeWrapped(t, ca, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/download/"):
+				o.downloads.Add(1)
+			case strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/media/thumbnail/"):
+				o.thumbnails.Add(1)
+				if o.noThumbnails.Load() {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusNotFound)
+					_, _ = w.Write([]byte(`{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`))
+					return
+				}
 			}
-		}
-		h.ServeHTTP(w, r)
+			h.ServeHTTP(w, r)
+		})
 	})
-	srv := &http.Server{Handler: counted, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}}}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return &rfNode{testNode: n, Name: name}
 }
 
 // TestMediaFedThumbnailFromOrigin: bob on B asks for thumbnails of

@@ -81,6 +81,13 @@ type rfNode struct {
 
 func startRFNode(t testing.TB, ca *rfCA, opts ...func(*config.Config)) *rfNode {
 	t.Helper()
+	return startRFNodeWrapped(t, ca, nil, opts...)
+}
+
+// startRFNodeWrapped is startRFNode with the TLS listener's handler
+// wrapped (to count or alter what the node answers other servers).
+func startRFNodeWrapped(t testing.TB, ca *rfCA, wrap func(http.Handler) http.Handler, opts ...func(*config.Config)) *rfNode {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +106,11 @@ func startRFNode(t testing.TB, ca *rfCA, opts ...func(*config.Config)) *rfNode {
 			o(c)
 		}
 	})
-	srv := &http.Server{Handler: n.Handler(), TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}}}
+	h := n.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := &http.Server{Handler: h, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}}}
 	go func() { _ = srv.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return &rfNode{testNode: n, Name: name}

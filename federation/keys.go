@@ -132,7 +132,9 @@ func RotateKeys(keyPath, oldPath string, now time.Time) (config.SigningKey, []Ol
 type keyResponse struct {
 	ServerName    string                  `json:"server_name"`
 	VerifyKeys    map[string]verifyKey    `json:"verify_keys"`
-	OldVerifyKeys map[string]oldVerifyKey `json:"old_verify_keys,omitempty"`
+	// OldVerifyKeys is always present, {} without retired keys: the spec
+	// lists it as required (and Complement checks it).
+	OldVerifyKeys map[string]oldVerifyKey `json:"old_verify_keys"`
 	ValidUntilTS  int64                   `json:"valid_until_ts"`
 	Signatures    json.RawMessage         `json:"signatures,omitempty"`
 }
@@ -169,9 +171,10 @@ func (o *ownKeys) response() ([]byte, error) {
 		return o.cached, nil
 	}
 	resp := keyResponse{
-		ServerName:   o.server,
-		VerifyKeys:   map[string]verifyKey{},
-		ValidUntilTS: now.Add(o.validity).UnixMilli(),
+		ServerName:    o.server,
+		VerifyKeys:    map[string]verifyKey{},
+		OldVerifyKeys: map[string]oldVerifyKey{},
+		ValidUntilTS:  now.Add(o.validity).UnixMilli(),
 	}
 	for _, k := range o.current {
 		resp.VerifyKeys[k.ID] = verifyKey{Key: EncodeKey(k.Public())}
@@ -179,9 +182,6 @@ func (o *ownKeys) response() ([]byte, error) {
 	for _, k := range o.old {
 		if _, cur := resp.VerifyKeys[k.ID]; cur {
 			continue // rotation interrupted: the key is still current
-		}
-		if resp.OldVerifyKeys == nil {
-			resp.OldVerifyKeys = map[string]oldVerifyKey{}
 		}
 		resp.OldVerifyKeys[k.ID] = oldVerifyKey{Key: EncodeKey(k.Public), ExpiredTS: k.ExpiredTS}
 	}

@@ -45,8 +45,8 @@ func TestFederationOwnKeys(t *testing.T) {
 	if got := kr.VerifyKeys[n.keys[0].ID].Key; got != EncodeKey(n.keys[0].Public()) {
 		t.Fatalf("verify key %s = %q, want our public key", n.keys[0].ID, got)
 	}
-	if len(kr.OldVerifyKeys) != 0 {
-		t.Fatalf("old_verify_keys before any rotation: %v", kr.OldVerifyKeys)
+	if kr.OldVerifyKeys == nil || len(kr.OldVerifyKeys) != 0 {
+		t.Fatalf("old_verify_keys before any rotation: %v, want {} (required by the spec)", kr.OldVerifyKeys)
 	}
 	// Default validity is 7 days.
 	want := before.Add(7 * 24 * time.Hour).UnixMilli()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -466,5 +467,59 @@ func TestRoomFedFullJoinSwitch(t *testing.T) {
 	}
 	if got := joinedIDs(t, bob, roomID); len(got) != len(users)+2 {
 		t.Fatalf("B knows %d joined members right after a full join, want %d", len(got), len(users)+2)
+	}
+}
+
+// TestRoomFedSendJoinV1: the deprecated v1 send_join answers [200, {state,
+// auth_chain}], and refuses with 400 an event that is not a join, as v2
+// does.
+func TestRoomFedSendJoinV1(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "12"})
+	userID := "@v1joiner:" + b.Name
+	var mj struct {
+		RoomVersion string                     `json:"room_version"`
+		Event       map[string]json.RawMessage `json:"event"`
+	}
+	path := "/_matrix/federation/v1/make_join/" + url.PathEscape(roomID.String()) + "/" + url.PathEscape(userID) + "?ver=12"
+	if err := b.Fed.Client.Get(ctxT(t), a.Name, path, &mj); err != nil {
+		t.Fatalf("make_join: %v", err)
+	}
+	sign := func(mutate func(map[string]json.RawMessage)) (json.RawMessage, string) {
+		ev := maps.Clone(mj.Event)
+		if mutate != nil {
+			mutate(ev)
+		}
+		raw, _ := json.Marshal(ev)
+		signed, eventID, err := b.Rooms.SignPDU(mj.RoomVersion, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return signed, eventID
+	}
+	// Not a join: a message through send_join.
+	bad, badID := sign(func(ev map[string]json.RawMessage) {
+		ev["type"], _ = json.Marshal("m.room.message")
+		ev["content"], _ = json.Marshal(map[string]string{"msgtype": "m.text", "body": "sneaky"})
+		delete(ev, "state_key")
+	})
+	var re *federation.RemoteError
+	err := b.Fed.Client.Put(ctxT(t), a.Name, "/_matrix/federation/v1/send_join/"+url.PathEscape(roomID.String())+"/"+url.PathEscape(badID), bad, nil)
+	if !errors.As(err, &re) || re.Status != http.StatusBadRequest {
+		t.Fatalf("a message through v1 send_join: %v, want 400", err)
+	}
+	good, goodID := sign(nil)
+	var answer []json.RawMessage
+	if err := b.Fed.Client.Put(ctxT(t), a.Name, "/_matrix/federation/v1/send_join/"+url.PathEscape(roomID.String())+"/"+url.PathEscape(goodID), good, &answer); err != nil {
+		t.Fatalf("v1 send_join: %v", err)
+	}
+	var body struct {
+		State     []json.RawMessage `json:"state"`
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	if len(answer) != 2 || string(answer[0]) != "200" || json.Unmarshal(answer[1], &body) != nil || len(body.State) == 0 {
+		t.Fatalf("v1 send_join answered %s, want [200, {state, auth_chain}]", answer)
 	}
 }

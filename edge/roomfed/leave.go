@@ -21,6 +21,7 @@ import (
 func (e *Engine) leaveRoutes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/make_leave/{roomId}/{userId}", e.serveMakeLeave)
 	e.fed.HandleRoom("PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}", e.serveSendLeave)
+	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_leave/{roomId}/{eventId}", v1Answer(e.serveSendLeave))
 }
 
 // Leave makes userID (one of ours) leave a room this server is not in,

@@ -14,6 +14,7 @@ import (
 func (e *Engine) routes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/make_join/{roomId}/{userId}", e.serveMakeJoin)
 	e.fed.HandleRoom("PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}", e.serveSendJoin)
+	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}", v1Answer(e.serveSendJoin))
 	e.fed.Handle("GET /_matrix/federation/v1/event/{eventId}", e.serveEvent)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/state_ids/{roomId}", e.serveStateIDs)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/state/{roomId}", e.serveState)
@@ -22,6 +23,19 @@ func (e *Engine) routes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}", e.serveEventAuth)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/make_knock/{roomId}/{userId}", e.serveMakeKnock)
 	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}", e.serveSendKnock)
+}
+
+// v1Answer serves a deprecated v1 send_join or send_leave with its v2
+// handler: same checks, the answer wrapped as [200, body] as v1 had it
+// (older servers still call them; the spec keeps them).
+func v1Answer(h func(*federation.Request) (any, error)) func(*federation.Request) (any, error) {
+	return func(r *federation.Request) (any, error) {
+		body, err := h(r)
+		if err != nil {
+			return nil, err
+		}
+		return []any{http.StatusOK, body}, nil
+	}
 }
 
 // visibleTo loads the room and checks that server may ask about it at

@@ -130,8 +130,8 @@ func RotateKeys(keyPath, oldPath string, now time.Time) (config.SigningKey, []Ol
 // keyResponse is the body of GET /_matrix/key/v2/server (spec
 // definitions/keys.yaml).
 type keyResponse struct {
-	ServerName    string                  `json:"server_name"`
-	VerifyKeys    map[string]verifyKey    `json:"verify_keys"`
+	ServerName string               `json:"server_name"`
+	VerifyKeys map[string]verifyKey `json:"verify_keys"`
 	// OldVerifyKeys is always present, {} without retired keys: the spec
 	// lists it as required (and Complement checks it).
 	OldVerifyKeys map[string]oldVerifyKey `json:"old_verify_keys"`

@@ -136,7 +136,7 @@ func TestComplementCreateRoomCreators(t *testing.T) {
 func TestComplementPasswordChangePushers(t *testing.T) {
 	n := startNode(t)
 	main := n.register(t, "alice")
-	other := loginPassword(t, n, "alice", "correct horse battery")
+	other := loginPassword(t, n, "alice", testPassword)
 	setPusher := func(c *mautrix.Client, key string) {
 		raw, _ := jsonBytes(map[string]any{"kind": "http", "app_id": "app", "pushkey": key,
 			"app_display_name": "App", "device_display_name": "Dev", "lang": "en",
@@ -149,7 +149,7 @@ func TestComplementPasswordChangePushers(t *testing.T) {
 	setPusher(other, "theirs")
 	url := main.BuildClientURL("v3", "account", "password")
 	session := uiaStart(t, main, url, map[string]any{"new_password": "a new secret"}, "m.login.password")
-	raw, _ := jsonBytes(map[string]any{"new_password": "a new secret", "auth": passwordAuth(main, "correct horse battery", session)})
+	raw, _ := jsonBytes(map[string]any{"new_password": "a new secret", "auth": passwordAuth(main, testPassword, session)})
 	if r := doRaw(t, main, "POST", url, raw, nil); r.Status != 200 {
 		t.Fatalf("change password: HTTP %d %s", r.Status, r.Raw)
 	}

@@ -161,3 +161,20 @@ func TestRoomFedKnockRefused(t *testing.T) {
 		t.Fatalf("make_knock for another server's user: %v, want 403", err)
 	}
 }
+
+// TestRoomFedRestrictedRefusedIs403: a remote join refused by the resident
+// server of a restricted room (400 M_UNABLE_TO_AUTHORISE_JOIN there) is a
+// 403 M_FORBIDDEN for the client, not a 502 as if A were unreachable.
+func TestRoomFedRestrictedRefusedIs403(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	space := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10"})
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10",
+		InitialState: []*event.Event{{Type: event.StateJoinRules, StateKey: new(string), Content: event.Content{Raw: map[string]any{
+			"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": space.String()}},
+		}}}}})
+	_, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
+	wantMatrixErr(t, err, 403, "M_FORBIDDEN")
+}

@@ -270,14 +270,17 @@ func (e *Engine) checkAll(version, roomID string, list []json.RawMessage) ([]*ro
 func remoteErr(err error) error {
 	var re *federation.RemoteError
 	if errors.As(err, &re) {
-		switch re.Status {
-		case http.StatusForbidden:
-			return fmt.Errorf("%w: %v", room.ErrForbidden, err)
-		case http.StatusNotFound:
-			return fmt.Errorf("%w: %v", room.ErrRoomNotFound, err)
-		}
-		if re.Code == "M_INCOMPATIBLE_ROOM_VERSION" {
+		switch {
+		case re.Code == "M_INCOMPATIBLE_ROOM_VERSION":
 			return fmt.Errorf("%w: %v", room.ErrUnsupported, err)
+		case re.Status == http.StatusNotFound:
+			return fmt.Errorf("%w: %v", room.ErrRoomNotFound, err)
+		case re.Status >= 400 && re.Status < 500:
+			// 403, and the 400s of restricted rooms
+			// (M_UNABLE_TO_AUTHORISE_JOIN, M_UNABLE_TO_GRANT_JOIN): the
+			// resident server refuses; the client is told so (403), not
+			// that the server was unreachable (502).
+			return fmt.Errorf("%w: %v", room.ErrForbidden, err)
 		}
 	}
 	return err

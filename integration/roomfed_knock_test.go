@@ -170,10 +170,10 @@ func TestRoomFedRestrictedRefusedIs403(t *testing.T) {
 	a, b := startRFNode(t, ca), startRFNode(t, ca)
 	alice := a.register(t, "alice")
 	bob := b.register(t, "bob")
-	space := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10"})
+	// The allowed room is one A is not in: A cannot authorise the join.
 	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10",
 		InitialState: []*event.Event{{Type: event.StateJoinRules, StateKey: new(string), Content: event.Content{Raw: map[string]any{
-			"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": space.String()}},
+			"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": "!elsewhere:example.org"}},
 		}}}}})
 	_, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
 	wantMatrixErr(t, err, 403, "M_FORBIDDEN")

@@ -169,6 +169,11 @@ func TestRoomCreateOptions(t *testing.T) {
 	if create["m.federate"] != false || create["type"] != "org.example.lobby" || create["room_version"] != "12" {
 		t.Errorf("create content = %v", create)
 	}
+	// v12: upgrading (a tombstone) needs more than state_default and than
+	// any listed user; 150, as in the spec's example and Synapse.
+	if events, _ := stateOf(t, alice, roomID, "m.room.power_levels", "")["events"].(map[string]any); events["m.room.tombstone"] != float64(150) {
+		t.Errorf("v12 tombstone level = %v, want 150", events["m.room.tombstone"])
+	}
 	// initial_state replaces the preset's history visibility and is applied as given.
 	if got := stateOf(t, alice, roomID, "m.room.history_visibility", "")["history_visibility"]; got != "joined" {
 		t.Errorf("history_visibility = %v", got)

@@ -214,6 +214,12 @@ func (s *Service) powerLevels(rv id.RoomVersion, o CreateOptions) map[string]any
 		"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
 		"m.room.server_acl": 100, "m.room.encryption": 100,
 	}
+	if rv.PrivilegedRoomCreators() {
+		// v12+: tombstones must need more than state_default (the spec's
+		// createRoom); 150, as its example and Synapse have it, keeps
+		// upgrades to the creators, who alone are above 100.
+		events["m.room.tombstone"] = 150
+	}
 	pl := map[string]any{
 		"users": users, "users_default": 0, "events": events, "events_default": 0,
 		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,

@@ -85,6 +85,7 @@ type destQueue struct {
 	retryAt          time.Time
 	lastErr          string
 	lastSuccess      time.Time
+	lastLatency      time.Duration // of the last accepted transaction
 	txns, pdus, edus uint64
 	dropped          uint64
 }
@@ -290,7 +291,9 @@ func (q *Queue) run(ctx context.Context, dest string, dq *destQueue) {
 			var resp struct {
 				PDUs map[string]pduResult `json:"pdus"`
 			}
+			sent := q.now()
 			err = q.client.Put(ctx, dest, "/_matrix/federation/v1/send/"+url.PathEscape(fl.TxnID), fl.Body, &resp)
+			latency := q.now().Sub(sent)
 			if err == nil || permanent(err) {
 				if err != nil {
 					q.log.Warn("transaction refused; dropping it", "destination", dest, "txn_id", fl.TxnID, "pdus", fl.PDUs, "edus", fl.EDUs, "err", err)
@@ -305,7 +308,7 @@ func (q *Queue) run(ctx context.Context, dest string, dq *destQueue) {
 				} else {
 					q.mu.Lock()
 					dq.inFlight, dq.failures, dq.retryAt, dq.lastErr = false, 0, time.Time{}, ""
-					dq.lastSuccess = q.now()
+					dq.lastSuccess, dq.lastLatency = q.now(), latency
 					dq.txns++
 					dq.pdus += uint64(fl.PDUs)
 					dq.edus += uint64(fl.EDUs)
@@ -444,17 +447,20 @@ func newTxnID(now time.Time) string {
 // DestinationStatus is the state of one destination's queue, for `edge
 // status` and metrics.
 type DestinationStatus struct {
-	Destination      string    `json:"destination"`
-	Pending          int       `json:"pending"`
-	InFlight         bool      `json:"in_flight"`
-	Failures         int       `json:"failures"`
-	RetryAt          time.Time `json:"retry_at,omitzero"`
-	LastError        string    `json:"last_error,omitempty"`
-	LastSuccess      time.Time `json:"last_success,omitzero"`
-	SentTransactions uint64    `json:"sent_transactions"`
-	SentPDUs         uint64    `json:"sent_pdus"`
-	SentEDUs         uint64    `json:"sent_edus"`
-	Dropped          uint64    `json:"dropped"`
+	Destination string    `json:"destination"`
+	Pending     int       `json:"pending"`
+	InFlight    bool      `json:"in_flight"`
+	Failures    int       `json:"failures"`
+	RetryAt     time.Time `json:"retry_at,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	// LastLatencyMS is how long the last accepted transaction took, in
+	// milliseconds (0 before one).
+	LastLatencyMS    float64 `json:"last_latency_ms,omitempty"`
+	SentTransactions uint64  `json:"sent_transactions"`
+	SentPDUs         uint64  `json:"sent_pdus"`
+	SentEDUs         uint64  `json:"sent_edus"`
+	Dropped          uint64  `json:"dropped"`
 }
 
 // Status reports every destination with queued items or activity since start.
@@ -481,6 +487,7 @@ func (q *Queue) Status() []DestinationStatus {
 		if dq := q.dests[name]; dq != nil {
 			st.InFlight, st.Failures, st.RetryAt, st.LastError, st.LastSuccess = dq.inFlight, dq.failures, dq.retryAt, dq.lastErr, dq.lastSuccess
 			st.SentTransactions, st.SentPDUs, st.SentEDUs, st.Dropped = dq.txns, dq.pdus, dq.edus, dq.dropped
+			st.LastLatencyMS = float64(dq.lastLatency.Microseconds()) / 1000
 		}
 		out = append(out, st)
 	}

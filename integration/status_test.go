@@ -118,7 +118,7 @@ func TestStatusHealthyNode(t *testing.T) {
 	if len(rep.Notaries) != 1 || !rep.Notaries[0].Match || rep.Notaries[0].Keys[key] == "" {
 		t.Fatalf("notary: %+v", rep.Notaries)
 	}
-	if lv := rep.LocalView; lv == nil || !lv.Known || lv.LastSuccess.IsZero() || lv.SentTransactions == 0 || lv.Failures != 0 {
+	if lv := rep.LocalView; lv == nil || !lv.Known || lv.LastSuccess.IsZero() || lv.SentTransactions == 0 || lv.Failures != 0 || lv.LastLatencyMS <= 0 {
 		t.Fatalf("b's view of a: %+v", rep.LocalView)
 	}
 	var text strings.Builder

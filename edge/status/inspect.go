@@ -635,7 +635,8 @@ func (in *inspector) localView(ctx context.Context) {
 	for _, d := range peers {
 		if d.Destination == in.rep.ServerName {
 			*lv = LocalView{Known: true, Pending: d.Pending, InFlight: d.InFlight, Failures: d.Failures, RetryAt: d.RetryAt,
-				LastError: d.LastError, LastSuccess: d.LastSuccess, SentTransactions: d.SentTransactions, Dropped: d.Dropped}
+				LastError: d.LastError, LastSuccess: d.LastSuccess, SentTransactions: d.SentTransactions, Dropped: d.Dropped,
+				LastLatencyMS: d.LastLatencyMS}
 		}
 	}
 	if lv.Known && lv.Failures > 0 {

@@ -214,5 +214,8 @@ type LocalView struct {
 	LastSuccess      time.Time `json:"last_success,omitzero"`
 	SentTransactions uint64    `json:"sent_transactions"`
 	Dropped          uint64    `json:"dropped"`
-	Error            string    `json:"error,omitempty"`
+	// LastLatencyMS is how long the node's last accepted transaction to
+	// the server took.
+	LastLatencyMS float64 `json:"last_latency_ms,omitempty"`
+	Error         string  `json:"error,omitempty"`
 }

@@ -154,6 +154,9 @@ func WriteText(w io.Writer, r *Report) {
 			line := fmt.Sprintf("  this node: %d pending, %d transactions sent, %d failures", lv.Pending, lv.SentTransactions, lv.Failures)
 			if !lv.LastSuccess.IsZero() {
 				line += ", last success " + lv.LastSuccess.UTC().Format(time.RFC3339)
+				if lv.LastLatencyMS > 0 {
+					line += fmt.Sprintf(" (%.1f ms)", lv.LastLatencyMS)
+				}
 			}
 			if lv.LastError != "" {
 				line += ", last error " + lv.LastError

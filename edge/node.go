@@ -125,8 +125,32 @@ func (n *Node) onEvent(ev *room.Event) {
 	keys := []string{notify.RoomKey(ev.RoomID)}
 	if ev.Type == "m.room.member" && ev.StateKey != nil {
 		keys = append(keys, notify.UserKey(*ev.StateKey))
+		if strings.HasSuffix(*ev.StateKey, ":"+n.Config.ServerName) && n.newJoin(ev) {
+			// A write of its own: this runs inside the store's commit.
+			go n.Client.AnnounceDevicesOnJoin(ev.RoomID, *ev.StateKey)
+		}
 	}
 	n.Notifier.Notify(keys...)
+}
+
+// newJoin tells whether a member event joins its user to the room (rather
+// than keeping a join, as a display-name change does).
+func (n *Node) newJoin(ev *room.Event) bool {
+	if ev.Membership() != "join" || ev.StateBefore == 0 {
+		return ev.Membership() == "join"
+	}
+	was := ""
+	_ = n.Store.View(func(tx *store.Tx) error {
+		st, err := n.Rooms.State(tx, ev.StateBefore)
+		if err != nil {
+			return err
+		}
+		if prev, _ := n.Rooms.StateEvent(tx, st, "m.room.member", *ev.StateKey); prev != nil {
+			was = prev.Membership()
+		}
+		return nil
+	})
+	return was != "join"
 }
 
 // Handler serves every API of the node: discovery, the server-server API

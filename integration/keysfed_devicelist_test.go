@@ -359,3 +359,32 @@ func TestKeysFedDeviceListStale(t *testing.T) {
 		t.Fatal("the refreshed list was not answered from the cache")
 	}
 }
+
+// TestKeysFedDevicesAnnouncedOnJoin: when alice (A) joins a room on B,
+// whose server shares no other room with her, A sends B her devices
+// (m.device_list_update) — before anyone on B asks for her keys — and a
+// display-name change afterwards (a join after a join) sends none.
+func TestKeysFedDevicesAnnouncedOnJoin(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	roomID := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	stats := keysfed.StatsFor(b.Name)
+	heard := func() int64 { return stats.Applied.Load() + stats.Gaps.Load() + stats.Resyncs.Load() }
+	before := heard()
+	if _, err := alice.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "B to hear of alice's devices", func() bool { return heard() > before })
+	// A display-name change is a join after a join: no new announcement.
+	time.Sleep(500 * time.Millisecond) // let the join's announcement settle
+	settled := heard()
+	if err := alice.SetDisplayName(ctxT(t), "Alice A."); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if now := heard(); now != settled {
+		t.Errorf("a display-name change announced alice's devices again (%d → %d)", settled, now)
+	}
+}

@@ -23,7 +23,16 @@ func keysFedPair(t *testing.T) (a, b *rfNode, alice, bob *e2eeDevice, roomID id.
 		t.Fatalf("alice enables encryption: %v", err)
 	}
 	bs.until(t, "m.room.encryption", rfHasEvent(event.StateEncryption.Type, func(*event.Event) bool { return true }))
-	return a, b, newE2EEDevice(t, as.c), newE2EEDevice(t, bs.c), roomID
+	alice, bob = newE2EEDevice(t, as.c), newE2EEDevice(t, bs.c)
+	// Each server announced its user's device on joining, before its keys
+	// were uploaded; device lists are eventually consistent, so wait until
+	// each side's answer has the other's uploaded device.
+	for _, p := range [][2]*e2eeDevice{{alice, bob}, {bob, alice}} {
+		keysFedEventually(t, fmt.Sprintf("%s to see %s's device keys", p[0].UserID, p[1].UserID), func() bool {
+			return len(e2eeQuery(t, p[0].Client, p[1].UserID).DeviceKeys[p[1].UserID][p[1].DeviceID].Keys) > 0
+		})
+	}
+	return a, b, alice, bob, roomID
 }
 
 // keysFedEventually retries f until it returns true or 20 s pass.

@@ -284,6 +284,12 @@ func (s *Server) remoteServersOf(tx *store.Tx, userID string) []string {
 // sendDeviceListUpdate tells every server sharing a room with userID that
 // one of its devices changed (m.device_list_update), inside tx.
 func (s *Server) sendDeviceListUpdate(tx *store.Tx, userID, deviceID string, deleted bool) {
+	s.sendDeviceListUpdateTo(tx, s.remoteServersOf(tx, userID), userID, deviceID, deleted)
+}
+
+// sendDeviceListUpdateTo sends one device's m.device_list_update to dests
+// with the user's next stream id, inside tx.
+func (s *Server) sendDeviceListUpdateTo(tx *store.Tx, dests []string, userID, deviceID string, deleted bool) {
 	f := s.e2eeFed()
 	if f == nil {
 		return
@@ -291,7 +297,6 @@ func (s *Server) sendDeviceListUpdate(tx *store.Tx, userID, deviceID string, del
 	prev := devListStreamID(tx, userID)
 	streamID := tx.NextPos()
 	tx.PutKV(nsDevListStream, userID, []byte(strconv.FormatUint(streamID, 10)))
-	dests := s.remoteServersOf(tx, userID)
 	if len(dests) == 0 {
 		return
 	}
@@ -311,6 +316,49 @@ func (s *Server) sendDeviceListUpdate(tx *store.Tx, userID, deviceID string, del
 	}
 	for _, d := range dests {
 		f.SendEDUTx(tx, d, "m.device_list_update", content)
+	}
+}
+
+// AnnounceDevicesOnJoin sends a local user's devices (m.device_list_update)
+// to the servers of a room the user has just joined that share no other
+// room with them — the spec's "when that user joins a room which contains
+// servers which are not already receiving updates for that user's device
+// list". The node calls it for every new join (not for a join after a
+// join, e.g. a display name change), outside any transaction.
+func (s *Server) AnnounceDevicesOnJoin(roomID, userID string) {
+	if s.e2eeFed() == nil || !s.isLocalUser(userID) {
+		return
+	}
+	err := s.Store.Write(func(tx *store.Tx) error {
+		already := map[string]bool{}
+		ms, _ := tx.Memberships(userID)
+		for _, m := range ms {
+			if m.Membership == "join" && m.RoomID != roomID {
+				for _, srv := range s.otherServersIn(tx, m.RoomID) {
+					already[srv] = true
+				}
+			}
+		}
+		var dests []string
+		for _, srv := range s.otherServersIn(tx, roomID) {
+			if !already[srv] {
+				dests = append(dests, srv)
+			}
+		}
+		if len(dests) == 0 {
+			return nil
+		}
+		devices, err := tx.Devices(userID)
+		if err != nil {
+			return err
+		}
+		for _, d := range devices {
+			s.sendDeviceListUpdateTo(tx, dests, userID, d.DeviceID, false)
+		}
+		return nil
+	})
+	if err != nil {
+		s.Log.Warn("announcing devices to a joined room's servers", "room_id", roomID, "user_id", userID, "err", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"edge/edge/room"
 	"edge/edge/store"
 )
 
@@ -239,3 +241,23 @@ func rfRoomSnapshot(t *testing.T, n *rfNode, roomID id.RoomID) (map[string]strin
 }
 
 func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
+
+// TestRoomFedRedactionBeforeTarget: B's redaction of its own message
+// reaches A before the message; when the message arrives, A strips it.
+func TestRoomFedRedactionBeforeTarget(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, _, bob, roomID := rfJoinedPair(t, ca, "10")
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	msg, msgID := h.forge(hostileMessage(bob.c.UserID.String(), "regretted"), nil)
+	red, redID := h.forge(room.Proto{Type: "m.room.redaction", Sender: bob.c.UserID.String(), Content: json.RawMessage(`{}`), Redacts: msgID}, nil)
+	if verdict := h.send(red, redID); verdict != "" {
+		t.Fatalf("the redaction: %q", verdict)
+	}
+	if verdict := h.send(msg, msgID); verdict != "" {
+		t.Fatalf("the message: %q", verdict)
+	}
+	ev, _ := rfStateEventByID(t, a, msgID)
+	if string(ev.Content) != "{}" {
+		t.Fatalf("A kept the content %s of a message redacted before it arrived", ev.Content)
+	}
+}

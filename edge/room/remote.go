@@ -191,16 +191,8 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
 		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
 	}
-	if ev.Type == "m.room.redaction" && ev.Redacts != "" {
-		ok, err := s.mayRedact(tx, before, ev)
-		if err != nil {
-			return err
-		}
-		if ok {
-			if err := s.applyRedaction(tx, r, ev); err != nil {
-				return err
-			}
-		}
+	if err := s.redactions(tx, r, ev); err != nil {
+		return err
 	}
 	tx.OnCommit(func() {
 		s.events.Add(ev.NID, ev)
@@ -212,19 +204,72 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 	return nil
 }
 
-// mayRedact applies the spec's rule for a received redaction (rooms v3+;
-// the auth rules let any member send one): it strips its target when the
-// sender has the redact power level in the state before it, or when
-// target and redaction come from the same server.
-func (s *Service) mayRedact(tx *store.Tx, before *State, red *Event) (bool, error) {
-	target, err := s.EventByID(tx, red.Redacts)
-	if errors.Is(err, ErrEventNotFound) {
-		return false, nil // not seen yet: nothing to strip
-	} else if err != nil {
-		return false, err
+// nsPendingRedactions holds redactions whose target has not arrived yet:
+// target event ID → redaction event ID.
+const nsPendingRedactions = "room_pending_redactions"
+
+// redactions applies what a newly stored event ev brings: as a redaction,
+// it strips its target, or waits for it when the target is unknown; as
+// the target of a redaction that came first, it is stripped now.
+func (s *Service) redactions(tx *store.Tx, r *store.Room, ev *Event) error {
+	if ev.Type == "m.room.redaction" && ev.Redacts != "" {
+		target, err := s.EventByID(tx, ev.Redacts)
+		if errors.Is(err, ErrEventNotFound) {
+			tx.PutKV(nsPendingRedactions, ev.Redacts, []byte(ev.ID))
+		} else if err != nil {
+			return err
+		} else if ok, err := s.mayRedact(tx, ev, target); err != nil {
+			return err
+		} else if ok {
+			if err := s.applyRedaction(tx, r, ev); err != nil {
+				return err
+			}
+		}
 	}
-	if domainOf(target.Sender) == domainOf(red.Sender) {
+	redID, err := tx.GetKV(nsPendingRedactions, ev.ID)
+	if err != nil {
+		return nil // none waiting
+	}
+	tx.DeleteKV(nsPendingRedactions, ev.ID)
+	red, err := s.EventByID(tx, string(redID))
+	if err != nil || red.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
+		return nil
+	}
+	if ok, err := s.mayRedact(tx, red, ev); err != nil || !ok {
+		return err
+	}
+	if err := s.applyRedaction(tx, r, red); err != nil {
+		return err
+	}
+	// ev is not shared yet (the caller caches it when tx commits): make
+	// it the stored, redacted form.
+	se, err := tx.Event(ev.NID)
+	if err != nil {
+		return err
+	}
+	p, err := ParseEvent(r.Version, se.JSON, ev.ID)
+	if err != nil {
+		return err
+	}
+	ev.Raw, ev.Content, ev.Flags = p.Raw, p.Content, se.Flags
+	return nil
+}
+
+// mayRedact is the spec's rule for applying a redaction to its target
+// (rooms v3+: the auth rules let any member send one): the client API
+// checked our own users' redactions; another server's apply when target
+// and redaction come from the same server, or when the sender has the
+// redact power level in the state before the redaction.
+func (s *Service) mayRedact(tx *store.Tx, red, target *Event) (bool, error) {
+	if target.RoomID != red.RoomID {
+		return false, nil
+	}
+	if isLocal(red.Sender, s.signer.ServerName) || domainOf(target.Sender) == domainOf(red.Sender) {
 		return true, nil
+	}
+	before, err := s.states.load(tx, red.StateBefore)
+	if err != nil {
+		return false, err
 	}
 	pl, err := s.PowerLevels(tx, before)
 	if err != nil {

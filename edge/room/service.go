@@ -375,10 +375,8 @@ func (s *Service) persist(tx *store.Tx, r *store.Room, st *State, ev *Event) err
 	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
 		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
 	}
-	if ev.Type == "m.room.redaction" && ev.Redacts != "" {
-		if err := s.applyRedaction(tx, r, ev); err != nil {
-			return err
-		}
+	if err := s.redactions(tx, r, ev); err != nil {
+		return err
 	}
 	if s.InTx != nil {
 		if err := s.InTx(tx, ev); err != nil {

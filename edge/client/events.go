@@ -85,12 +85,16 @@ func (s *Server) sendEvent(sess *Session, roomID string, p room.Proto, txnID str
 // the room's redact power level.
 func (s *Server) checkRedact(tx *store.Tx, roomID, userID, target string) error {
 	ev, err := s.Rooms.EventByID(tx, target)
-	if errors.Is(err, room.ErrEventNotFound) || (err == nil && ev.RoomID != roomID) {
+	// An event this server never received may still exist elsewhere in
+	// the room: one with the redact level may redact it (Synapse sends
+	// such a redaction too); anyone else is told it is not found.
+	unseen := errors.Is(err, room.ErrEventNotFound)
+	if err == nil && ev.RoomID != roomID {
 		return errNotFound("Event not found")
-	} else if err != nil {
+	} else if err != nil && !unseen {
 		return err
 	}
-	if ev.Sender == userID {
+	if !unseen && ev.Sender == userID {
 		return nil
 	}
 	_, st, err := s.roomState(tx, roomID)
@@ -102,6 +106,9 @@ func (s *Server) checkRedact(tx *store.Tx, roomID, userID, target string) error 
 		return err
 	}
 	if pl.UserLevel(userID) < pl.Redact() {
+		if unseen {
+			return errNotFound("Event not found")
+		}
 		return errForbidden("You may not redact other users' events")
 	}
 	return nil
@@ -129,8 +136,18 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 	}
 	var eventID string
 	err = s.Store.Write(func(tx *store.Tx) error {
-		if _, _, err := s.requireJoined(tx, roomID, sess.UserID); err != nil && evType != "m.room.member" {
+		_, st, err := s.requireJoined(tx, roomID, sess.UserID)
+		if err != nil && evType != "m.room.member" {
 			return err
+		}
+		// Setting the same state again is a no-op answering the current
+		// event (Synapse, sytest "Setting state twice is idempotent").
+		// Membership changes keep their own semantics.
+		if st != nil && evType != "m.room.member" {
+			if cur, err := s.Rooms.StateEvent(tx, st, evType, stateKey); err == nil && cur != nil && cur.Sender == sess.UserID && sameJSON(cur.Content, content) {
+				eventID = cur.ID
+				return nil
+			}
 		}
 		if evType == "m.room.canonical_alias" {
 			if err := s.checkCanonicalAlias(tx, roomID, content); err != nil {
@@ -190,7 +207,8 @@ func (s *Server) viewState(tx *store.Tx, roomID, userID string) (*room.State, er
 		return st, nil
 	}
 	m, err := tx.Membership(userID, roomID)
-	if err == nil && (m.Membership == "leave" || m.Membership == "ban") {
+	// Forgetting a room gives up its history (spec: POST /forget).
+	if err == nil && !m.Forgotten && (m.Membership == "leave" || m.Membership == "ban") {
 		ev, err := s.Rooms.Event(tx, m.Event)
 		if err != nil {
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 
 	"edge/edge/filter"
@@ -30,6 +31,17 @@ type roomEventFilter struct {
 	Limit                   int
 	LazyLoadMembers         bool
 	IncludeRedundantMembers bool
+	// rel_types / not_rel_types (MSC3874, also under its unstable prefix),
+	// which edge/filter does not know: only /messages and /context use them.
+	relTypes, notRelTypes []string
+}
+
+// relFilter is the MSC3874 part of a RoomEventFilter.
+type relFilter struct {
+	RelTypes            []string `json:"rel_types"`
+	NotRelTypes         []string `json:"not_rel_types"`
+	UnstableRelTypes    []string `json:"org.matrix.msc3874.rel_types"`
+	UnstableNotRelTypes []string `json:"org.matrix.msc3874.not_rel_types"`
 }
 
 func parseFilterParam(param string) (*roomEventFilter, error) {
@@ -44,6 +56,12 @@ func parseFilterParam(param string) (*roomEventFilter, error) {
 	if err := json.Unmarshal([]byte(param), &f); err != nil {
 		return nil, errBadJSON("Invalid filter: %s", jsonMessage(err))
 	}
+	var rf relFilter
+	if err := json.Unmarshal([]byte(param), &rf); err != nil {
+		return nil, errBadJSON("Invalid filter: %s", jsonMessage(err))
+	}
+	out.relTypes = append(rf.RelTypes, rf.UnstableRelTypes...)
+	out.notRelTypes = append(rf.NotRelTypes, rf.UnstableNotRelTypes...)
 	out.f = &f
 	out.Limit = f.EffectiveLimit(0, maxPageLimit)
 	out.LazyLoadMembers, out.IncludeRedundantMembers = f.LazyLoad()
@@ -51,7 +69,19 @@ func parseFilterParam(param string) (*roomEventFilter, error) {
 }
 
 func (f *roomEventFilter) matchRoomEvent(ev *room.Event) bool {
-	return f.f == nil || f.f.Match(eventView(ev))
+	if f.f != nil && !f.f.Match(eventView(ev)) {
+		return false
+	}
+	if len(f.relTypes) == 0 && len(f.notRelTypes) == 0 {
+		return true
+	}
+	relType, _ := relationOf(ev.Content)
+	if relType != "" && slices.Contains(f.notRelTypes, relType) {
+		return false
+	}
+	// rel_types keeps only events with one of the relations, so none
+	// without a relation.
+	return len(f.relTypes) == 0 || (relType != "" && slices.Contains(f.relTypes, relType))
 }
 
 // loadFilter resolves /sync's filter parameter: inline JSON or a stored ID.

@@ -127,7 +127,7 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 			join = ev
 		}
 	}
-	state, chain, err := e.verifyJoinState(version, roomID, sj)
+	state, chain, err := e.verifyJoinState(version, roomID, join, sj)
 	if err != nil {
 		return err
 	}
@@ -173,31 +173,25 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 
 // verifyJoinState checks the state and auth chain of a send_join answer:
 // every event's format, signature and content hash (redacted on
-// mismatch), and its auth against its auth_events within the answer; the
-// state must hold the room's create event of the expected version.
-// Events failing auth are dropped from the state.
-func (e *Engine) verifyJoinState(version, roomID string, sj sendJoinResp) (state, chain []*room.Event, err error) {
+// mismatch), and its auth against its auth_events within the answer.
+// Events failing a check are dropped, and with them the events they
+// authorise (as Synapse does: a resident server's bad side events must
+// not make the room unjoinable). What cannot be dropped: the room's
+// create event, of the expected version, and the join's own auth events.
+func (e *Engine) verifyJoinState(version, roomID string, join *room.Event, sj sendJoinResp) (state, chain []*room.Event, err error) {
 	all := map[string]*room.Event{}
-	parse := func(list []json.RawMessage) ([]*room.Event, error) {
-		checked, err := e.checkAll(version, roomID, list)
-		if err != nil {
-			return nil, err
-		}
+	parse := func(list []json.RawMessage) []*room.Event {
 		out := make([]*room.Event, 0, len(list))
-		for _, ev := range checked {
+		for _, ev := range e.checkAll(version, roomID, list) {
 			if all[ev.ID] == nil {
 				all[ev.ID] = ev
 			}
 			out = append(out, all[ev.ID])
 		}
-		return out, nil
+		return out
 	}
-	if chain, err = parse(sj.AuthChain); err != nil {
-		return nil, nil, fmt.Errorf("send_join auth chain: %w", err)
-	}
-	if state, err = parse(sj.State); err != nil {
-		return nil, nil, fmt.Errorf("send_join state: %w", err)
-	}
+	chain = parse(sj.AuthChain)
+	state = parse(sj.State)
 	// Authorise oldest first so each event's auth events were judged.
 	ordered := make([]*room.Event, 0, len(all))
 	for _, ev := range all {
@@ -219,6 +213,11 @@ func (e *Engine) verifyJoinState(version, roomID string, sj sendJoinResp) (state
 	}
 	state = slices.DeleteFunc(state, func(ev *room.Event) bool { return rejected[ev.ID] })
 	chain = slices.DeleteFunc(chain, func(ev *room.Event) bool { return rejected[ev.ID] })
+	for _, aid := range join.AuthEvents {
+		if _, err := lookup(aid); err != nil {
+			return nil, nil, fmt.Errorf("%w: send_join answer lacks a valid %s, an auth event of the join", room.ErrBadEvent, aid)
+		}
+	}
 	var create *room.Event
 	for _, ev := range state {
 		if ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" {
@@ -241,9 +240,10 @@ func (e *Engine) verifyJoinState(version, roomID string, sj sendJoinResp) (state
 	return state, chain, nil
 }
 
-// checkAll runs check on every event on every core: a join into a big
-// room is bound by the signatures to verify, one per event.
-func (e *Engine) checkAll(version, roomID string, list []json.RawMessage) ([]*room.Event, error) {
+// checkAll runs check on every event on every core (a join into a big
+// room is bound by the signatures to verify, one per event) and returns
+// those passing, in order; the others are logged and left out.
+func (e *Engine) checkAll(version, roomID string, list []json.RawMessage) []*room.Event {
 	out := make([]*room.Event, len(list))
 	errs := make([]error, len(list))
 	workers := min(runtime.GOMAXPROCS(0), max(1, len(list)/64))
@@ -257,12 +257,19 @@ func (e *Engine) checkAll(version, roomID string, list []json.RawMessage) ([]*ro
 		})
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
+	kept := out[:0]
+	for i, ev := range out {
+		if errs[i] != nil || ev == nil {
+			eventID := ""
+			if ev != nil {
+				eventID = ev.ID
+			}
+			e.log.Info("send_join answer holds an invalid event; dropped", "event_id", eventID, "err", errs[i])
+			continue
 		}
+		kept = append(kept, ev)
 	}
-	return out, nil
+	return kept
 }
 
 // remoteErr maps a resident server's refusal to the room layer's errors,

@@ -31,12 +31,16 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet -tags goolm $(PKGS)
+	cd bench/stateres && $(GO) vet ./...
 
 # integration/dendrite_test.go federates with a real Dendrite: it fails
 # (never skips) when EDGE_DENDRITE_BIN does not name one.
 # integration/acme_test.go likewise needs Pebble (EDGE_PEBBLE_BIN).
 unit: dendrite pebble
 	EDGE_DENDRITE_BIN=$(CURDIR)/.cache/bin/dendrite EDGE_PEBBLE_BIN=$(CURDIR)/.cache/bin/pebble $(GO) test -tags goolm -count=1 -timeout 20m $(PKGS)
+	@# edge's state resolution gives gomatrixserverlib's answer on a 10k-member
+	@# forked room (a module of its own, so gomatrixserverlib stays out of go.mod).
+	cd bench/stateres && $(GO) test -count=1 -run TestSameResolvedState .
 
 cross:
 	@mkdir -p dist

@@ -363,10 +363,13 @@ func TestKeysFedDeviceListStale(t *testing.T) {
 // TestKeysFedDevicesAnnouncedOnJoin: when alice (A) joins a room on B,
 // whose server shares no other room with her, A sends B her devices
 // (m.device_list_update) — before anyone on B asks for her keys — and a
-// display-name change afterwards (a join after a join) sends none.
+// display-name change afterwards (a join after a join) sends none. (A
+// faster join announces nothing: see AnnounceDevicesOnJoin; A joins in
+// full here.)
 func TestKeysFedDevicesAnnouncedOnJoin(t *testing.T) {
 	ca := newRFCA(t)
-	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	a := startRFNode(t, ca, func(c *config.Config) { c.Federation.FasterJoins = false })
+	b := startRFNode(t, ca)
 	alice := a.register(t, "alice")
 	bob := b.register(t, "bob")
 	roomID := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "public_chat"})

@@ -112,26 +112,41 @@ func (e *Engine) fetchStateAt(ctx context.Context, srv, version, roomID, eventID
 	if err != nil {
 		return ids, err
 	}
-	var raws []json.RawMessage
-	if len(unknown) > stateFetchAbove {
-		var st struct {
-			PDUs      []json.RawMessage `json:"pdus"`
-			AuthChain []json.RawMessage `json:"auth_chain"`
-		}
-		if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, &st); err != nil {
-			return ids, err
-		}
-		raws = append(st.AuthChain, st.PDUs...)
-	} else {
-		for _, eid := range unknown {
-			var one struct {
-				PDUs []json.RawMessage `json:"pdus"`
-			}
-			if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/event/"+url.PathEscape(eid), &one); err != nil {
-				return ids, fmt.Errorf("event %s: %w", eid, err)
-			}
-			raws = append(raws, one.PDUs...)
-		}
+	if len(unknown) <= stateFetchAbove {
+		return ids, e.fetchEvents(ctx, srv, version, roomID, unknown)
 	}
-	return ids, e.storeFetched(version, roomID, raws, wanted)
+	var st struct {
+		PDUs      []json.RawMessage `json:"pdus"`
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, &st); err != nil {
+		return ids, err
+	}
+	return ids, e.storeFetched(version, roomID, append(st.AuthChain, st.PDUs...), wanted)
+}
+
+// fetchEvents fetches from srv, checks and stores as outliers the events
+// among ids that we do not hold.
+func (e *Engine) fetchEvents(ctx context.Context, srv, version, roomID string, ids []string) error {
+	wanted := map[string]bool{}
+	var raws []json.RawMessage
+	for _, eid := range ids {
+		var known bool
+		_ = e.store.View(func(tx *store.Tx) error { _, err := tx.EventNID(eid); known = err == nil; return nil })
+		if known {
+			continue
+		}
+		var one struct {
+			PDUs []json.RawMessage `json:"pdus"`
+		}
+		if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/event/"+url.PathEscape(eid), &one); err != nil {
+			return fmt.Errorf("event %s: %w", eid, err)
+		}
+		wanted[eid] = true
+		raws = append(raws, one.PDUs...)
+	}
+	if len(raws) == 0 {
+		return nil
+	}
+	return e.storeFetched(version, roomID, raws, wanted)
 }

@@ -334,12 +334,41 @@ func (e *Engine) resync(log *slog.Logger, ps *store.PartialState) error {
 // resyncFrom fetches the state before ps's join from srv, stores the
 // events we lack and completes the room's state.
 func (e *Engine) resyncFrom(ctx context.Context, log *slog.Logger, srv, version string, ps *store.PartialState) error {
-	ids, err := e.fetchStateAt(ctx, srv, version, ps.RoomID, ps.JoinEvent)
+	// The state before the join is the state after its prev event: ask
+	// for the state at that event (the resident server knows it; it may
+	// not have kept our join yet — Synapse asks the same way) and add the
+	// prev event itself. A join citing several prev events is asked
+	// about directly.
+	at, prev := ps.JoinEvent, ""
+	var join *room.Event
+	_ = e.store.View(func(tx *store.Tx) error {
+		join, _ = e.rooms.EventByID(tx, ps.JoinEvent)
+		return nil
+	})
+	if join != nil && len(join.PrevEvents) == 1 {
+		at, prev = join.PrevEvents[0], join.PrevEvents[0]
+	}
+	ids, err := e.fetchStateAt(ctx, srv, version, ps.RoomID, at)
 	if err != nil {
 		return err
 	}
-	log.Info("partial-state resync: state fetched", "server", srv, "state", len(ids.PDUs), "auth_chain", len(ids.AuthChain))
-	return e.completeState(log, ps, ids.PDUs)
+	state := ids.PDUs
+	if prev != "" {
+		if err := e.fetchEvents(ctx, srv, version, ps.RoomID, []string{prev}); err != nil {
+			return err
+		}
+		var isState bool
+		_ = e.store.View(func(tx *store.Tx) error {
+			ev, err := e.rooms.EventByID(tx, prev)
+			isState = err == nil && ev.IsState()
+			return nil
+		})
+		if isState {
+			state = append(slices.Clip(state), prev) // last: it wins its key
+		}
+	}
+	log.Info("partial-state resync: state fetched", "server", srv, "at", at, "state", len(state), "auth_chain", len(ids.AuthChain))
+	return e.completeState(log, ps, state)
 }
 
 // storeFetched checks and stores, oldest first and a chunk per

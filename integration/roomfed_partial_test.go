@@ -260,6 +260,10 @@ func TestRoomFedPartialJoin(t *testing.T) {
 	if err := c.Fed.Client.Get(ctxT(t), b.Name, path, nil); !errors.As(err, &re) || re.Status != http.StatusNotFound {
 		t.Fatalf("make_join of a partial room: %v, want 404", err)
 	}
+	path = "/_matrix/federation/v1/make_knock/" + url.PathEscape(roomID.String()) + "/" + url.PathEscape("@carl:"+c.Name) + "?ver=12"
+	if err := c.Fed.Client.Get(ctxT(t), b.Name, path, nil); !errors.As(err, &re) || re.Status != http.StatusNotFound {
+		t.Fatalf("make_knock of a partial room: %v, want 404", err)
+	}
 
 	// /members waits for the full state (as in Synapse) rather than
 	// answering with the members B happens to know.

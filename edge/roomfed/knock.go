@@ -27,6 +27,9 @@ import (
 // rules let the user knock (the join rule is knock or knock_restricted).
 func (e *Engine) serveMakeKnock(r *federation.Request) (any, error) {
 	roomID := r.PathValue("roomId")
+	if err := e.refuseIfPartial(roomID); err != nil {
+		return nil, err
+	}
 	vers := r.URL.Query()["ver"]
 	if len(vers) == 0 {
 		vers = []string{"1"}
@@ -52,6 +55,9 @@ func (e *Engine) serveMakeKnock(r *federation.Request) (any, error) {
 // the create event in its room version's format since v1.16).
 func (e *Engine) serveSendKnock(r *federation.Request) (any, error) {
 	roomID, eventID := r.PathValue("roomId"), r.PathValue("eventId")
+	if err := e.refuseIfPartial(roomID); err != nil {
+		return nil, err // as make_join and send_join: we cannot vouch for the room yet
+	}
 	unlock := e.lock(roomID)
 	defer unlock()
 	version, err := e.roomVersion(roomID)

@@ -365,6 +365,11 @@ func (s *Server) stateAtToken(tx *store.Tx, roomID, token string, limit uint64, 
 
 // joinedMembers: GET /rooms/{roomId}/joined_members
 func (s *Server) joinedMembers(r *http.Request, sess *Session) (any, error) {
+	if s.AwaitFullState != nil {
+		if err := s.AwaitFullState(r.Context(), r.PathValue("roomId")); err != nil {
+			return nil, err
+		}
+	}
 	joined := map[string]any{}
 	err := s.Store.View(func(tx *store.Tx) error {
 		// The spec: "The current user must be in the room for it to work".

@@ -77,25 +77,8 @@ func (e *Engine) serveSendKnock(r *federation.Request) (any, error) {
 	}
 	var state []json.RawMessage
 	err = e.store.Write(func(tx *store.Tx) error {
-		stored, err := e.rooms.EventByID(tx, eventID)
-		if err != nil {
+		if _, _, err := e.relaySent(tx, eventID, r.Origin, "knock", !known); err != nil {
 			return err
-		}
-		if stored.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
-			return errForbidden("the knock was not accepted")
-		}
-		servers := map[string]bool{}
-		if err := e.joinedServers(tx, stored.StateBefore, servers); err != nil {
-			return err
-		}
-		delete(servers, r.Origin)
-		delete(servers, e.name)
-		if !known && len(servers) > 0 {
-			list := make([]string, 0, len(servers))
-			for s := range servers {
-				list = append(list, s)
-			}
-			e.fed.Queue.SendPDUTx(tx, list, json.RawMessage(stored.Raw))
 		}
 		state, err = e.knockState(tx, roomID)
 		return err

@@ -116,6 +116,35 @@ func (e *Engine) applySent(ev *room.Event) (known bool, err error) {
 	return false, nil
 }
 
+// relaySent loads the membership event a send_join, send_leave or
+// send_knock stored, refuses it if it was rejected or soft-failed, and,
+// unless it was known before (relay false), queues it to the servers
+// joined before it other than the asking one and ours. It returns the
+// stored event and every server joined before it.
+func (e *Engine) relaySent(tx *store.Tx, eventID, origin, what string, relay bool) (*room.Event, map[string]bool, error) {
+	stored, err := e.rooms.EventByID(tx, eventID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if stored.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
+		return nil, nil, errForbidden("the " + what + " was not accepted")
+	}
+	servers := map[string]bool{}
+	if err := e.joinedServers(tx, stored.StateBefore, servers); err != nil {
+		return nil, nil, err
+	}
+	var others []string
+	for s := range servers {
+		if s != origin && s != e.name {
+			others = append(others, s)
+		}
+	}
+	if relay && len(others) > 0 {
+		e.fed.Queue.SendPDUTx(tx, others, json.RawMessage(stored.Raw))
+	}
+	return stored, servers, nil
+}
+
 // serveMakeLeave answers GET /_matrix/federation/v1/make_leave/{roomId}/{userId}:
 // a leave template built on the current state, if the auth rules let the
 // user (on the asking server) leave.
@@ -145,27 +174,8 @@ func (e *Engine) serveSendLeave(r *federation.Request) (any, error) {
 		return map[string]any{}, nil
 	}
 	err = e.store.Write(func(tx *store.Tx) error {
-		stored, err := e.rooms.EventByID(tx, eventID)
-		if err != nil {
-			return err
-		}
-		if stored.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
-			return errForbidden("the leave was not accepted")
-		}
-		servers := map[string]bool{}
-		if err := e.joinedServers(tx, stored.StateBefore, servers); err != nil {
-			return err
-		}
-		delete(servers, r.Origin)
-		delete(servers, e.name)
-		if len(servers) > 0 {
-			list := make([]string, 0, len(servers))
-			for s := range servers {
-				list = append(list, s)
-			}
-			e.fed.Queue.SendPDUTx(tx, list, json.RawMessage(stored.Raw))
-		}
-		return nil
+		_, _, err := e.relaySent(tx, eventID, r.Origin, "leave", true)
+		return err
 	})
 	if err != nil {
 		return nil, mapErr(err)

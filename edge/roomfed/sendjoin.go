@@ -117,12 +117,9 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 	}
 	var resp map[string]any
 	err = e.store.Write(func(tx *store.Tx) error {
-		stored, err := e.rooms.EventByID(tx, eventID)
+		stored, servers, err := e.relaySent(tx, eventID, r.Origin, "join", !known)
 		if err != nil {
 			return err
-		}
-		if stored.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
-			return errForbidden("the join was not accepted")
 		}
 		st, err := e.rooms.State(tx, stored.StateBefore)
 		if err != nil {
@@ -146,19 +143,6 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 				inState[s.ID] = true
 			}
 			chain = slices.DeleteFunc(chain, func(c *room.Event) bool { return inState[c.ID] })
-		}
-		servers := map[string]bool{}
-		if err := e.joinedServers(tx, stored.StateBefore, servers); err != nil {
-			return err
-		}
-		var others []string
-		for s := range servers {
-			if s != r.Origin && s != e.name {
-				others = append(others, s)
-			}
-		}
-		if !known && len(others) > 0 {
-			e.fed.Queue.SendPDUTx(tx, others, json.RawMessage(stored.Raw))
 		}
 		servers[e.name] = true
 		list := make([]string, 0, len(servers))

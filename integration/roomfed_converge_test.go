@@ -39,21 +39,7 @@ func testConverge(t *testing.T, version string) {
 	}
 
 	// Power levels from A: bob may kick, ban, redact and set the topic.
-	var pl map[string]any
-	if err := alice.c.StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
-		t.Fatal(err)
-	}
-	users, _ := pl["users"].(map[string]any)
-	if users == nil {
-		users = map[string]any{}
-	}
-	users[bob.c.UserID.String()] = 50
-	pl["users"] = users
-	plResp, err := alice.c.SendStateEvent(ctx, roomID, event.StatePowerLevels, "", pl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bob.until(t, "his promotion", rfHasEvent("m.room.power_levels", func(ev *event.Event) bool { return ev.ID == plResp.EventID }))
+	rfPromote(t, alice, bob, roomID, 50)
 
 	mustSend := func(c *mautrix.Client, what string, err error) {
 		t.Helper()
@@ -61,7 +47,7 @@ func testConverge(t *testing.T, version string) {
 			t.Fatalf("%s (%s): %v", what, c.UserID, err)
 		}
 	}
-	_, err = alice.c.SendStateEvent(ctx, roomID, event.StateRoomName, "", map[string]string{"name": "converging"})
+	_, err := alice.c.SendStateEvent(ctx, roomID, event.StateRoomName, "", map[string]string{"name": "converging"})
 	mustSend(alice.c, "name", err)
 	_, err = bob.c.SendStateEvent(ctx, roomID, event.StateTopic, "", map[string]string{"topic": "from B"})
 	mustSend(bob.c, "topic", err)

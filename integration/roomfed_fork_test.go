@@ -28,21 +28,7 @@ func testForkResolved(t *testing.T, version string) {
 	ctx := ctxT(t)
 
 	// Give bob the power to set the topic, through the normal path.
-	var pl map[string]any
-	if err := alice.c.StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
-		t.Fatal(err)
-	}
-	users, _ := pl["users"].(map[string]any)
-	if users == nil {
-		users = map[string]any{}
-	}
-	users[bob.c.UserID.String()] = 50
-	pl["users"] = users
-	plResp, err := alice.c.SendStateEvent(ctx, roomID, event.StatePowerLevels, "", pl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bob.until(t, "bob's promotion", rfHasEvent("m.room.power_levels", func(ev *event.Event) bool { return ev.ID == plResp.EventID }))
+	rfPromote(t, alice, bob, roomID, 50)
 
 	// The partition: each side writes its topic with its queue hook off.
 	writeTopic := func(n *rfNode, sender, topic string) json.RawMessage {

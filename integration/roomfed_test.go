@@ -150,6 +150,28 @@ func (s *rfSyncer) until(t *testing.T, what string, ok func(evs []*event.Event) 
 	}
 }
 
+// rfPromote has admin (on its server) give member the power level, and
+// waits until member's server shows it.
+func rfPromote(t *testing.T, admin, member *rfSyncer, roomID id.RoomID, level int) {
+	t.Helper()
+	ctx := ctxT(t)
+	var pl map[string]any
+	if err := admin.c.StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		t.Fatal(err)
+	}
+	users, _ := pl["users"].(map[string]any)
+	if users == nil {
+		users = map[string]any{}
+	}
+	users[member.c.UserID.String()] = level
+	pl["users"] = users
+	resp, err := admin.c.SendStateEvent(ctx, roomID, event.StatePowerLevels, "", pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member.until(t, "the promotion", rfHasEvent("m.room.power_levels", func(ev *event.Event) bool { return ev.ID == resp.EventID }))
+}
+
 func rfHasEvent(evType string, match func(*event.Event) bool) func([]*event.Event) bool {
 	return func(evs []*event.Event) bool {
 		for _, ev := range evs {

@@ -63,7 +63,8 @@ type eventsJSON struct {
 
 type joinedRoomJSON struct {
 	Timeline            timelineJSON   `json:"timeline"`
-	State               eventsJSON     `json:"state"`
+	State               eventsJSON     `json:"state,omitzero"`
+	StateAfter          *eventsJSON    `json:"state_after,omitempty"` // use_state_after (MSC4222) only
 	Ephemeral           eventsJSON     `json:"ephemeral"`
 	AccountData         eventsJSON     `json:"account_data"`
 	UnreadNotifications map[string]int `json:"unread_notifications"`
@@ -105,6 +106,8 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
 	}
 	fullState := q.Get("full_state") == "true"
+	// MSC4222, stable in v1.16; Complement still sends the unstable name too.
+	stateAfter := q.Get("use_state_after") == "true" || q.Get("org.matrix.msc4222.use_state_after") == "true"
 	var f *filter.Filter
 	if err := s.Store.View(func(tx *store.Tx) error {
 		var err error
@@ -130,7 +133,7 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 	for {
 		// Listen before looking, so a commit between the look and the wait still wakes us.
 		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
-		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, f)
+		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, stateAfter, f)
 		if err != nil || news || !hasSince || timeout == 0 {
 			w.Close()
 			return resp, err
@@ -169,7 +172,7 @@ func (s *Server) syncKeys(userID string) []string {
 	return keys
 }
 
-func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bool, f *filter.Filter) (map[string]any, bool, error) {
+func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, stateAfter bool, f *filter.Filter) (map[string]any, bool, error) {
 	var resp map[string]any
 	news := false
 	err := s.Store.View(func(tx *store.Tx) error {
@@ -188,7 +191,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 			changed := !hasSince || m.Pos > since.pos
 			switch m.Membership {
 			case "join":
-				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, next, f, roomAD)
+				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, stateAfter, next, f, roomAD)
 				if err != nil {
 					return err
 				}
@@ -298,7 +301,9 @@ func orEmpty(v []any) []any {
 
 // syncJoined builds one joined room's section. full means the client has
 // no state for this room yet (initial sync, new join, or full_state).
-func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
+// stateAfter answers with state_after (up to the timeline's end) in
+// place of state (up to its start), as use_state_after asks.
+func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full, stateAfter bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, false, err
@@ -324,7 +329,11 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	// State: everything at the timeline's start for a full sync; for a
 	// limited incremental one, what changed between since and that start.
 	var stateEvs []*room.Event
-	if full || limited {
+	if stateAfter {
+		if stateEvs, err = s.stateAfterTimeline(tx, r, since, full, next.pos); err != nil {
+			return nil, false, err
+		}
+	} else if full || limited {
 		startState, err := s.stateBeforeTimeline(tx, r, tl, next.pos)
 		if err != nil {
 			return nil, false, err
@@ -347,6 +356,7 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		senders[ev.Sender] = true
 	}
 	var state []any
+	included := map[string]bool{}
 	for _, ev := range stateEvs {
 		if !sf.Match(eventView(ev)) {
 			continue
@@ -354,15 +364,24 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		if lazy && ev.Type == "m.room.member" && !senders[*ev.StateKey] {
 			continue
 		}
+		if ev.Type == "m.room.member" {
+			included[*ev.StateKey] = true
+		}
 		state = append(state, s.render(tx, ev, sess))
 	}
 	if lazy && !full && len(tl) > 0 {
 		// Members of new senders, so the client can render their names.
 		for _, ev := range s.lazyMembers(tx, r.RoomID, tl, false, nil) {
-			state = append(state, s.render(tx, ev, sess))
+			if !included[*ev.StateKey] {
+				state = append(state, s.render(tx, ev, sess))
+			}
 		}
 	}
-	jr.State.Events = orEmpty(state)
+	if stateAfter {
+		jr.StateAfter = &eventsJSON{orEmpty(state)}
+	} else {
+		jr.State.Events = orEmpty(state)
+	}
 	jr.Ephemeral.Events = orEmpty(s.ephemeral(tx, sess, r.RoomID, since, hasSince && !full, f))
 	var rad []any
 	ads, err := roomAD.room(r.RoomID, sinceOrZero(since, hasSince && !full))
@@ -423,6 +442,22 @@ func (s *Server) stateBeforeTimeline(tx *store.Tx, r *store.Room, tl []*room.Eve
 		return s.Rooms.State(tx, tl[0].StateBefore)
 	}
 	return s.stateAtPos(tx, r, upper)
+}
+
+// stateAfterTimeline is use_state_after's state_after: the state at the
+// timeline's end (upper), whole for a full sync, else what changed since.
+func (s *Server) stateAfterTimeline(tx *store.Tx, r *store.Room, since syncToken, full bool, upper uint64) ([]*room.Event, error) {
+	end, err := s.stateAtPos(tx, r, upper)
+	if err != nil {
+		return nil, err
+	}
+	var base *room.State
+	if !full {
+		if base, err = s.stateAtPos(tx, r, since.pos); err != nil {
+			return nil, err
+		}
+	}
+	return s.stateDiff(tx, base, end)
 }
 
 // stateAtPos is the room state after the last event at or before pos.

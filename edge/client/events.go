@@ -136,8 +136,11 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 	}
 	var eventID string
 	err = s.Store.Write(func(tx *store.Tx) error {
-		_, st, err := s.requireJoined(tx, roomID, sess.UserID)
+		r, st, err := s.requireJoined(tx, roomID, sess.UserID)
 		if err != nil && evType != "m.room.member" {
+			return err
+		}
+		if err := s.checkStatePut(tx, r, st, evType, stateKey, content); err != nil {
 			return err
 		}
 		// Setting the same state again is a no-op answering the current

@@ -567,7 +567,13 @@ func (s *Server) strippedState(tx *store.Tx, m *store.Membership) []any {
 }
 
 func stripped(ev *room.Event) map[string]any {
-	return map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+	m := map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+	if ev.Type == "m.room.create" {
+		// MSC4311: the create event is given whole, so the room ID (a hash
+		// of it from v12) can be checked.
+		m["event_id"], m["origin_server_ts"], m["room_id"] = ev.ID, ev.OriginServerTS, ev.RoomID
+	}
+	return m
 }
 
 // roomSummary is the m.heroes / member counts block.

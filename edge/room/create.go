@@ -66,7 +66,21 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 		createContent["creator"] = o.Creator
 	}
 	if o.Preset == "trusted_private_chat" && rv.PrivilegedRoomCreators() && len(o.Invite) > 0 {
-		createContent["additional_creators"] = o.Invite
+		// Invitees join any additional_creators the client gave.
+		extra, _ := createContent["additional_creators"].([]any)
+		seen := map[string]bool{}
+		for _, u := range extra {
+			if s, ok := u.(string); ok {
+				seen[s] = true
+			}
+		}
+		for _, u := range o.Invite {
+			if !seen[u] {
+				seen[u] = true
+				extra = append(extra, u)
+			}
+		}
+		createContent["additional_creators"] = extra
 	}
 	// From v12 the room ID is the create event's hash: two identical create
 	// events in the same millisecond (one user creating rooms in parallel)
@@ -144,7 +158,9 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 		}
 	}
 	if o.Topic != "" {
-		if err := send("m.room.topic", "", map[string]any{"topic": o.Topic}); err != nil {
+		// With the rich m.topic form (v1.15) beside the plain one.
+		rich := map[string]any{"m.text": []map[string]string{{"body": o.Topic, "mimetype": "text/plain"}}}
+		if err := send("m.room.topic", "", map[string]any{"topic": o.Topic, "m.topic": rich}); err != nil {
 			return "", err
 		}
 	}

@@ -54,8 +54,9 @@ func (s *Service) Upgrade(tx *store.Tx, oldRoomID, sender, newVersion string, ad
 	}
 	// The predecessor names the old room's last event, which v12 made
 	// optional but older versions' clients use to stitch timelines.
+	// (MSC4291: a v12 room's predecessor names only the room.)
 	predecessor := map[string]any{"room_id": oldRoomID}
-	if len(old.Extremities) > 0 {
+	if len(old.Extremities) > 0 && !rv.RoomIDIsCreateEventID() {
 		if last, err := s.Event(tx, old.Extremities[0]); err == nil {
 			predecessor["event_id"] = last.ID
 		}

@@ -202,6 +202,7 @@ func (e *Engine) strippedKnockState(version, roomID string, list []json.RawMessa
 			Sender     string          `json:"sender"`
 			Content    json.RawMessage `json:"content"`
 			Signatures json.RawMessage `json:"signatures,omitzero"`
+			TS         int64           `json:"origin_server_ts,omitzero"`
 		}
 		if json.Unmarshal(raw, &s) != nil || s.Type == "" || s.StateKey == nil || len(s.Content) == 0 || s.Content[0] != '{' {
 			continue
@@ -213,7 +214,12 @@ func (e *Engine) strippedKnockState(version, roomID string, list []json.RawMessa
 				continue
 			}
 		}
-		clean, _ := json.Marshal(map[string]any{"type": s.Type, "state_key": *s.StateKey, "sender": s.Sender, "content": s.Content})
+		m := map[string]any{"type": s.Type, "state_key": *s.StateKey, "sender": s.Sender, "content": s.Content}
+		if s.Type == "m.room.create" && s.TS != 0 {
+			// MSC4311: the client gets the create event whole.
+			m["origin_server_ts"], m["room_id"] = s.TS, roomID
+		}
+		clean, _ := json.Marshal(m)
 		out = append(out, clean)
 	}
 	return out

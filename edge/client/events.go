@@ -29,11 +29,23 @@ func (s *Server) routesEvents() {
 
 // sendMessage: PUT /rooms/{roomId}/send/{eventType}/{txnId}
 func (s *Server) sendMessage(r *http.Request, sess *Session) (any, error) {
+	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
+	delay, delayed, err := delayFromQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	if delayed {
+		if resp, ok := s.delayedTxnResult(sess, roomID, txnID); ok {
+			return resp, nil
+		}
+	}
 	content, err := decodeObject(r)
 	if err != nil {
 		return nil, err
 	}
-	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
+	if delayed {
+		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, Content: content}, delay, txnID)
+	}
 	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content}, txnID)
 }
 
@@ -131,6 +143,11 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	roomID, evType, stateKey := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("stateKey")
+	if delay, delayed, err := delayFromQuery(r); err != nil {
+		return nil, err
+	} else if delayed {
+		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, StateKey: &stateKey, Content: content}, delay, "")
+	}
 	if err := check(s.limits.send, sess.UserID); err != nil {
 		return nil, err
 	}

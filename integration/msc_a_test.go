@@ -468,3 +468,60 @@ func TestV12ClientRules(t *testing.T) {
 		t.Errorf("invite_state create event lacks origin_server_ts/event_id: %v", list)
 	}
 }
+
+// In org.matrix.msc3757.10 a state key naming a user (alone or followed
+// by "_" and more) is that user's: theirs to write, or anyone's above
+// their power level; one that names no user is a bad request.
+func TestMSC3757OwnedState(t *testing.T) {
+	n := startNode(t)
+	creator, u1, u2 := n.register(t, ""), n.register(t, ""), n.register(t, "")
+	var caps struct {
+		Capabilities struct {
+			Versions struct {
+				Available map[string]string `json:"available"`
+			} `json:"m.room_versions"`
+		} `json:"capabilities"`
+	}
+	if _, err := creator.MakeRequest(ctxT(t), "GET", creator.BuildClientURL("v3", "capabilities"), nil, &caps); err != nil || caps.Capabilities.Versions.Available["org.matrix.msc3757.10"] != "unstable" {
+		t.Fatalf("capabilities: %+v %v", caps, err)
+	}
+	pl := &event.PowerLevelsEventContent{Events: map[string]int{"com.example.test": 0}}
+	for _, v := range []string{"10", "org.matrix.msc3757.10"} {
+		roomID := mustCreateRoom(t, creator, &mautrix.ReqCreateRoom{RoomVersion: id.RoomVersion(v), Preset: "public_chat", PowerLevelOverride: pl})
+		for _, c := range []*mautrix.Client{u1, u2} {
+			if _, err := c.JoinRoomByID(ctxT(t), roomID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		owned := v != "10"
+		const suffix = "_state_key_suffix:!@#$123"
+		for _, tc := range []struct {
+			who  *mautrix.Client
+			key  string
+			want int // status where owned state applies
+			v10  int // status in v10
+		}{
+			{u1, u1.UserID.String(), 200, 200},
+			{u1, u1.UserID.String() + suffix, 200, 403},
+			{creator, u1.UserID.String(), 200, 403},
+			{creator, u1.UserID.String() + suffix, 200, 403},
+			{creator, "@notinroom:example.org", 200, 403},
+			{u1, u2.UserID.String(), 403, 403},
+			{u1, u2.UserID.String() + suffix, 403, 403},
+			{u1, u1.UserID.String() + suffix[1:], 403, 403},
+			{u1, "@prefix_" + u1.UserID.String() + suffix, 403, 403},
+			{u1, creator.UserID.String(), 403, 403},
+			{creator, "@oops", 400, 403},
+			{creator, creator.UserID.String() + "@" + suffix[1:], 400, 403},
+		} {
+			want := tc.v10
+			if owned {
+				want = tc.want
+			}
+			u := tc.who.BuildClientURL("v3", "rooms", roomID, "state", "com.example.test", tc.key)
+			if r := doRaw(t, tc.who, "PUT", u, []byte(`{}`), nil); r.Status != want {
+				t.Errorf("v%s: %s sets %q: HTTP %d %s, want %d", v, tc.who.UserID, tc.key, r.Status, r.Raw, want)
+			}
+		}
+	}
+}

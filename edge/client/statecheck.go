@@ -5,8 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"strconv"
-
-	"maunium.net/go/mautrix/id"
+	"strings"
 
 	"edge/edge/room"
 	"edge/edge/store"
@@ -18,7 +17,9 @@ const maxCanonicalInt = 1<<53 - 1
 // checkStatePut refuses, as 400 M_BAD_JSON, state a client may not send
 // whatever its power, before the auth rules would answer 403 (Synapse
 // answers 400 too): m.room.create, which only createRoom makes (MSC4291
-// tests it), integers outside canonical JSON's range, and, in versions
+// tests it), integers outside canonical JSON's range, state keys that
+// start with @ but name no user in versions with owned state (MSC3757),
+// and, in versions
 // with privileged creators (MSC4289, v12), power levels that name a
 // creator in users.
 func (s *Server) checkStatePut(tx *store.Tx, r *store.Room, st *room.State, evType, stateKey string, content json.RawMessage) error {
@@ -28,7 +29,13 @@ func (s *Server) checkStatePut(tx *store.Tx, r *store.Room, st *room.State, evTy
 	if !canonicalInts(content) {
 		return errBadJSON("Integers must be between -(2^53-1) and 2^53-1")
 	}
-	if evType != "m.room.power_levels" || stateKey != "" || r == nil || st == nil || !id.RoomVersion(r.Version).PrivilegedRoomCreators() {
+	if r != nil && room.OwnedState(r.Version) && strings.HasPrefix(stateKey, "@") {
+		// MSC3757: a key that names no user can never be owned.
+		if _, ok := room.StateKeyOwner(stateKey); !ok {
+			return errBadJSON("state_key %q starts with @ but is not a user ID, or a user ID and _", stateKey)
+		}
+	}
+	if evType != "m.room.power_levels" || stateKey != "" || r == nil || st == nil || !room.Features(r.Version).PrivilegedRoomCreators() {
 		return nil
 	}
 	var pl struct {

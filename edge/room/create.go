@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	jsonv2 "encoding/json/v2"
 
@@ -38,12 +39,7 @@ type CreateOptions struct {
 var SupportedVersions = []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
 
 func supported(v string) bool {
-	for _, s := range SupportedVersions {
-		if s == v {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(SupportedVersions, v) || slices.Contains(UnstableVersions, v)
 }
 
 // CreateRoom creates a room and its initial state in the order the spec
@@ -52,7 +48,7 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 	if !supported(o.Version) {
 		return "", fmt.Errorf("%w: %q", ErrUnsupported, o.Version)
 	}
-	rv := id.RoomVersion(o.Version)
+	rv := Features(o.Version)
 	createContent := map[string]any{}
 	if len(o.CreationContent) > 0 {
 		if err := json.Unmarshal(o.CreationContent, &createContent); err != nil {
@@ -177,7 +173,7 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 }
 
 func (s *Service) buildCreate(version, creator string, content json.RawMessage, bumpMS int64) (*Event, error) {
-	rv := id.RoomVersion(version)
+	rv := Features(version)
 	sk := ""
 	ts := s.now().UnixMilli() + bumpMS
 	if rv.EventIDFormat() == id.EventIDFormatCustom {

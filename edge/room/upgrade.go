@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"maunium.net/go/mautrix/id"
-
 	"edge/edge/store"
 )
 
@@ -41,7 +39,7 @@ func (s *Service) Upgrade(tx *store.Tx, oldRoomID, sender, newVersion string, ad
 	if err := s.authorize(tx, probe); err != nil {
 		return "", err
 	}
-	rv := id.RoomVersion(newVersion)
+	rv := Features(newVersion)
 	createContent := map[string]any{}
 	if oldCreate, _ := s.StateEvent(tx, st, "m.room.create", ""); oldCreate != nil {
 		var c map[string]any

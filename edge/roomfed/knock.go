@@ -13,8 +13,6 @@ import (
 	"slices"
 	"time"
 
-	"maunium.net/go/mautrix/id"
-
 	"edge/edge/room"
 	"edge/edge/store"
 	"edge/federation"
@@ -41,7 +39,7 @@ func (e *Engine) serveMakeKnock(r *federation.Request) (any, error) {
 	if !slices.Contains(vers, version) {
 		return nil, fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+version)
 	}
-	if !id.RoomVersion(version).Knocks() {
+	if !room.Features(version).Knocks() {
 		return nil, errForbidden("room version " + version + " does not support knocking")
 	}
 	return e.makeMembership(r, "knock", nil)
@@ -64,7 +62,7 @@ func (e *Engine) serveSendKnock(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, errNotFound("unknown room")
 	}
-	if !id.RoomVersion(version).Knocks() {
+	if !room.Features(version).Knocks() {
 		return nil, errForbidden("room version " + version + " does not support knocking")
 	}
 	ev, err := e.sentMembership(r, version, roomID, eventID, "knock")
@@ -151,7 +149,7 @@ func (e *Engine) knockVia(ctx context.Context, srv, userID, roomID, reason strin
 	if err := e.fed.Client.Get(ctx, srv, path, &mk); err != nil {
 		return "", nil, nil, remoteErr(err)
 	}
-	if !slices.Contains(room.SupportedVersions, mk.RoomVersion) || !id.RoomVersion(mk.RoomVersion).Knocks() {
+	if !slices.Contains(room.SupportedVersions, mk.RoomVersion) || !room.Features(mk.RoomVersion).Knocks() {
 		return "", nil, nil, fmt.Errorf("%w: %q", room.ErrUnsupported, mk.RoomVersion)
 	}
 	var tmpl map[string]json.RawMessage

@@ -235,6 +235,22 @@ func TestMSC4222UseStateAfter(t *testing.T) {
 	if stateAfterHas(inc, roomID, "m.room.member", bob.UserID.String()) {
 		t.Fatalf("incremental state_after repeats unchanged state")
 	}
+	// A left room's state_after ends with the leave.
+	if _, err := bob.LeaveRoom(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	left := syncRaw(t, bob, url.Values{"use_state_after": {"true"}, "filter": {`{"room":{"include_leave":true}}`}})
+	lr, _ := dig(left, "rooms", "leave", roomID.String()).(map[string]any)
+	found := false
+	list, _ := dig(lr, "state_after", "events").([]any)
+	for _, e := range list {
+		if dig(e, "type") == "m.room.member" && dig(e, "state_key") == bob.UserID.String() {
+			found = dig(e, "content", "membership") == "leave"
+		}
+	}
+	if _, hasState := lr["state"]; !found || hasState {
+		t.Fatalf("left room with use_state_after: %v", lr)
+	}
 }
 
 // delayedURL is an MSC4140 endpoint.

@@ -73,7 +73,8 @@ type joinedRoomJSON struct {
 
 type leftRoomJSON struct {
 	Timeline    timelineJSON `json:"timeline"`
-	State       eventsJSON   `json:"state"`
+	State       eventsJSON   `json:"state,omitzero"`
+	StateAfter  *eventsJSON  `json:"state_after,omitempty"` // use_state_after (MSC4222) only
 	AccountData eventsJSON   `json:"account_data"`
 }
 
@@ -216,7 +217,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, s
 				if m.Forgotten || (!hasSince && !f.IncludeLeave()) || (!changed && !(fullState && f.IncludeLeave())) {
 					continue
 				}
-				lr, err := s.syncLeft(tx, sess, m, since, hasSince, f)
+				lr, err := s.syncLeft(tx, sess, m, since, hasSince, stateAfter, f)
 				if err != nil {
 					return err
 				}
@@ -496,7 +497,7 @@ func (s *Server) stateDiff(tx *store.Tx, from, to *room.State) ([]*room.Event, e
 }
 
 // syncLeft builds a left room's section: its timeline up to the leave.
-func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince bool, f *filter.Filter) (*leftRoomJSON, error) {
+func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, stateAfter bool, f *filter.Filter) (*leftRoomJSON, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, err
@@ -509,6 +510,20 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 	lr := &leftRoomJSON{Timeline: timelineJSON{Events: s.renderAll(tx, tl, sess), Limited: limited}}
 	if len(tl) > 0 {
 		lr.Timeline.PrevBatch = pageToken(firstPos - 1)
+	}
+	lr.AccountData.Events = []any{}
+	if stateAfter {
+		// Up to the timeline's end: the leave.
+		evs, err := s.stateAfterTimeline(tx, r, since, !hasSince, m.Pos)
+		if err != nil {
+			return nil, err
+		}
+		var state []any
+		for _, ev := range evs {
+			state = append(state, s.render(tx, ev, sess))
+		}
+		lr.StateAfter = &eventsJSON{orEmpty(state)}
+		return lr, nil
 	}
 	startState, err := s.stateBeforeTimeline(tx, r, tl, m.Pos)
 	if err != nil {
@@ -529,7 +544,6 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 		state = append(state, s.render(tx, ev, sess))
 	}
 	lr.State.Events = orEmpty(state)
-	lr.AccountData.Events = []any{}
 	return lr, nil
 }
 

@@ -541,3 +541,29 @@ func TestMSC3757OwnedState(t *testing.T) {
 		}
 	}
 }
+
+// Over federation too, the invitee's invite_state has the create event
+// with its origin_server_ts (MSC4311): the inviting server sends it as a
+// whole PDU and the invitee's server keeps the field.
+func TestMSC4311RemoteInviteCreateEvent(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice, bob := a.register(t, "alice"), b.register(t, "bob")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "12"})
+	if _, err := alice.InviteUser(ctxT(t), roomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatalf("invite: %v", err)
+	}
+	var create map[string]any
+	waitFor(t, 15*time.Second, "bob's invite", func() bool {
+		list, _ := dig(syncRaw(t, bob, nil), "rooms", "invite", roomID.String(), "invite_state", "events").([]any)
+		for _, e := range list {
+			if dig(e, "type") == "m.room.create" {
+				create, _ = e.(map[string]any)
+			}
+		}
+		return create != nil
+	})
+	if ts, _ := create["origin_server_ts"].(float64); ts <= 0 || create["room_id"] != roomID.String() {
+		t.Fatalf("remote invite_state create event: %v", create)
+	}
+}

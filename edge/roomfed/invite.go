@@ -229,6 +229,8 @@ func (e *Engine) serveInvite(r *federation.Request, accept InviteAcceptor) (any,
 		}
 		if s.Type != "m.room.create" {
 			s.OriginServerTS, s.RoomID = 0, ""
+		} else if s.OriginServerTS != 0 {
+			s.RoomID = roomID // a v12 create PDU has none: its hash is the ID
 		}
 		clean, _ := json.Marshal(s)
 		stripped = append(stripped, clean)

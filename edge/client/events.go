@@ -29,11 +29,23 @@ func (s *Server) routesEvents() {
 
 // sendMessage: PUT /rooms/{roomId}/send/{eventType}/{txnId}
 func (s *Server) sendMessage(r *http.Request, sess *Session) (any, error) {
+	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
+	delay, delayed, err := delayFromQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	if delayed {
+		if resp, ok := s.delayedTxnResult(sess, roomID, txnID); ok {
+			return resp, nil
+		}
+	}
 	content, err := decodeObject(r)
 	if err != nil {
 		return nil, err
 	}
-	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
+	if delayed {
+		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, Content: content}, delay, txnID)
+	}
 	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content}, txnID)
 }
 
@@ -131,13 +143,21 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	roomID, evType, stateKey := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("stateKey")
+	if delay, delayed, err := delayFromQuery(r); err != nil {
+		return nil, err
+	} else if delayed {
+		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, StateKey: &stateKey, Content: content}, delay, "")
+	}
 	if err := check(s.limits.send, sess.UserID); err != nil {
 		return nil, err
 	}
 	var eventID string
 	err = s.Store.Write(func(tx *store.Tx) error {
-		_, st, err := s.requireJoined(tx, roomID, sess.UserID)
+		r, st, err := s.requireJoined(tx, roomID, sess.UserID)
 		if err != nil && evType != "m.room.member" {
+			return err
+		}
+		if err := s.checkStatePut(tx, r, st, evType, stateKey, content); err != nil {
 			return err
 		}
 		// Setting the same state again is a no-op answering the current

@@ -7,8 +7,6 @@ import (
 	"reflect"
 	"strings"
 
-	"maunium.net/go/mautrix/id"
-
 	"edge/edge/config"
 	"edge/edge/room"
 	"edge/edge/store"
@@ -127,7 +125,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 // would refuse: additional_creators that are not user IDs, and creators
 // listed in the power levels' users.
 func checkCreators(req *createRoomRequest, creator string) error {
-	if !id.RoomVersion(req.RoomVersion).PrivilegedRoomCreators() {
+	if !room.Features(req.RoomVersion).PrivilegedRoomCreators() {
 		return nil
 	}
 	creators := []string{creator}

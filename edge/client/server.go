@@ -72,6 +72,10 @@ type Server struct {
 	// remoteHooks invite and reject invites across servers (nil: local only).
 	remoteHooks *RemoteMembership
 
+	// delayedWake wakes RunDelayedEvents when a delayed event is added or
+	// restarted (delayed.go).
+	delayedWake chan struct{}
+
 	unreadMu sync.Mutex
 	unread   map[[2]string]unreadMemo
 }
@@ -81,13 +85,13 @@ func New(d Deps) *Server {
 	if d.Log == nil {
 		d.Log = slog.Default()
 	}
-	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), nonces: &nonces{m: map[string]time.Time{}}, startedAt: time.Now()}
+	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), nonces: &nonces{m: map[string]time.Time{}}, startedAt: time.Now(), delayedWake: make(chan struct{}, 1)}
 	for _, register := range []func(){
 		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
-		s.routesKnock,
+		s.routesKnock, s.routesDelayed,
 	} {
 		register()
 	}

@@ -63,7 +63,8 @@ type eventsJSON struct {
 
 type joinedRoomJSON struct {
 	Timeline            timelineJSON   `json:"timeline"`
-	State               eventsJSON     `json:"state"`
+	State               eventsJSON     `json:"state,omitzero"`
+	StateAfter          *eventsJSON    `json:"state_after,omitempty"` // use_state_after (MSC4222) only
 	Ephemeral           eventsJSON     `json:"ephemeral"`
 	AccountData         eventsJSON     `json:"account_data"`
 	UnreadNotifications map[string]int `json:"unread_notifications"`
@@ -72,7 +73,8 @@ type joinedRoomJSON struct {
 
 type leftRoomJSON struct {
 	Timeline    timelineJSON `json:"timeline"`
-	State       eventsJSON   `json:"state"`
+	State       eventsJSON   `json:"state,omitzero"`
+	StateAfter  *eventsJSON  `json:"state_after,omitempty"` // use_state_after (MSC4222) only
 	AccountData eventsJSON   `json:"account_data"`
 }
 
@@ -105,6 +107,8 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
 	}
 	fullState := q.Get("full_state") == "true"
+	// MSC4222, stable in v1.16; Complement still sends the unstable name too.
+	stateAfter := q.Get("use_state_after") == "true" || q.Get("org.matrix.msc4222.use_state_after") == "true"
 	var f *filter.Filter
 	if err := s.Store.View(func(tx *store.Tx) error {
 		var err error
@@ -130,7 +134,7 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 	for {
 		// Listen before looking, so a commit between the look and the wait still wakes us.
 		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
-		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, f)
+		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, stateAfter, f)
 		if err != nil || news || !hasSince || timeout == 0 {
 			w.Close()
 			return resp, err
@@ -169,7 +173,7 @@ func (s *Server) syncKeys(userID string) []string {
 	return keys
 }
 
-func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bool, f *filter.Filter) (map[string]any, bool, error) {
+func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, stateAfter bool, f *filter.Filter) (map[string]any, bool, error) {
 	var resp map[string]any
 	news := false
 	err := s.Store.View(func(tx *store.Tx) error {
@@ -188,7 +192,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 			changed := !hasSince || m.Pos > since.pos
 			switch m.Membership {
 			case "join":
-				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, next, f, roomAD)
+				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, stateAfter, next, f, roomAD)
 				if err != nil {
 					return err
 				}
@@ -213,7 +217,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 				if m.Forgotten || (!hasSince && !f.IncludeLeave()) || (!changed && !(fullState && f.IncludeLeave())) {
 					continue
 				}
-				lr, err := s.syncLeft(tx, sess, m, since, hasSince, f)
+				lr, err := s.syncLeft(tx, sess, m, since, hasSince, stateAfter, f)
 				if err != nil {
 					return err
 				}
@@ -298,7 +302,9 @@ func orEmpty(v []any) []any {
 
 // syncJoined builds one joined room's section. full means the client has
 // no state for this room yet (initial sync, new join, or full_state).
-func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
+// stateAfter answers with state_after (up to the timeline's end) in
+// place of state (up to its start), as use_state_after asks.
+func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full, stateAfter bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, false, err
@@ -324,7 +330,11 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	// State: everything at the timeline's start for a full sync; for a
 	// limited incremental one, what changed between since and that start.
 	var stateEvs []*room.Event
-	if full || limited {
+	if stateAfter {
+		if stateEvs, err = s.stateAfterTimeline(tx, r, since, full, next.pos); err != nil {
+			return nil, false, err
+		}
+	} else if full || limited {
 		startState, err := s.stateBeforeTimeline(tx, r, tl, next.pos)
 		if err != nil {
 			return nil, false, err
@@ -347,6 +357,7 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		senders[ev.Sender] = true
 	}
 	var state []any
+	included := map[string]bool{}
 	for _, ev := range stateEvs {
 		if !sf.Match(eventView(ev)) {
 			continue
@@ -354,15 +365,24 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		if lazy && ev.Type == "m.room.member" && !senders[*ev.StateKey] {
 			continue
 		}
+		if ev.Type == "m.room.member" {
+			included[*ev.StateKey] = true
+		}
 		state = append(state, s.render(tx, ev, sess))
 	}
 	if lazy && !full && len(tl) > 0 {
 		// Members of new senders, so the client can render their names.
 		for _, ev := range s.lazyMembers(tx, r.RoomID, tl, false, nil) {
-			state = append(state, s.render(tx, ev, sess))
+			if !included[*ev.StateKey] {
+				state = append(state, s.render(tx, ev, sess))
+			}
 		}
 	}
-	jr.State.Events = orEmpty(state)
+	if stateAfter {
+		jr.StateAfter = &eventsJSON{orEmpty(state)}
+	} else {
+		jr.State.Events = orEmpty(state)
+	}
 	jr.Ephemeral.Events = orEmpty(s.ephemeral(tx, sess, r.RoomID, since, hasSince && !full, f))
 	var rad []any
 	ads, err := roomAD.room(r.RoomID, sinceOrZero(since, hasSince && !full))
@@ -425,6 +445,22 @@ func (s *Server) stateBeforeTimeline(tx *store.Tx, r *store.Room, tl []*room.Eve
 	return s.stateAtPos(tx, r, upper)
 }
 
+// stateAfterTimeline is use_state_after's state_after: the state at the
+// timeline's end (upper), whole for a full sync, else what changed since.
+func (s *Server) stateAfterTimeline(tx *store.Tx, r *store.Room, since syncToken, full bool, upper uint64) ([]*room.Event, error) {
+	end, err := s.stateAtPos(tx, r, upper)
+	if err != nil {
+		return nil, err
+	}
+	var base *room.State
+	if !full {
+		if base, err = s.stateAtPos(tx, r, since.pos); err != nil {
+			return nil, err
+		}
+	}
+	return s.stateDiff(tx, base, end)
+}
+
 // stateAtPos is the room state after the last event at or before pos.
 func (s *Server) stateAtPos(tx *store.Tx, r *store.Room, pos uint64) (*room.State, error) {
 	var nid uint64
@@ -461,7 +497,7 @@ func (s *Server) stateDiff(tx *store.Tx, from, to *room.State) ([]*room.Event, e
 }
 
 // syncLeft builds a left room's section: its timeline up to the leave.
-func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince bool, f *filter.Filter) (*leftRoomJSON, error) {
+func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, stateAfter bool, f *filter.Filter) (*leftRoomJSON, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, err
@@ -474,6 +510,20 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 	lr := &leftRoomJSON{Timeline: timelineJSON{Events: s.renderAll(tx, tl, sess), Limited: limited}}
 	if len(tl) > 0 {
 		lr.Timeline.PrevBatch = pageToken(firstPos - 1)
+	}
+	lr.AccountData.Events = []any{}
+	if stateAfter {
+		// Up to the timeline's end: the leave.
+		evs, err := s.stateAfterTimeline(tx, r, since, !hasSince, m.Pos)
+		if err != nil {
+			return nil, err
+		}
+		var state []any
+		for _, ev := range evs {
+			state = append(state, s.render(tx, ev, sess))
+		}
+		lr.StateAfter = &eventsJSON{orEmpty(state)}
+		return lr, nil
 	}
 	startState, err := s.stateBeforeTimeline(tx, r, tl, m.Pos)
 	if err != nil {
@@ -494,7 +544,6 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 		state = append(state, s.render(tx, ev, sess))
 	}
 	lr.State.Events = orEmpty(state)
-	lr.AccountData.Events = []any{}
 	return lr, nil
 }
 
@@ -532,7 +581,13 @@ func (s *Server) strippedState(tx *store.Tx, m *store.Membership) []any {
 }
 
 func stripped(ev *room.Event) map[string]any {
-	return map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+	m := map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+	if ev.Type == "m.room.create" {
+		// MSC4311: the create event is given whole, so the room ID (a hash
+		// of it from v12) can be checked.
+		m["event_id"], m["origin_server_ts"], m["room_id"] = ev.ID, ev.OriginServerTS, ev.RoomID
+	}
+	return m
 }
 
 // roomSummary is the m.heroes / member counts block.

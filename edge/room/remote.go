@@ -94,7 +94,7 @@ func (s *Service) AuthStateFor(tx *store.Tx, ev *Event, st *State) (map[StateKey
 	if err := add("m.room.create", ""); err != nil {
 		return nil, err
 	}
-	for _, k := range p.AuthEventSelection(id.RoomVersion(ev.Version)) {
+	for _, k := range p.AuthEventSelection(Features(ev.Version)) {
 		if err := add(k.Type, k.StateKey); err != nil {
 			return nil, err
 		}
@@ -369,7 +369,7 @@ func (s *Service) Template(tx *store.Tx, roomID string, p Proto) (version string
 // adds this server's signature, keeping the others; a v1/v2 event without
 // an event ID gets one of ours. It returns the signed PDU and its ID.
 func (s *Service) SignPDU(version string, raw []byte) ([]byte, string, error) {
-	rv := id.RoomVersion(version)
+	rv := Features(version)
 	var p pdu.AnyPDU
 	if rv.EventIDFormat() == id.EventIDFormatCustom {
 		var v1 pdu.RoomV1PDU

@@ -172,7 +172,7 @@ func (e *Engine) check(version, roomID string, raw []byte) (*room.Event, error) 
 		return ev, fmt.Errorf("%w: type, sender or depth invalid", room.ErrBadEvent)
 	}
 	servers := []string{domainOf(ev.Sender)}
-	if id.RoomVersion(version).EventIDFormat() == id.EventIDFormatCustom {
+	if room.Features(version).EventIDFormat() == id.EventIDFormatCustom {
 		if d := domainOf(ev.ID); d != servers[0] {
 			servers = append(servers, d)
 		}

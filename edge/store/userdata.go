@@ -33,7 +33,9 @@ func (t *Tx) AccountData(userID, roomID, evType string) (*AccountData, error) {
 }
 
 // AccountDataSince lists entries changed after since (all when since is 0),
-// each once, at its newest value.
+// each once, at its newest value. An entry whose content is {} was deleted
+// (MSC3391): the full list (since 0) leaves it out; a list of changes
+// keeps it, so a client that had it learns it is gone.
 func (t *Tx) AccountDataSince(userID string, since uint64) ([]*AccountData, error) {
 	var out []*AccountData
 	if since == 0 {
@@ -43,6 +45,9 @@ func (t *Tx) AccountDataSince(userID string, since uint64) ([]*AccountData, erro
 			var a AccountData
 			if err := json.Unmarshal(v, &a); err != nil {
 				return nil, err
+			}
+			if isEmptyObject(a.Content) {
+				continue
 			}
 			out = append(out, &a)
 		}
@@ -243,4 +248,10 @@ func (t *Tx) ScanKV(namespace, keyPrefix string, fn func(key string, value []byt
 			return
 		}
 	}
+}
+
+// isEmptyObject tells whether raw is the JSON object {}.
+func isEmptyObject(raw json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(raw, &m) == nil && m != nil && len(m) == 0
 }

@@ -378,8 +378,9 @@ func (l *fedHierarchyLog) answerFor(roomID id.RoomID) map[string]json.RawMessage
 //	          │                  └─ rp (B, invite-only)
 //	          └─ rr (B, restricted to root's members)
 //
-// A asks B about B's rooms; B answers for ss2 with r3 among its children,
-// rp among the inaccessible ones and r4 (not B's) left out; rr is 404 to A
+// A asks B about B's rooms; B answers for ss2 with r3 among its children
+// (so A does not ask about r3 again), rp among the inaccessible ones and
+// r4 (not B's) left out; rr is 404 to A
 // until B is in root and can tell A's members are, then shown to root's
 // members on A only; suggested_only is passed on.
 func TestHierarchyFederated(t *testing.T) {
@@ -428,6 +429,9 @@ func TestHierarchyFederated(t *testing.T) {
 	_ = json.Unmarshal(ans["inaccessible_children"], &inaccessible)
 	if len(children) != 1 || children[0].RoomID != r3.String() || children[0].Name != "R3" || !slices.Equal(inaccessible, strs(rp)) {
 		t.Fatalf("B's answer for ss2: children %+v, inaccessible %v", children, inaccessible)
+	}
+	if logB.answerFor(r3) != nil {
+		t.Fatal("A asked B about r3, which B's answer for ss2 already described")
 	}
 	if ans := logB.answerFor(rr); !strings.Contains(string(ans["errcode"]), "M_NOT_FOUND") {
 		t.Fatalf("B's answer for the restricted room before it is in root: %s", ans["errcode"])

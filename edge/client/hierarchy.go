@@ -30,8 +30,11 @@ const (
 	// about, so a space full of unreachable rooms cannot hold a request
 	// for minutes.
 	maxHierarchyRemote = 20
-	// hierarchyRemoteTimeout bounds one remote hierarchy request.
+	// hierarchyRemoteTimeout bounds one remote hierarchy request, and
+	// hierarchyWalkTimeout one page's walk: what is left goes to the next
+	// page.
 	hierarchyRemoteTimeout = 10 * time.Second
+	hierarchyWalkTimeout   = 20 * time.Second
 	// maxHierarchyVisited bounds the rooms one walk remembers (and so the
 	// size of its pagination token).
 	maxHierarchyVisited = 2000
@@ -117,20 +120,29 @@ func (s *Server) hierarchy(r *http.Request, sess *Session) (any, error) {
 			return nil, errInvalidParam("from does not belong to this request")
 		}
 		tok = t
-	} else {
+	}
+	// known holds the rooms other servers' answers described as children,
+	// so that walking to them asks no one again.
+	known := map[string]*room.HierarchyRoom{}
+	var (
+		rootEntry *room.HierarchyRoom
+		rootLinks []room.SpaceChild
+	)
+	if tok.Queue == nil && tok.Visited == nil {
 		// The root must be visible to the user at all.
-		if entry, _, _ := s.hierarchyEntry(ctx, sess.UserID, roomID, nil, suggested); entry == nil {
+		if rootEntry, rootLinks, _ = s.hierarchyEntry(ctx, sess.UserID, roomID, nil, suggested, known); rootEntry == nil {
 			return nil, errForbidden("You cannot view room %s", roomID)
 		}
 		tok.Queue = []hierarchyQueued{{RoomID: roomID}}
 	}
+	deadline := time.Now().Add(hierarchyWalkTimeout)
 	visited := make(map[string]bool, len(tok.Visited))
 	for _, id := range tok.Visited {
 		visited[id] = true
 	}
 	rooms := []*room.HierarchyRoom{}
 	remote := 0
-	for len(tok.Queue) > 0 && len(rooms) < limit && remote < maxHierarchyRemote && len(visited) < maxHierarchyVisited {
+	for len(tok.Queue) > 0 && len(rooms) < limit && remote < maxHierarchyRemote && len(visited) < maxHierarchyVisited && time.Now().Before(deadline) {
 		next := tok.Queue[len(tok.Queue)-1]
 		tok.Queue = tok.Queue[:len(tok.Queue)-1]
 		if visited[next.RoomID] {
@@ -138,7 +150,10 @@ func (s *Server) hierarchy(r *http.Request, sess *Session) (any, error) {
 		}
 		visited[next.RoomID] = true
 		tok.Visited = append(tok.Visited, next.RoomID)
-		entry, links, asked := s.hierarchyEntry(ctx, sess.UserID, next.RoomID, next.Via, suggested)
+		entry, links, asked := rootEntry, rootLinks, false
+		if next.RoomID != roomID || rootEntry == nil {
+			entry, links, asked = s.hierarchyEntry(ctx, sess.UserID, next.RoomID, next.Via, suggested, known)
+		}
 		if asked {
 			remote++
 		}
@@ -166,8 +181,9 @@ func (s *Server) hierarchy(r *http.Request, sess *Session) (any, error) {
 // hierarchyEntry describes one room of the walk for userID: nil if the
 // user could neither peek into nor join it, or no server describes it.
 // links are the room's children to walk (spaces only); asked tells
-// whether another server was asked.
-func (s *Server) hierarchyEntry(ctx context.Context, userID, roomID string, via []string, suggested bool) (entry *room.HierarchyRoom, links []room.SpaceChild, asked bool) {
+// whether another server was asked. Rooms in known were described by an
+// earlier answer; this one's children are added to it.
+func (s *Server) hierarchyEntry(ctx context.Context, userID, roomID string, via []string, suggested bool, known map[string]*room.HierarchyRoom) (entry *room.HierarchyRoom, links []room.SpaceChild, asked bool) {
 	local := false
 	err := s.Store.View(func(tx *store.Tx) error {
 		sum, st, err := s.Rooms.Summarize(tx, roomID)
@@ -200,21 +216,36 @@ func (s *Server) hierarchyEntry(ctx context.Context, userID, roomID string, via 
 			via = []string{srv}
 		}
 	}
-	rctx, cancel := context.WithTimeout(ctx, hierarchyRemoteTimeout)
-	defer cancel()
-	ans, err := s.RemoteHierarchy(rctx, roomID, via, suggested)
-	if err != nil || ans.Room == nil || !s.userMayPeekRemote(userID, ans.Room) {
-		return nil, nil, true
+	h, ok := known[roomID]
+	if !ok {
+		rctx, cancel := context.WithTimeout(ctx, hierarchyRemoteTimeout)
+		defer cancel()
+		ans, err := s.RemoteHierarchy(rctx, roomID, via, suggested)
+		if err != nil || ans.Room == nil {
+			return nil, nil, true
+		}
+		// Only children the room links to: an answer may not speak for
+		// rooms it was not asked about.
+		linked := map[string]bool{}
+		for _, l := range ans.Room.Links(false) {
+			linked[l.RoomID] = true
+		}
+		for _, c := range ans.Children {
+			if c != nil && linked[c.RoomID] {
+				known[c.RoomID] = c
+			}
+		}
+		h, asked = ans.Room, true
 	}
-	if ans.Room.ChildrenState == nil {
-		ans.Room.ChildrenState = []room.StrippedChild{}
+	if !s.userMayPeekRemote(userID, h) {
+		return nil, nil, asked
 	}
-	if ans.Room.RoomType == "m.space" {
-		links = ans.Room.Links(suggested)
+	if h.RoomType == "m.space" && h.ChildrenState != nil {
+		links = h.Links(suggested)
 	} else {
-		ans.Room.ChildrenState = []room.StrippedChild{}
+		h.ChildrenState = []room.StrippedChild{}
 	}
-	return ans.Room, links, true
+	return h, links, asked
 }
 
 // userMayPeek tells whether userID could peek into or join a room this

@@ -14,6 +14,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteKnock = eng.Knock
 	n.Client.RemoteBackfill = eng.Backfill
 	n.Client.AwaitFullState = eng.AwaitFullState
+	n.Client.RemoteHierarchy = eng.Hierarchy
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
 	eng.ResumePartialJoins() // rooms a restart left with partial state

@@ -430,9 +430,20 @@ func (c *Client) GetRaw(ctx context.Context, destination, path string) ([]byte, 
 	return c.do(ctx, http.MethodGet, destination, path, nil)
 }
 
+// GetRawHeader is GetRaw that also returns the answer's headers, for
+// answers that are not JSON (legacy media downloads).
+func (c *Client) GetRawHeader(ctx context.Context, destination, path string) ([]byte, http.Header, error) {
+	return c.doHeader(ctx, http.MethodGet, destination, path, nil)
+}
+
 func (c *Client) do(ctx context.Context, method, destination, path string, body any) ([]byte, error) {
+	data, _, err := c.doHeader(ctx, method, destination, path, body)
+	return data, err
+}
+
+func (c *Client) doHeader(ctx context.Context, method, destination, path string, body any) ([]byte, http.Header, error) {
 	if destination == c.opts.ServerName {
-		return nil, fmt.Errorf("%w: %s %s", ErrSelf, method, path)
+		return nil, nil, fmt.Errorf("%w: %s %s", ErrSelf, method, path)
 	}
 	var content []byte
 	switch b := body.(type) {
@@ -444,12 +455,12 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	default:
 		var err error
 		if content, err = json.Marshal(body); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	u, err := url.Parse(path)
 	if err != nil || u.Scheme != "" || u.Host != "" || len(path) == 0 || path[0] != '/' {
-		return nil, fmt.Errorf("federation: %q is not an absolute path", path)
+		return nil, nil, fmt.Errorf("federation: %q is not an absolute path", path)
 	}
 	u.Scheme, u.Host = "https", destination
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
@@ -457,16 +468,16 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	d := c.dest(destination)
 	t, err := d.resolve(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", destination, err)
+		return nil, nil, fmt.Errorf("resolving %s: %w", destination, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(content))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.Host = t.Host
 	auth, err := signRequest(c.opts.ServerName, destination, c.opts.Key, method, req.URL.RequestURI(), content)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.Header.Set("Authorization", auth)
 	req.Header.Set("User-Agent", "edge")
@@ -479,17 +490,17 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	resp, err := d.roundTrip(req)
 	if err != nil {
 		c.opts.Log.DebugContext(ctx, "federation request failed", "destination", destination, "method", method, "path", u.Path, "err", err)
-		return nil, fmt.Errorf("%s %s to %s: %w", method, path, destination, err)
+		return nil, nil, fmt.Errorf("%s %s to %s: %w", method, path, destination, err)
 	}
 	defer resp.Body.Close()
 	c.opts.Log.DebugContext(ctx, "federation request", "destination", destination, "method", method, "path", u.Path,
 		"status", resp.StatusCode, "proto", resp.Proto, "took", time.Since(start))
 	data, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxResponseBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s %s from %s: reading body: %w", method, path, destination, err)
+		return nil, nil, fmt.Errorf("%s %s from %s: reading body: %w", method, path, destination, err)
 	}
 	if int64(len(data)) > c.opts.MaxResponseBytes {
-		return nil, fmt.Errorf("%w: %s %s from %s is over %d bytes", ErrResponseTooLarge, method, path, destination, c.opts.MaxResponseBytes)
+		return nil, nil, fmt.Errorf("%w: %s %s from %s is over %d bytes", ErrResponseTooLarge, method, path, destination, c.opts.MaxResponseBytes)
 	}
 	if resp.StatusCode/100 != 2 {
 		re := &RemoteError{Destination: destination, Status: resp.StatusCode}
@@ -500,12 +511,12 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 		if json.Unmarshal(data, &e) == nil {
 			re.Code, re.Message = e.Code, e.Message
 		}
-		return nil, re
+		return nil, nil, re
 	}
 	if c.onAnswer != nil {
 		c.onAnswer(destination)
 	}
-	return data, nil
+	return data, resp.Header, nil
 }
 
 // Close drops idle connections.

@@ -62,6 +62,10 @@ type Server struct {
 	// a room from other servers, returning how many events it added (see
 	// messages.go); nil: /messages stops at the oldest event held.
 	RemoteBackfill func(ctx context.Context, roomID string, limit int) (int, error)
+	// RemoteHierarchy asks other servers (via first) for the federation
+	// hierarchy of a room this server is not in (see hierarchy.go); nil:
+	// such rooms are left out.
+	RemoteHierarchy func(ctx context.Context, roomID string, via []string, suggestedOnly bool) (*room.HierarchyAnswer, error)
 	// Remote carries typing, receipts, profiles and aliases to other
 	// servers (see remote_queries.go); nil: local only.
 	Remote *RemoteQueries
@@ -91,7 +95,7 @@ func New(d Deps) *Server {
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
-		s.routesKnock, s.routesDelayed,
+		s.routesKnock, s.routesDelayed, s.routesHierarchy,
 	} {
 		register()
 	}

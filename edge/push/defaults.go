@@ -25,11 +25,11 @@ const (
 	// Poll rules of MSC3930 under its unstable prefix, as Synapse ships
 	// them: poll responses are silent, poll starts and ends notify like
 	// messages (with a sound in one-to-one rooms).
-	RulePollResponse        = ".org.matrix.msc3930.rule.poll_response"
-	RulePollStartOneToOne   = ".org.matrix.msc3930.rule.poll_start_one_to_one"
-	RulePollEndOneToOne     = ".org.matrix.msc3930.rule.poll_end_one_to_one"
-	RulePollStart           = ".org.matrix.msc3930.rule.poll_start"
-	RulePollEnd             = ".org.matrix.msc3930.rule.poll_end"
+	RulePollResponse      = ".org.matrix.msc3930.rule.poll_response"
+	RulePollStartOneToOne = ".org.matrix.msc3930.rule.poll_start_one_to_one"
+	RulePollEndOneToOne   = ".org.matrix.msc3930.rule.poll_end_one_to_one"
+	RulePollStart         = ".org.matrix.msc3930.rule.poll_start"
+	RulePollEnd           = ".org.matrix.msc3930.rule.poll_end"
 
 	// Legacy mention rules, removed from the spec in v1.17 (MSC4210); only
 	// present with DefaultOptions.LegacyMentions.

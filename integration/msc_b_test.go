@@ -97,3 +97,81 @@ func TestMSCDeviceLocalNotificationSettingsGoWithDevice(t *testing.T) {
 		}
 	}
 }
+
+// MSC4306: manual and automatic thread subscriptions, the cause event's
+// checks, and an unsubscription refusing automatic subscriptions caused
+// by events older than it.
+func TestMSCThreadSubscriptions(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{})
+	send := func(content map[string]any) string {
+		t.Helper()
+		resp, err := alice.SendMessageEvent(ctxT(t), roomID, event.EventMessage, content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.EventID.String()
+	}
+	root := send(map[string]any{"msgtype": "m.text", "body": "root"})
+	inThread := func(body string) map[string]any {
+		return map[string]any{"msgtype": "m.text", "body": body,
+			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}}
+	}
+	reply1 := send(inThread("one"))
+	url := func(threadRoot string) string {
+		return n.URL + "/_matrix/client/unstable/io.element.msc4306/rooms/" + roomID.String() + "/thread/" + threadRoot + "/subscription"
+	}
+	expect := func(method, threadRoot string, body any, status int, errcode string) map[string]any {
+		t.Helper()
+		got, resp := udDo(t, alice, method, url(threadRoot), body)
+		if got != status || (errcode != "" && resp["errcode"] != errcode) {
+			t.Fatalf("%s %s %v: %d %v, want %d %s", method, threadRoot, body, got, resp, status, errcode)
+		}
+		return resp
+	}
+
+	expect("GET", root, nil, 404, "M_NOT_FOUND")
+	expect("PUT", "$nope:localhost", map[string]any{}, 404, "M_NOT_FOUND")
+	expect("PUT", root, map[string]any{"automatic": root}, 400, "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD")
+	expect("PUT", root, map[string]any{"automatic": 5}, 400, "M_BAD_JSON")
+	expect("PUT", root, map[string]any{"automatic": reply1}, 200, "")
+	if r := expect("GET", root, nil, 200, ""); r["automatic"] != true {
+		t.Fatalf("after automatic subscribe: %v", r)
+	}
+	expect("PUT", root, map[string]any{}, 200, "")
+	if r := expect("GET", root, nil, 200, ""); r["automatic"] != false {
+		t.Fatalf("after manual subscribe: %v", r)
+	}
+	// An automatic subscription does not downgrade a manual one.
+	expect("PUT", root, map[string]any{"automatic": reply1}, 200, "")
+	if r := expect("GET", root, nil, 200, ""); r["automatic"] != false {
+		t.Fatalf("automatic over manual: %v", r)
+	}
+	reply2 := send(inThread("two"))
+	expect("DELETE", root, nil, 200, "")
+	expect("DELETE", root, nil, 200, "") // idempotent
+	expect("GET", root, nil, 404, "M_NOT_FOUND")
+	reply3 := send(inThread("three"))
+	for _, old := range []string{reply1, reply2} {
+		expect("PUT", root, map[string]any{"automatic": old}, 409, "IO.ELEMENT.MSC4306.M_CONFLICTING_UNSUBSCRIPTION")
+		expect("GET", root, nil, 404, "M_NOT_FOUND")
+	}
+	expect("PUT", root, map[string]any{"automatic": reply3}, 200, "")
+	expect("GET", root, nil, 200, "")
+
+	// A reply in another thread is not a cause for this one.
+	other := send(map[string]any{"msgtype": "m.text", "body": "other root"})
+	resp, err := alice.SendMessageEvent(ctxT(t), roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "x",
+		"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": other}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect("PUT", root, map[string]any{"automatic": resp.EventID.String()}, 400, "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD")
+
+	// Someone outside the room sees nothing of it.
+	bob := n.register(t, "")
+	if got, r := udDo(t, bob, "PUT", url(root), map[string]any{}); got != 404 {
+		t.Fatalf("non-member PUT: %d %v", got, r)
+	}
+}

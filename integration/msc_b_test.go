@@ -6,6 +6,7 @@ import (
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 )
 
 // MSC3930: the poll rules are server defaults a client can read, with the
@@ -173,5 +174,81 @@ func TestMSCThreadSubscriptions(t *testing.T) {
 	bob := n.register(t, "")
 	if got, r := udDo(t, bob, "PUT", url(root), map[string]any{}); got != 404 {
 		t.Fatalf("non-member PUT: %d %v", got, r)
+	}
+}
+
+// MSC4155: invite filtering by user and server globs, for invites from
+// this server's users and over federation: blocked invites are refused
+// with 403, ignored ones succeed for the inviter but never reach the
+// invitee, and a user rule beats a server rule.
+func TestMSCInviteFiltering(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	bob := a.register(t, "")   // a local inviter
+	carol := b.register(t, "") // a remote inviter
+	setConfig := func(c *mautrix.Client, cfg map[string]any) {
+		t.Helper()
+		if err := c.SetAccountData(ctxT(t), "org.matrix.msc4155.invite_permission_config", cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	invite := func(inviter, invitee *mautrix.Client) (id.RoomID, error) {
+		t.Helper()
+		roomID := mustCreateRoom(t, inviter, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		_, err := inviter.InviteUser(ctxT(t), roomID, &mautrix.ReqInviteUser{UserID: invitee.UserID})
+		return roomID, err
+	}
+	mustRefuse := func(inviter, invitee *mautrix.Client) {
+		t.Helper()
+		_, err := invite(inviter, invitee)
+		udWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	}
+	invites := func(c *mautrix.Client) map[id.RoomID]*mautrix.SyncInvitedRoom {
+		t.Helper()
+		resp, err := c.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Rooms.Invite
+	}
+
+	// Blocking a user, locally and over federation.
+	alice := a.register(t, "")
+	setConfig(alice, map[string]any{"blocked_users": []string{bob.UserID.String(), "@" + carol.UserID.Localpart() + ":*"}})
+	mustRefuse(bob, alice)
+	mustRefuse(carol, alice)
+	if inv := invites(alice); len(inv) != 0 {
+		t.Fatalf("blocked invites reached alice: %v", inv)
+	}
+
+	// Ignoring a whole server: the inviter succeeds, alice sees nothing,
+	// and the inviting server has the invite in the room.
+	alice = a.register(t, "")
+	setConfig(alice, map[string]any{"ignored_servers": []string{b.Name}, "ignored_users": nil})
+	roomID, err := invite(carol, alice)
+	if err != nil {
+		t.Fatalf("an ignored invite must succeed for the inviter: %v", err)
+	}
+	if m := rfMembership(t, carol, roomID, alice.UserID); m != "invite" {
+		t.Fatalf("B's room has alice as %q, want invite", m)
+	}
+	if inv := invites(alice); len(inv) != 0 {
+		t.Fatalf("an ignored invite reached alice: %v", inv)
+	}
+
+	// A user rule beats a server rule: every server is blocked ("?" and
+	// "*" globs) but carol is allowed.
+	alice = a.register(t, "")
+	setConfig(alice, map[string]any{"blocked_servers": []string{"127.0.0.?:*"}, "allowed_users": []string{carol.UserID.String()}})
+	mustRefuse(bob, alice)
+	allowed, err := invite(carol, alice)
+	if err != nil {
+		t.Fatalf("an allowed user's invite: %v", err)
+	}
+	if inv := invites(alice); inv[allowed] == nil || len(inv) != 1 {
+		t.Fatalf("alice's invites = %v, want only %s", inv, allowed)
+	}
+	if _, err := alice.JoinRoomByID(ctxT(t), allowed); err != nil {
+		t.Fatalf("joining the allowed invite: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"net/http"
+	"net/url"
 	"testing"
 
 	"maunium.net/go/mautrix"
@@ -251,4 +252,95 @@ func TestMSCInviteFiltering(t *testing.T) {
 	if _, err := alice.JoinRoomByID(ctxT(t), allowed); err != nil {
 		t.Fatalf("joining the allowed invite: %v", err)
 	}
+}
+
+// Threaded read receipts and unread_thread_notifications: a thread's
+// notifications are counted apart when the filter asks, and each kind of
+// receipt clears only what it covers.
+func TestThreadedReceiptCounts(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	send := func(evType event.Type, content map[string]any) string {
+		t.Helper()
+		resp, err := alice.SendMessageEvent(ctxT(t), roomID, evType, content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.EventID.String()
+	}
+	msg := func(body, relType, parent string) map[string]any {
+		c := map[string]any{"msgtype": "m.text", "body": body}
+		if relType != "" {
+			c["m.relates_to"] = map[string]any{"rel_type": relType, "event_id": parent}
+		}
+		return c
+	}
+	// A <- B, C (mention), E in A's thread; D (mention) in the main
+	// timeline; F references A and G annotates F.
+	evA := send(event.EventMessage, msg("root", "", ""))
+	evB := send(event.EventMessage, msg("in thread", "m.thread", evA))
+	send(event.EventMessage, msg("hey "+bob.UserID.String(), "m.thread", evA))
+	evD := send(event.EventMessage, msg("hello "+bob.UserID.String(), "", ""))
+	send(event.EventMessage, msg("end thread", "m.thread", evA))
+	evF := send(event.EventMessage, msg("reference", "m.reference", evA))
+	evG := send(event.EventReaction, map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": evF, "key": "x"}})
+
+	// counts syncs bob with or without the thread filter and returns the
+	// room's unread_notifications and unread_thread_notifications.
+	counts := func(threaded bool) (notif, highlight float64, threads map[string]any) {
+		t.Helper()
+		u := n.URL + "/_matrix/client/v3/sync"
+		if threaded {
+			u += "?filter=" + url.QueryEscape(`{"room":{"timeline":{"unread_thread_notifications":true}}}`)
+		}
+		status, resp := udDo(t, bob, "GET", u, nil)
+		if status != 200 {
+			t.Fatalf("sync: %d %v", status, resp)
+		}
+		jr := resp["rooms"].(map[string]any)["join"].(map[string]any)[roomID.String()].(map[string]any)
+		un := jr["unread_notifications"].(map[string]any)
+		threads, _ = jr["unread_thread_notifications"].(map[string]any)
+		if _, present := jr["unread_thread_notifications"]; present && (!threaded || len(threads) == 0) {
+			t.Fatalf("unread_thread_notifications present (threaded=%v): %v", threaded, jr["unread_thread_notifications"])
+		}
+		return un["notification_count"].(float64), un["highlight_count"].(float64), threads
+	}
+	check := func(step string, total, totalHL, mainN, mainHL, threadN, threadHL float64) {
+		t.Helper()
+		if n, h, _ := counts(false); n != total || h != totalHL {
+			t.Errorf("%s: unthreaded counts %v/%v, want %v/%v", step, n, h, total, totalHL)
+		}
+		n, h, threads := counts(true)
+		if n != mainN || h != mainHL {
+			t.Errorf("%s: main counts %v/%v, want %v/%v", step, n, h, mainN, mainHL)
+		}
+		th, _ := threads[evA].(map[string]any)
+		if threadN == 0 {
+			if th != nil {
+				t.Errorf("%s: thread counts %v, want none", step, th)
+			}
+		} else if th == nil || th["notification_count"] != threadN || th["highlight_count"] != threadHL {
+			t.Errorf("%s: thread counts %v, want %v/%v", step, th, threadN, threadHL)
+		}
+	}
+	receipt := func(eventID string, body map[string]any) {
+		t.Helper()
+		u := n.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(roomID.String()) + "/receipt/m.read/" + url.PathEscape(eventID)
+		if status, resp := udDo(t, bob, "POST", u, body); status != 200 {
+			t.Fatalf("receipt %s %v: %d %v", eventID, body, status, resp)
+		}
+	}
+	check("nothing read", 6, 2, 3, 1, 3, 1)
+	receipt(evA, map[string]any{"thread_id": "main"})
+	check("main read to A", 5, 2, 2, 1, 3, 1)
+	receipt(evB, map[string]any{"thread_id": evA})
+	check("thread read to B", 4, 2, 2, 1, 2, 1)
+	receipt(evD, map[string]any{})
+	check("all read to D", 2, 0, 1, 0, 1, 0)
+	receipt(evG, map[string]any{"thread_id": evA})
+	check("thread read to G", 1, 0, 1, 0, 0, 0)
 }

@@ -34,6 +34,7 @@ func (s *Server) routesPush() {
 	s.authed("PUT /pushrules/{scope}/{kind}/{ruleId}/actions", s.putPushRuleActions)
 	s.SyncExtensions = append(s.SyncExtensions, s.pushRulesSync)
 	s.UnreadCounts = s.unreadCounts
+	s.UnreadThreadCounts = s.unreadThreadCounts
 	s.routesPushers()
 }
 
@@ -352,34 +353,11 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 	} else {
 		memo = unreadMemo{fingerprint: fp}
 	}
-	var pc *pushContext
-	scanned := memo.scanned
-	tx.Timeline(r.NID, now, true, func(pos, nid uint64) bool {
-		if pos <= floor || scanned >= maxUnreadScan {
-			return false
-		}
-		scanned++
-		ev, err := s.Rooms.Event(tx, nid)
-		if err != nil || ev.Sender == userID || ev.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
-			return true
-		}
-		if thread, _ := s.threadOf(tx, ev); pos <= marks.in(thread) {
-			return true
-		}
-		if pc == nil {
-			if pc, err = s.newPushContext(tx, userID, r); err != nil {
-				return false
-			}
-		}
-		actions, matched := push.Evaluate(pc.rules, push.RawEvent(ev.Raw), pc.forSender(ev.Sender))
-		if !matched || !actions.Notify() {
-			return true
-		}
+	scanned := s.scanUnread(tx, userID, r, floor, now, memo.scanned, marks, func(_ string, highlight bool) {
 		counts["notification_count"]++
-		if actions.Highlight() {
+		if highlight {
 			counts["highlight_count"]++
 		}
-		return true
 	})
 	memo.upTo, memo.scanned = now, scanned
 	memo.counts = [2]int{counts["notification_count"], counts["highlight_count"]}
@@ -390,6 +368,74 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 	s.unread[key] = memo
 	s.unreadMu.Unlock()
 	return counts
+}
+
+// scanUnread walks a room's timeline newest first down to just above
+// floor, at most maxUnreadScan events counting scanned already, and calls
+// found for each event others sent that the user has not read in its
+// thread and that their push rules make notify. It returns scanned
+// updated.
+func (s *Server) scanUnread(tx *store.Tx, userID string, r *store.Room, floor, now uint64, scanned int, marks *readMarks, found func(thread string, highlight bool)) int {
+	var pc *pushContext
+	tx.Timeline(r.NID, now, true, func(pos, nid uint64) bool {
+		if pos <= floor || scanned >= maxUnreadScan {
+			return false
+		}
+		scanned++
+		ev, err := s.Rooms.Event(tx, nid)
+		if err != nil || ev.Sender == userID || ev.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
+			return true
+		}
+		thread, _ := s.threadOf(tx, ev)
+		if pos <= marks.in(thread) {
+			return true
+		}
+		if pc == nil {
+			if pc, err = s.newPushContext(tx, userID, r); err != nil {
+				return false
+			}
+		}
+		actions, matched := push.Evaluate(pc.rules, push.RawEvent(ev.Raw), pc.forSender(ev.Sender))
+		if matched && actions.Notify() {
+			found(thread, actions.Highlight())
+		}
+		return true
+	})
+	return scanned
+}
+
+// unreadThreadCounts is unreadCounts split by thread, for a /sync whose
+// filter sets unread_thread_notifications: the main timeline's counts
+// (events outside any thread, thread roots included), and each thread
+// with unread notifications by its root's event ID. Not memoised: only
+// clients that ask pay for it.
+func (s *Server) unreadThreadCounts(tx *store.Tx, userID, roomID string) (map[string]int, map[string]map[string]int) {
+	main := map[string]int{"notification_count": 0, "highlight_count": 0}
+	r, err := tx.Room(roomID)
+	if err != nil {
+		return main, nil
+	}
+	m, err := tx.Membership(userID, roomID)
+	if err != nil {
+		return main, nil
+	}
+	marks := &readMarks{s: s, tx: tx, userID: userID, roomID: roomID, threads: map[string]uint64{}}
+	marks.unthreaded = marks.receiptPos("")
+	threads := map[string]map[string]int{}
+	s.scanUnread(tx, userID, r, max(m.Pos, marks.unthreaded), tx.Pos(), 0, marks, func(thread string, highlight bool) {
+		counts := main
+		if thread != mainThread {
+			if counts = threads[thread]; counts == nil {
+				counts = map[string]int{"notification_count": 0, "highlight_count": 0}
+				threads[thread] = counts
+			}
+		}
+		counts["notification_count"]++
+		if highlight {
+			counts["highlight_count"]++
+		}
+	})
+	return main, threads
 }
 
 // maxUnreadMemos bounds the memo's memory (about 100 bytes an entry).

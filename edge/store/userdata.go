@@ -13,8 +13,8 @@ type AccountData struct {
 	Content json.RawMessage `json:"content"`
 	Pos     uint64          `json:"pos"`
 	// Deleted marks an entry removed by DeleteAccountData: lookups report
-	// ErrNotFound, incremental streams carry it with empty content (as
-	// MSC3391 deletes do) so clients drop their copy.
+	// ErrNotFound; streams carry it with empty content, which is how
+	// MSC3391 says a deletion reaches clients.
 	Deleted bool `json:"deleted,omitempty"`
 }
 
@@ -62,9 +62,6 @@ func (t *Tx) AccountDataSince(userID string, since uint64) ([]*AccountData, erro
 			var a AccountData
 			if err := json.Unmarshal(v, &a); err != nil {
 				return nil, err
-			}
-			if a.Deleted {
-				continue // an initial sync has nothing to forget
 			}
 			out = append(out, &a)
 		}

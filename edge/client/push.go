@@ -174,7 +174,14 @@ func (s *Server) getPushRule(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	return s.viewPushRules(sess.UserID, func(rules *push.Rules) (any, error) {
-		return rules.Get(push.ScopeGlobal, kind, ruleID)
+		rule, err := rules.Get(push.ScopeGlobal, kind, ruleID)
+		if errors.Is(err, push.ErrUnknownKind) {
+			// The spec's GET answers 200 or 404: a kind this server does not
+			// have (e.g. MSC4306's postcontent) holds no such rule. Clients
+			// probe for optional rules this way before disabling them.
+			return nil, errNotFound("No push rule %s/%s", kind, ruleID)
+		}
+		return rule, err
 	})
 }
 

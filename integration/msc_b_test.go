@@ -242,6 +242,13 @@ func TestMSCInviteFiltering(t *testing.T) {
 	if _, err := alice.JoinRoomByID(ctxT(t), allowed); err != nil {
 		t.Fatalf("joining the allowed invite: %v", err)
 	}
+
+	// A sync with no invites leaves rooms.invite out, as Synapse does.
+	fresh := a.register(t, "")
+	status, resp := udDo(t, fresh, "GET", a.URL+"/_matrix/client/v3/sync", nil)
+	if rooms, _ := resp["rooms"].(map[string]any); status != 200 || rooms == nil || rooms["invite"] != nil || rooms["join"] != nil {
+		t.Fatalf("empty sync: %d %v", status, resp)
+	}
 }
 
 // Threaded read receipts and unread_thread_notifications: a thread's

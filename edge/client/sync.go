@@ -251,6 +251,14 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 				news = true
 			}
 		}
+		// Empty sections are left out, as Synapse does: clients (and
+		// Complement's MSC4155 tests) read a missing rooms.invite as "no
+		// invites".
+		for section, v := range resp["rooms"].(map[string]any) {
+			if m, ok := v.(map[string]any); ok && len(m) == 0 {
+				delete(resp["rooms"].(map[string]any), section)
+			}
+		}
 		return nil
 	})
 	return resp, news, err

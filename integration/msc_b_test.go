@@ -205,7 +205,9 @@ func TestMSCInviteFiltering(t *testing.T) {
 
 	// Blocking a user, locally and over federation.
 	alice := a.register(t, "")
-	setConfig(alice, map[string]any{"blocked_users": []string{bob.UserID.String(), "@" + carol.UserID.Localpart() + ":*"}})
+	// (a malformed field counts as empty without voiding the others)
+	setConfig(alice, map[string]any{"blocked_users": []string{bob.UserID.String(), "@" + carol.UserID.Localpart() + ":*"},
+		"allowed_servers": "not a list"})
 	mustRefuse(bob, alice)
 	mustRefuse(carol, alice)
 	if inv := invites(alice); len(inv) != 0 {

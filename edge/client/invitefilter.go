@@ -31,28 +31,34 @@ func (s *Server) inviteRuleFor(tx *store.Tx, invitee, inviter string) inviteRule
 	if err != nil {
 		return inviteAllow
 	}
-	var cfg struct {
-		AllowedUsers   []any `json:"allowed_users"`
-		IgnoredUsers   []any `json:"ignored_users"`
-		BlockedUsers   []any `json:"blocked_users"`
-		AllowedServers []any `json:"allowed_servers"`
-		IgnoredServers []any `json:"ignored_servers"`
-		BlockedServers []any `json:"blocked_servers"`
-	}
+	var cfg map[string]json.RawMessage
 	if json.Unmarshal(ad.Content, &cfg) != nil {
 		return inviteAllow
+	}
+	// patterns reads one list; a field that is missing, null or not a list
+	// of strings contributes nothing, without voiding the others.
+	patterns := func(field string) []string {
+		var list []any
+		_ = json.Unmarshal(cfg[field], &list)
+		out := make([]string, 0, len(list))
+		for _, p := range list {
+			if ps, ok := p.(string); ok {
+				out = append(out, ps)
+			}
+		}
+		return out
 	}
 	_, server, _ := strings.Cut(inviter, ":")
 	for _, level := range []struct {
 		subject string
-		lists   [3][]any
+		fields  [3]string // allow, ignore, block: the order of inviteRule
 	}{
-		{inviter, [3][]any{cfg.AllowedUsers, cfg.IgnoredUsers, cfg.BlockedUsers}},
-		{server, [3][]any{cfg.AllowedServers, cfg.IgnoredServers, cfg.BlockedServers}},
+		{inviter, [3]string{"allowed_users", "ignored_users", "blocked_users"}},
+		{server, [3]string{"allowed_servers", "ignored_servers", "blocked_servers"}},
 	} {
-		for rule, patterns := range level.lists {
-			for _, p := range patterns {
-				if ps, ok := p.(string); ok && globMatch(ps, level.subject) {
+		for rule, field := range level.fields {
+			for _, p := range patterns(field) {
+				if globMatch(p, level.subject) {
 					return inviteRule(rule)
 				}
 			}

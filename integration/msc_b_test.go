@@ -342,4 +342,9 @@ func TestThreadedReceiptCounts(t *testing.T) {
 	check("all read to D", 2, 0, 1, 0, 1, 0)
 	receipt(evG, map[string]any{"thread_id": evA})
 	check("thread read to G", 1, 0, 1, 0, 0, 0)
+	// New events add to the remembered counts, in their own thread.
+	send(event.EventMessage, msg("more "+bob.UserID.String(), "m.thread", evA))
+	check("a new thread mention", 2, 1, 1, 0, 1, 1)
+	send(event.EventMessage, msg("main again", "", ""))
+	check("a new main message", 3, 1, 2, 0, 1, 1)
 }

@@ -322,6 +322,9 @@ type unreadMemo struct {
 	upTo        uint64
 	counts      [2]int
 	scanned     int
+	// threads holds per-thread counts in entries of unreadThreadCounts
+	// (counts is then the main timeline's); never modified once stored.
+	threads map[string][2]int
 }
 
 func (s *Server) forgetUnread(userID string) {
@@ -368,12 +371,7 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 	})
 	memo.upTo, memo.scanned = now, scanned
 	memo.counts = [2]int{counts["notification_count"], counts["highlight_count"]}
-	s.unreadMu.Lock()
-	if s.unread == nil || len(s.unread) > maxUnreadMemos {
-		s.unread = map[[2]string]unreadMemo{} // crude bound: start over
-	}
-	s.unread[key] = memo
-	s.unreadMu.Unlock()
+	s.rememberUnread(key, memo)
 	return counts
 }
 
@@ -414,35 +412,72 @@ func (s *Server) scanUnread(tx *store.Tx, userID string, r *store.Room, floor, n
 // unreadThreadCounts is unreadCounts split by thread, for a /sync whose
 // filter sets unread_thread_notifications: the main timeline's counts
 // (events outside any thread, thread roots included), and each thread
-// with unread notifications by its root's event ID. Not memoised: only
-// clients that ask pay for it.
+// with unread notifications by its root's event ID. It is memoised like
+// unreadCounts, under its own key.
 func (s *Server) unreadThreadCounts(tx *store.Tx, userID, roomID string) (map[string]int, map[string]map[string]int) {
-	main := map[string]int{"notification_count": 0, "highlight_count": 0}
 	r, err := tx.Room(roomID)
 	if err != nil {
-		return main, nil
+		return map[string]int{"notification_count": 0, "highlight_count": 0}, nil
 	}
 	m, err := tx.Membership(userID, roomID)
 	if err != nil {
-		return main, nil
+		return map[string]int{"notification_count": 0, "highlight_count": 0}, nil
 	}
 	marks := &readMarks{s: s, tx: tx, userID: userID, roomID: roomID, threads: map[string]uint64{}}
 	marks.unthreaded = marks.receiptPos("")
-	threads := map[string]map[string]int{}
-	s.scanUnread(tx, userID, r, max(m.Pos, marks.unthreaded), tx.Pos(), 0, marks, func(thread string, highlight bool) {
-		counts := main
-		if thread != mainThread {
-			if counts = threads[thread]; counts == nil {
-				counts = map[string]int{"notification_count": 0, "highlight_count": 0}
-				threads[thread] = counts
-			}
+	floor := max(m.Pos, marks.unthreaded)
+	key := [2]string{userID, splitUnreadKey + roomID}
+	fp := [2]uint64{m.Event, floor}
+	now := tx.Pos()
+	s.unreadMu.Lock()
+	memo, ok := s.unread[key]
+	s.unreadMu.Unlock()
+	var main [2]int
+	threads := map[string][2]int{}
+	if ok && memo.fingerprint == fp && memo.upTo <= now {
+		main = memo.counts
+		for k, v := range memo.threads {
+			threads[k] = v
 		}
-		counts["notification_count"]++
+		floor = max(floor, memo.upTo)
+	} else {
+		memo = unreadMemo{fingerprint: fp}
+	}
+	scanned := s.scanUnread(tx, userID, r, floor, now, memo.scanned, marks, func(thread string, highlight bool) {
+		c := main
+		if thread != mainThread {
+			c = threads[thread]
+		}
+		c[0]++
 		if highlight {
-			counts["highlight_count"]++
+			c[1]++
+		}
+		if thread != mainThread {
+			threads[thread] = c
+		} else {
+			main = c
 		}
 	})
-	return main, threads
+	memo.upTo, memo.scanned, memo.counts, memo.threads = now, scanned, main, threads
+	s.rememberUnread(key, memo)
+	out := map[string]map[string]int{}
+	for th, c := range threads {
+		out[th] = map[string]int{"notification_count": c[0], "highlight_count": c[1]}
+	}
+	return map[string]int{"notification_count": main[0], "highlight_count": main[1]}, out
+}
+
+// splitUnreadKey prefixes the room ID in the memo key of per-thread counts
+// (room IDs start with "!", so the two kinds of entry never collide).
+const splitUnreadKey = "threads "
+
+func (s *Server) rememberUnread(key [2]string, memo unreadMemo) {
+	s.unreadMu.Lock()
+	if s.unread == nil || len(s.unread) > maxUnreadMemos {
+		s.unread = map[[2]string]unreadMemo{} // crude bound: start over
+	}
+	s.unread[key] = memo
+	s.unreadMu.Unlock()
 }
 
 // maxUnreadMemos bounds the memo's memory (about 100 bytes an entry).

@@ -84,6 +84,12 @@ func (s *Server) AcceptRemoteInvite(tx *store.Tx, roomID, eventID string, pdu js
 	} else if err != nil {
 		return err
 	}
+	switch s.inviteRuleFor(tx, ev.StateKey, ev.Sender) {
+	case inviteBlock:
+		return fmt.Errorf("%w: %s does not accept invites from %s", room.ErrForbidden, ev.StateKey, ev.Sender)
+	case inviteIgnore:
+		return nil // MSC4155: countersigned for the inviter, never shown to the invitee
+	}
 	clientEv := map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content,
 		"event_id": eventID, "origin_server_ts": ev.TS, "room_id": roomID, "unsigned": map[string]any{}}
 	self, _ := json.Marshal(map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content})

@@ -402,6 +402,14 @@ func (s *Server) membershipAction(membership, action string) authedFunc {
 					return errForbidden("%s is not banned", req.UserID)
 				}
 			}
+			if action == "invite" && !remote && s.isLocalUser(req.UserID) {
+				switch s.inviteRuleFor(tx, req.UserID, sess.UserID) {
+				case inviteBlock:
+					return errForbidden("%s does not accept invites from you", req.UserID)
+				case inviteIgnore:
+					return nil // MSC4155: dropped without telling the inviter
+				}
+			}
 			if remote {
 				return nil
 			}

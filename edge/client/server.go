@@ -48,6 +48,9 @@ type Server struct {
 	DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
 	// UnreadCounts fills a joined room's unread_notifications.
 	UnreadCounts func(tx *store.Tx, userID, roomID string) map[string]int
+	// UnreadThreadCounts is UnreadCounts split into the main timeline's
+	// and each thread's (unread_thread_notifications).
+	UnreadThreadCounts func(tx *store.Tx, userID, roomID string) (map[string]int, map[string]map[string]int)
 	// RemoteJoin joins a room this server does not know through other
 	// servers (see remotejoin.go); nil: unknown rooms are 404.
 	RemoteJoin func(ctx context.Context, userID, roomID string, servers []string) error
@@ -95,7 +98,7 @@ func New(d Deps) *Server {
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
-		s.routesKnock, s.routesDelayed, s.routesHierarchy,
+		s.routesKnock, s.routesDelayed, s.routesHierarchy, s.routesThreadSubscriptions,
 	} {
 		register()
 	}

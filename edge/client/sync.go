@@ -68,7 +68,10 @@ type joinedRoomJSON struct {
 	Ephemeral           eventsJSON     `json:"ephemeral"`
 	AccountData         eventsJSON     `json:"account_data"`
 	UnreadNotifications map[string]int `json:"unread_notifications"`
-	Summary             map[string]any `json:"summary"`
+	// UnreadThreadNotifications is only filled when the filter asks, and
+	// left out when no thread has unread notifications.
+	UnreadThreadNotifications map[string]map[string]int `json:"unread_thread_notifications,omitempty"`
+	Summary                   map[string]any            `json:"summary"`
 }
 
 type leftRoomJSON struct {
@@ -252,6 +255,14 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, s
 				news = true
 			}
 		}
+		// Empty sections are left out, as Synapse does: clients (and
+		// Complement's MSC4155 tests) read a missing rooms.invite as "no
+		// invites".
+		for section, v := range resp["rooms"].(map[string]any) {
+			if m, ok := v.(map[string]any); ok && len(m) == 0 {
+				delete(resp["rooms"].(map[string]any), section)
+			}
+		}
 		return nil
 	})
 	return resp, news, err
@@ -396,7 +407,9 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		}
 	}
 	jr.AccountData.Events = orEmpty(rad)
-	if s.UnreadCounts != nil {
+	if f.UnreadThreadNotifications() && s.UnreadThreadCounts != nil {
+		jr.UnreadNotifications, jr.UnreadThreadNotifications = s.UnreadThreadCounts(tx, sess.UserID, r.RoomID)
+	} else if s.UnreadCounts != nil {
 		jr.UnreadNotifications = s.UnreadCounts(tx, sess.UserID, r.RoomID)
 	}
 	if full {

@@ -12,6 +12,10 @@ type AccountData struct {
 	Type    string          `json:"type"`
 	Content json.RawMessage `json:"content"`
 	Pos     uint64          `json:"pos"`
+	// Deleted marks an entry removed by DeleteAccountData: lookups report
+	// ErrNotFound; streams carry it with empty content, which is how
+	// MSC3391 says a deletion reaches clients.
+	Deleted bool `json:"deleted,omitempty"`
 }
 
 // PutAccountData stores an entry at a new stream position and returns it.
@@ -23,11 +27,26 @@ func (t *Tx) PutAccountData(userID, roomID, evType string, content json.RawMessa
 	return pos
 }
 
+// DeleteAccountData removes an entry, leaving a tombstone at a new stream
+// position; deleting a missing entry does nothing.
+func (t *Tx) DeleteAccountData(userID, roomID, evType string) {
+	if _, err := t.AccountData(userID, roomID, evType); err != nil {
+		return
+	}
+	pos := t.NextPos()
+	putJSON(t.tx.Bucket(bAccountData), join(userID, roomID, evType),
+		&AccountData{RoomID: roomID, Type: evType, Content: json.RawMessage("{}"), Pos: pos, Deleted: true})
+	must(t.tx.Bucket(bAccountStream).Put(append(prefix(userID), u64(pos)...), join(roomID, evType)))
+}
+
 // AccountData loads one entry.
 func (t *Tx) AccountData(userID, roomID, evType string) (*AccountData, error) {
 	var a AccountData
 	if err := getJSON(t.tx.Bucket(bAccountData).Get(join(userID, roomID, evType)), &a); err != nil {
 		return nil, err
+	}
+	if a.Deleted {
+		return nil, ErrNotFound
 	}
 	return &a, nil
 }

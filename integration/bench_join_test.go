@@ -67,6 +67,15 @@ func BenchmarkJoinLargeRoom(b *testing.B) {
 		wall += time.Since(t0)
 		b.StopTimer()
 		peakKB = max(peakKB, vmHWM(b, joiner.proc.cmd.Process.Pid))
+		// The joiner's own breakdown of the join (its stderr is copied
+		// from a pipe, so the line may lag the HTTP answer a little).
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if i := strings.Index(joiner.proc.stderr.String(), `msg="joined a room"`); i >= 0 {
+				line, _, _ := strings.Cut(joiner.proc.stderr.String()[i:], "\n")
+				b.Log(line)
+				break
+			}
+		}
 		// Left running: its join is in the room's state now, and a
 		// later joiner checks its signature with its key.
 		b.StartTimer()
@@ -106,7 +115,7 @@ func BenchmarkJoinLargeRoom(b *testing.B) {
 // fillState joins count members of node n's server to the room, straight
 // through the room service (registering 100k accounts would time password
 // hashing), in transactions of 2,000.
-func fillState(b *testing.B, n *rfNode, roomID id.RoomID, count int) {
+func fillState(b testing.TB, n *rfNode, roomID id.RoomID, count int) {
 	b.Helper()
 	content := json.RawMessage(`{"membership":"join"}`)
 	for done := 0; done < count; {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +121,9 @@ func TestCheckPDUVectors(t *testing.T) {
 			}
 			if c.ID != ev.ID || c.ContentHashOK != ev.VerifyContentHash() {
 				t.Errorf("%s: %s: CheckPDU says %s, hash ok %v", path, ev.ID, c.ID, c.ContentHashOK)
+			}
+			if ids, err := AuthEventIDs(f.RoomVersion, ev.Raw); err != nil || !slices.Equal(ids, ev.AuthEvents) {
+				t.Errorf("%s: %s: AuthEventIDs = %v, %v; want %v", path, ev.ID, ids, err, ev.AuthEvents)
 			}
 			ran++
 		}

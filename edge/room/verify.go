@@ -18,6 +18,8 @@ import (
 	"maunium.net/go/mautrix/crypto/canonicaljson"
 	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
+
+	"edge/edge/edsig"
 )
 
 // A received PDU is checked three ways (event ID from its reference hash,
@@ -217,7 +219,7 @@ func (c *Checked) VerifySignature(serverName string, getKey pdu.GetKeyFunc) erro
 		default:
 			sigBytes, err1 := base64.RawStdEncoding.DecodeString(strings.TrimRight(sig, "="))
 			keyBytes, err2 := base64.RawStdEncoding.DecodeString(strings.TrimRight(string(key), "="))
-			if err1 != nil || err2 != nil || len(keyBytes) != ed25519.PublicKeySize || !ed25519.Verify(keyBytes, c.signed, sigBytes) {
+			if err1 != nil || err2 != nil || len(keyBytes) != ed25519.PublicKeySize || !edsig.Verify(keyBytes, c.signed, sigBytes) {
 				return fmt.Errorf("failed to verify signature from key %s: invalid signature", keyID)
 			}
 			verified = true

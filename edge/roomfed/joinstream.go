@@ -80,8 +80,8 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 		err   error
 		state bool
 	}
-	work := make(chan item, 256)
-	results := make(chan checked, 256)
+	work := make(chan item, 1024)
+	results := make(chan checked, 1024)
 	var workers sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
 		workers.Go(func() {
@@ -94,14 +94,10 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 	go func() { workers.Wait(); close(results) }()
 
 	ans := &joinAnswer{events: map[string]*joinEvent{}}
+	s := newJoinStorer(e, roomNID, ans, cancel)
 	collected := make(chan error, 1)
 	go func() {
-		s := &joinStorer{e: e, roomNID: roomNID, ans: ans}
-		var err error
 		for res := range results {
-			if err != nil {
-				continue // drain, so the workers finish
-			}
 			if res.err != nil || res.ev == nil {
 				eventID := ""
 				if res.ev != nil {
@@ -110,14 +106,9 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 				e.log.Info("send_join answer holds an invalid event; dropped", "event_id", eventID, "err", res.err)
 				continue
 			}
-			if err = s.add(res.ev, res.state); err != nil {
-				cancel()
-			}
+			s.add(res.ev, res.state)
 		}
-		if err == nil {
-			err = s.flush()
-		}
-		collected <- err
+		collected <- s.finish()
 	}()
 
 	readErr := decodeJoinAnswer(r, ans, func(raw []byte, state bool) bool {
@@ -195,21 +186,38 @@ func decodeJoinAnswer(r io.Reader, ans *joinAnswer, send func(raw []byte, state 
 	return nil
 }
 
-// joinStorer collects checked events and stores them a chunk at a time.
+// joinStorer collects checked events and stores them a chunk at a time,
+// in a goroutine of its own: a chunk's commit (an fsync) must not stall
+// the checks behind it.
 type joinStorer struct {
 	e       *Engine
 	roomNID uint64
 	ans     *joinAnswer
-	chunk   []*joinEvent
+	chunk   []*room.Event
+	chunks  chan []*room.Event
+	done    chan error
 	// interned strings: every event names the same room and version, and
 	// mostly the same few auth events.
 	strs map[string]string
 }
 
+func newJoinStorer(e *Engine, roomNID uint64, ans *joinAnswer, fail func()) *joinStorer {
+	s := &joinStorer{e: e, roomNID: roomNID, ans: ans, chunks: make(chan []*room.Event, 4), done: make(chan error, 1), strs: map[string]string{}}
+	go func() {
+		var err error
+		for evs := range s.chunks {
+			if err == nil {
+				if err = s.store(evs); err != nil {
+					fail()
+				}
+			}
+		}
+		s.done <- err
+	}()
+	return s
+}
+
 func (s *joinStorer) intern(v string) string {
-	if s.strs == nil {
-		s.strs = map[string]string{}
-	}
 	if w, ok := s.strs[v]; ok {
 		return w
 	}
@@ -217,35 +225,38 @@ func (s *joinStorer) intern(v string) string {
 	return v
 }
 
-func (s *joinStorer) add(ev *room.Event, state bool) error {
+// add takes a checked event; an event listed in both state and
+// auth_chain is kept once.
+func (s *joinStorer) add(ev *room.Event, state bool) {
 	if je := s.ans.events[ev.ID]; je != nil {
-		// Listed in both state and auth_chain.
 		je.state, je.chain = je.state || state, je.chain || !state
-		return nil
+		return
 	}
 	ev.RoomID, ev.Version = s.intern(ev.RoomID), s.intern(ev.Version)
 	ev.Type = s.intern(ev.Type)
 	for i, id := range ev.AuthEvents {
 		ev.AuthEvents[i] = s.intern(id)
 	}
-	je := &joinEvent{Event: ev, state: state, chain: !state}
-	s.ans.events[ev.ID] = je
+	s.ans.events[ev.ID] = &joinEvent{Event: ev, state: state, chain: !state}
 	s.ans.order = append(s.ans.order, ev.ID)
-	s.chunk = append(s.chunk, je)
+	s.chunk = append(s.chunk, ev)
 	if len(s.chunk) >= joinChunk {
-		return s.flush()
+		s.chunks <- s.chunk
+		s.chunk = nil
 	}
-	return nil
 }
 
-func (s *joinStorer) flush() error {
-	if len(s.chunk) == 0 {
-		return nil
+// finish stores the last chunk and returns the first storing error.
+func (s *joinStorer) finish() error {
+	if len(s.chunk) > 0 {
+		s.chunks <- s.chunk
 	}
-	evs := make([]*room.Event, len(s.chunk))
-	for i, je := range s.chunk {
-		evs[i] = je.Event
-	}
+	close(s.chunks)
+	return <-s.done
+}
+
+// store writes one chunk, then drops its events' JSON.
+func (s *joinStorer) store(evs []*room.Event) error {
 	err := s.e.store.Write(func(tx *store.Tx) error {
 		s.e.rooms.StoreJoinEvents(tx, s.roomNID, evs)
 		return nil
@@ -261,6 +272,5 @@ func (s *joinStorer) flush() error {
 			ev.Raw = nil
 		}
 	}
-	s.chunk = s.chunk[:0]
 	return nil
 }

@@ -7,10 +7,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/json/jsontext"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -40,33 +38,43 @@ type member struct {
 	text  []byte
 }
 
-// splitMembers splits a JSON object into its top-level members,
-// refusing duplicate names and invalid UTF-8 (jsontext's defaults).
+// splitMembers splits a JSON object into its top-level members with the
+// auth rules' scanner. It only finds their bounds: every member a hash or
+// a signature covers is then validated by its canonical encoding, and the
+// rest by json.Unmarshal. What is not one object, or repeats a name, is
+// refused.
 func splitMembers(raw []byte) ([]member, error) {
-	d := jsontext.NewDecoder(bytes.NewReader(raw))
-	if tok, err := d.ReadToken(); err != nil || tok.Kind() != '{' {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrBadEvent)
-	}
+	offset := func(b []byte) int { return cap(raw) - cap(b) } // b is a slice of raw
 	out := make([]member, 0, 16)
-	for d.PeekKind() != '}' {
-		start := d.InputOffset()
-		tok, err := d.ReadToken()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	var bad string
+	ok := scanObject(raw, func(name, val []byte) {
+		n := string(name[1 : len(name)-1])
+		if bytes.IndexByte(name, '\\') >= 0 && json.Unmarshal(name, &n) != nil {
+			bad = "malformed member name"
 		}
-		name := tok.String()
-		v, err := d.ReadValue()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+		for _, m := range out {
+			if m.name == n {
+				bad = "duplicate member " + n
+			}
 		}
-		end := d.InputOffset()
-		out = append(out, member{name: name, value: raw[end-int64(len(v)) : end], text: bytes.TrimLeft(raw[start:end], " \t\r\n,")})
+		out = append(out, member{name: n, value: val, text: raw[offset(name) : offset(val)+len(val)]})
+	})
+	if !ok {
+		bad = "not a JSON object"
 	}
-	if _, err := d.ReadToken(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	if bad == "" {
+		// Nothing may follow the object's closing brace.
+		i := skipSpace(raw, 0) + 1
+		if len(out) > 0 {
+			last := out[len(out)-1].value
+			i = offset(last) + len(last)
+		}
+		if i = skipSpace(raw, skipSpace(raw, i)+1); i != len(raw) {
+			bad = "data after the event object"
+		}
 	}
-	if _, err := d.ReadToken(); err != io.EOF {
-		return nil, fmt.Errorf("%w: data after the event object", ErrBadEvent)
+	if bad != "" {
+		return nil, fmt.Errorf("%w: %s", ErrBadEvent, bad)
 	}
 	return out, nil
 }
@@ -85,8 +93,8 @@ func joinMembers(buf []byte, ms []member, keep func(string) bool, replace map[st
 		}
 		first = false
 		if v, ok := replace[m.name]; ok {
-			buf, _ = jsontext.AppendQuote(buf, m.name)
-			buf = append(buf, ':')
+			// The member's own name text, then the new value.
+			buf = append(buf, m.text[:len(m.text)-len(m.value)]...)
 			buf = append(buf, v...)
 			continue
 		}
@@ -151,7 +159,10 @@ func CheckPDU(version string, raw []byte) (*Checked, error) {
 	var h struct {
 		SHA256 string `json:"sha256"`
 	}
-	if len(hashes) > 0 && json.Unmarshal(hashes, &h) == nil {
+	if len(hashes) > 0 {
+		if err := json.Unmarshal(hashes, &h); err != nil {
+			return nil, fmt.Errorf("%w: hashes: %v", ErrBadEvent, err)
+		}
 		want, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(h.SHA256, "="))
 		sum := sha256.Sum256(body)
 		c.ContentHashOK = err == nil && hmac.Equal(sum[:], want)

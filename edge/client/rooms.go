@@ -295,13 +295,17 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 	}
 	roomID := r.PathValue("roomId")
 	remote := false
+	var knock *remoteKnock
 	err := s.Store.Write(func(tx *store.Tx) error {
-		remote = false
+		remote, knock = false, nil
 		_, st, err := s.roomState(tx, roomID)
 		if errors.Is(err, room.ErrRoomNotFound) {
 			if s.pendingRemoteInvite(tx, sess.UserID, roomID) != nil {
 				remote = true // rejecting an invite from another server
 				return nil
+			}
+			if knock = s.pendingRemoteKnock(tx, sess.UserID, roomID); knock != nil {
+				return nil // retracting a knock on another server's room
 			}
 			return errNotFound("Unknown room %s", roomID)
 		} else if err != nil {
@@ -319,6 +323,9 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 	})
 	if err == nil && remote {
 		err = s.rejectRemoteInvite(r.Context(), sess.UserID, roomID, req.Reason)
+	}
+	if err == nil && knock != nil {
+		err = s.retractRemoteKnock(r.Context(), sess.UserID, roomID, knock, req.Reason)
 	}
 	return empty{}, err
 }

@@ -3,6 +3,7 @@ package roomfed
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 
@@ -35,8 +36,25 @@ func v1Answer(h func(*federation.Request) (any, error)) func(*federation.Request
 		if err != nil {
 			return nil, err
 		}
+		if sj, ok := body.(federation.StreamedJSON); ok {
+			return v1Stream{sj}, nil
+		}
 		return []any{http.StatusOK, body}, nil
 	}
+}
+
+// v1Stream wraps a streamed v2 answer as [200, body].
+type v1Stream struct{ inner federation.StreamedJSON }
+
+func (v v1Stream) WriteJSON(w io.Writer) error {
+	if _, err := io.WriteString(w, "[200,"); err != nil {
+		return err
+	}
+	if err := v.inner.WriteJSON(w); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "]")
+	return err
 }
 
 // visibleTo loads the room and checks that server may ask about it at

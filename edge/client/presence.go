@@ -259,19 +259,28 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 		return false
 	}
 	joined := map[string]bool{}
+	joinedAt := map[string]uint64{} // room → position of the requester's member event
 	for _, m := range ms {
 		if m.Membership == "join" {
 			joined[m.RoomID] = true
+			joinedAt[m.RoomID] = m.Pos
 		}
 	}
 	now := time.Now().UnixMilli()
 	var events []any
 	tx.ScanKV(presenceNamespace, "", func(userID string, v []byte) bool {
 		var rec presenceRecord
-		if json.Unmarshal(v, &rec) != nil || (!initial && rec.Pos <= since) {
+		if json.Unmarshal(v, &rec) != nil {
 			return true
 		}
-		if userID != sess.UserID && !sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined) {
+		if !initial && rec.Pos <= since {
+			// Unchanged presence is still news to someone who has just
+			// come to share a room with the user (spec: "Existing members
+			// see new members' presence"; Complement's TestMembersLocal).
+			if userID == sess.UserID || !s.newlySharesRoom(tx, userID, joinedAt, since) {
+				return true
+			}
+		} else if userID != sess.UserID && !sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined) {
 			return true
 		}
 		events = append(events, map[string]any{"type": "m.presence", "sender": userID, "content": rec.content(now)})
@@ -279,6 +288,35 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 	})
 	resp["presence"] = map[string]any{"events": orEmpty(events)}
 	return len(events) > 0
+}
+
+// newlySharesRoom tells whether userID is joined to one of the rooms of
+// joinedAt and either of the two joined it after since: the user's member
+// event, or the requester's (joinedAt's position), is newer than since.
+func (s *Server) newlySharesRoom(tx *store.Tx, userID string, joinedAt map[string]uint64, since uint64) bool {
+	if s.isLocalUser(userID) {
+		ms, err := tx.Memberships(userID)
+		if err != nil {
+			return false
+		}
+		for _, m := range ms {
+			if at, ok := joinedAt[m.RoomID]; ok && m.Membership == "join" && (m.Pos > since || at > since) {
+				return true
+			}
+		}
+		return false
+	}
+	for roomID, at := range joinedAt {
+		_, st, err := s.roomState(tx, roomID)
+		if err != nil {
+			continue
+		}
+		if ev, err := s.Rooms.StateEvent(tx, st, "m.room.member", userID); err == nil && ev != nil &&
+			ev.Membership() == "join" && (ev.Pos > since || at > since) {
+			return true
+		}
+	}
+	return false
 }
 
 // sharesJoined tells whether local user userID is joined to one of rooms.

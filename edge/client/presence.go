@@ -268,6 +268,7 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 	}
 	now := time.Now().UnixMilli()
 	var events []any
+	var fresh map[string]bool // computed on first need
 	tx.ScanKV(presenceNamespace, "", func(userID string, v []byte) bool {
 		var rec presenceRecord
 		if json.Unmarshal(v, &rec) != nil {
@@ -275,10 +276,14 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 		}
 		if !initial && rec.Pos <= since {
 			// Unchanged presence is still news to someone who has just
-			// come to share a room with the user (spec: "Existing members
+			// come to share a room with the user (sytest "Existing members
 			// see new members' presence"; Complement's TestMembersLocal).
-			if userID == sess.UserID || !s.newlySharesRoom(tx, userID, joinedAt, since) {
-				return true
+			if fresh == nil {
+				fresh = s.newMembers(tx, joinedAt, since)
+			}
+			if userID == sess.UserID || !fresh[userID] ||
+				(!sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined)) {
+				return true // (a join since the token may have been left again)
 			}
 		} else if userID != sess.UserID && !sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined) {
 			return true
@@ -290,33 +295,36 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 	return len(events) > 0
 }
 
-// newlySharesRoom tells whether userID is joined to one of the rooms of
-// joinedAt and either of the two joined it after since: the user's member
-// event, or the requester's (joinedAt's position), is newer than since.
-func (s *Server) newlySharesRoom(tx *store.Tx, userID string, joinedAt map[string]uint64, since uint64) bool {
-	if s.isLocalUser(userID) {
-		ms, err := tx.Memberships(userID)
-		if err != nil {
-			return false
-		}
-		for _, m := range ms {
-			if at, ok := joinedAt[m.RoomID]; ok && m.Membership == "join" && (m.Pos > since || at > since) {
-				return true
-			}
-		}
-		return false
-	}
+// newMembers lists the users the requester has come to share a room with
+// since the token: every joined member of a room the requester joined
+// after it, and those whose join to a shared room came after it (read
+// from the timeline since the token, so the cost is the new events').
+func (s *Server) newMembers(tx *store.Tx, joinedAt map[string]uint64, since uint64) map[string]bool {
+	fresh := map[string]bool{}
 	for roomID, at := range joinedAt {
-		_, st, err := s.roomState(tx, roomID)
+		r, st, err := s.roomState(tx, roomID)
 		if err != nil {
 			continue
 		}
-		if ev, err := s.Rooms.StateEvent(tx, st, "m.room.member", userID); err == nil && ev != nil &&
-			ev.Membership() == "join" && (ev.Pos > since || at > since) {
-			return true
+		if at > since {
+			st.Each(func(k, nid uint64) bool {
+				if evType, sk, err := tx.StateKey(k); err == nil && evType == "m.room.member" {
+					if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" {
+						fresh[sk] = true
+					}
+				}
+				return true
+			})
+			continue
 		}
+		tx.Timeline(r.NID, since+1, false, func(_, nid uint64) bool {
+			if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership() == "join" {
+				fresh[*ev.StateKey] = true
+			}
+			return true
+		})
 	}
-	return false
+	return fresh
 }
 
 // sharesJoined tells whether local user userID is joined to one of rooms.

@@ -162,6 +162,10 @@ func TestClientDetailsUserDirectoryGlobalName(t *testing.T) {
 	if res := search(eve, "Freddy"); res.Get("results.#").Int() != 0 {
 		t.Fatalf("eve finds alice by a per-room name: %s", res.Raw)
 	}
+	// A term matching both alice and bob finds only alice for bob.
+	if res := search(bob, "user"); res.Get("results.#").Int() != 1 || res.Get("results.0.user_id").Str != alice.UserID.String() {
+		t.Fatalf("bob searching a term that matches himself too: %s", res.Raw)
+	}
 }
 
 // Events served to a client carry the client's membership at the event
@@ -176,6 +180,9 @@ func TestClientDetailsMembershipOnEvents(t *testing.T) {
 	}
 	post := sendText(t, alice, roomID, "postjoin")
 	evs := cdSync(t, bob, url.Values{}).Get("rooms.join." + cdEsc(roomID.String()) + ".timeline.events").Array()
+	if len(evs) == 0 || evs[0].Get("type").Str != "m.room.create" || evs[0].Get("unsigned.membership").Str != "leave" {
+		t.Fatalf("the create event heads the timeline with membership leave: %v", evs)
+	}
 	want := map[string]string{pre.String(): "leave", post.String(): "join"}
 	seen := 0
 	for _, ev := range evs {

@@ -76,6 +76,9 @@ func (s *Server) membershipAt(tx *store.Tx, ev *room.Event, userID string) strin
 		return ev.Membership()
 	}
 	if ev.StateBefore == 0 {
+		if ev.Type == "m.room.create" {
+			return "leave" // nobody is in a room before its creation
+		}
 		return ""
 	}
 	st, err := s.Rooms.State(tx, ev.StateBefore)

@@ -98,7 +98,10 @@ func (s *Server) userDirectorySearch(r *http.Request, sess *Session) (any, error
 	}
 	var hits []*dirUser
 	for _, u := range users {
-		if matchesUser(u, terms) {
+		// Searchers do not find themselves through the rooms they are in
+		// (Synapse's shared-rooms table pairs distinct users only; Complement's
+		// TestRoomSpecificUsername* counts the results).
+		if u.UserID != sess.UserID && matchesUser(u, terms) {
 			hits = append(hits, u)
 		}
 	}

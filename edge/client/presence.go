@@ -306,26 +306,38 @@ func (s *Server) newMembers(tx *store.Tx, joinedAt map[string]uint64, since uint
 		if err != nil {
 			continue
 		}
-		if at > since {
-			st.Each(func(k, nid uint64) bool {
-				if evType, sk, err := tx.StateKey(k); err == nil && evType == "m.room.member" {
-					if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" {
-						fresh[sk] = true
-					}
+		// Few new events: read them. Many (a client back after long):
+		// read the members instead, keeping those whose join is newer.
+		seen, complete := 0, true
+		if at <= since {
+			tx.Timeline(r.NID, since+1, false, func(_, nid uint64) bool {
+				if seen++; seen > newMembersScan {
+					complete = false
+					return false
+				}
+				if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership() == "join" {
+					fresh[*ev.StateKey] = true
 				}
 				return true
 			})
+		}
+		if at <= since && complete {
 			continue
 		}
-		tx.Timeline(r.NID, since+1, false, func(_, nid uint64) bool {
-			if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership() == "join" {
-				fresh[*ev.StateKey] = true
+		st.Each(func(k, nid uint64) bool {
+			if evType, sk, err := tx.StateKey(k); err == nil && evType == "m.room.member" {
+				if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" && (at > since || ev.Pos > since) {
+					fresh[sk] = true
+				}
 			}
 			return true
 		})
 	}
 	return fresh
 }
+
+// newMembersScan bounds the events newMembers reads per room.
+const newMembersScan = 500
 
 // sharesJoined tells whether local user userID is joined to one of rooms.
 func sharesJoined(tx *store.Tx, userID string, rooms map[string]bool) bool {

@@ -128,6 +128,7 @@ func (n *Node) onEvent(ev *room.Event) {
 		if strings.HasSuffix(*ev.StateKey, ":"+n.Config.ServerName) && n.newJoin(ev) {
 			// A write of its own: this runs inside the store's commit.
 			go n.Client.AnnounceDevicesOnJoin(ev.RoomID, *ev.StateKey)
+			go n.Client.CopyPushRulesOnJoin(ev.RoomID, *ev.StateKey)
 		}
 	}
 	n.Notifier.Notify(keys...)

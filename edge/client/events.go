@@ -374,7 +374,21 @@ func (s *Server) stateAtToken(tx *store.Tx, roomID, token string, limit uint64, 
 	var nid uint64
 	tx.Timeline(r.NID, pos, true, func(_, n uint64) bool { nid = n; return false })
 	if nid == 0 {
-		return fallback, nil
+		// A token from before the room's first event (the prev_batch of a
+		// timeline that starts at the create event): the room as it was
+		// created, with its creator joined, rather than today's members
+		// (Complement's TestGetRoomMembersAtPoint).
+		tx.Timeline(r.NID, 0, false, func(_, n uint64) bool {
+			ev, err := s.Rooms.Event(tx, n)
+			if err == nil && ev.Type == "m.room.member" && ev.Membership() == "join" {
+				nid = n
+				return false
+			}
+			return err == nil && ev.Depth < 32 // only the creation's own events
+		})
+		if nid == 0 {
+			return fallback, nil
+		}
 	}
 	ev, err := s.Rooms.Event(tx, nid)
 	if err != nil {

@@ -412,8 +412,9 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	} else if s.UnreadCounts != nil {
 		jr.UnreadNotifications = s.UnreadCounts(tx, sess.UserID, r.RoomID)
 	}
-	if full {
-		jr.Summary = s.roomSummary(tx, r)
+	if full || hasMemberEvent(tl) || hasMemberEvent(stateEvs) {
+		// Counts change with member events; send them again then.
+		jr.Summary = s.roomSummary(tx, r, sess.UserID)
 	}
 	has := len(tl) > 0 || len(state) > 0 || len(jr.Ephemeral.Events) > 0 || len(rad) > 0
 	return jr, has, nil
@@ -552,9 +553,12 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 	if err != nil {
 		return nil, err
 	}
+	sf := f.RoomState()
 	var state []any
 	for _, ev := range evs {
-		state = append(state, s.render(tx, ev, sess))
+		if sf.Match(eventView(ev)) {
+			state = append(state, s.render(tx, ev, sess))
+		}
 	}
 	lr.State.Events = orEmpty(state)
 	return lr, nil
@@ -603,14 +607,31 @@ func stripped(ev *room.Event) map[string]any {
 	return m
 }
 
-// roomSummary is the m.heroes / member counts block.
-func (s *Server) roomSummary(tx *store.Tx, r *store.Room) map[string]any {
+// hasMemberEvent tells whether evs hold a membership change.
+func hasMemberEvent(evs []*room.Event) bool {
+	for _, ev := range evs {
+		if ev.Type == "m.room.member" {
+			return true
+		}
+	}
+	return false
+}
+
+// roomSummary is the m.heroes / member counts block. Heroes are the first
+// five joined or invited members by stream order, never the requester
+// (spec); with none, those who left or were banned, as Synapse does, so a
+// room everyone left still gets a name.
+func (s *Server) roomSummary(tx *store.Tx, r *store.Room, self string) map[string]any {
 	st, err := s.Rooms.State(tx, r.State)
 	if err != nil {
 		return map[string]any{}
 	}
 	joined, invited := 0, 0
-	var heroes []string
+	type hero struct {
+		user string
+		pos  uint64
+	}
+	var present, gone []hero
 	st.Each(func(k, nid uint64) bool {
 		evType, sk, err := tx.StateKey(k)
 		if err != nil || evType != "m.room.member" {
@@ -625,15 +646,31 @@ func (s *Server) roomSummary(tx *store.Tx, r *store.Room) map[string]any {
 			joined++
 		case "invite":
 			invited++
+		case "leave", "ban":
+			if sk != self {
+				gone = append(gone, hero{sk, ev.Pos})
+			}
+			return true
 		default:
 			return true
 		}
-		heroes = append(heroes, sk)
+		if sk != self {
+			present = append(present, hero{sk, ev.Pos})
+		}
 		return true
 	})
-	sort.Strings(heroes)
-	if len(heroes) > 5 {
-		heroes = heroes[:5]
+	if len(present) == 0 {
+		present = gone
+	}
+	sort.Slice(present, func(i, j int) bool {
+		if present[i].pos != present[j].pos {
+			return present[i].pos < present[j].pos
+		}
+		return present[i].user < present[j].user
+	})
+	heroes := []string{}
+	for _, h := range present[:min(len(present), 5)] {
+		heroes = append(heroes, h.user)
 	}
 	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}
 }

@@ -205,8 +205,8 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 func (e *Engine) verifyJoinAnswer(version string, join *room.Event, ans *joinAnswer) (state []*room.Event, depth int64, rejectedEvs []*room.Event, err error) {
 	// Authorise oldest first so each event's auth events were judged.
 	ordered := make([]*joinEvent, 0, len(ans.events))
-	for _, id := range ans.order {
-		ordered = append(ordered, ans.events[id])
+	for _, ev := range ans.stored {
+		ordered = append(ordered, ans.events[ev.ID])
 	}
 	slices.SortStableFunc(ordered, func(a, b *joinEvent) int { return cmp.Compare(a.Depth, b.Depth) })
 	rejected := map[string]bool{}

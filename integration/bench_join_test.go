@@ -22,8 +22,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
-	"edge/edge/room"
 	"edge/edge/edsig"
+	"edge/edge/room"
 	"edge/edge/store"
 )
 

@@ -22,8 +22,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
-	"edge/edge/room"
 	"edge/edge/edsig"
+	"edge/edge/room"
 	"edge/edge/store"
 )
 
@@ -184,37 +184,30 @@ func ed25519Bound(b *testing.B, n *rfNode, roomID id.RoomID) (wall, cpu, floor t
 		sigs[i] = ed25519.Sign(priv, m)
 	}
 	workers := runtime.GOMAXPROCS(0)
+	verifyAll := func(verify func(pub ed25519.PublicKey, msg, sig []byte) bool) {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(msgs); i += workers {
+					if !verify(pub, msgs[i], sigs[i]) {
+						panic("bad signature")
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
 	// The same checks through edsig, which edge uses: its floor, for
 	// comparison (it verifies with precomputed multiples of the key).
 	for range 300 {
 		edsig.Verify(pub, msgs[0], sigs[0])
 	}
 	start := time.Now()
-	var wg0 sync.WaitGroup
-	for w := range workers {
-		wg0.Go(func() {
-			for i := w; i < len(msgs); i += workers {
-				if !edsig.Verify(pub, msgs[i], sigs[i]) {
-					panic("bad signature")
-				}
-			}
-		})
-	}
-	wg0.Wait()
+	verifyAll(edsig.Verify)
 	floor = time.Since(start)
 	b.Logf("the same through edsig: %v", floor.Round(time.Millisecond))
 	start, cpu0 := time.Now(), selfCPU()
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < len(msgs); i += workers {
-				if !ed25519.Verify(pub, msgs[i], sigs[i]) {
-					panic("bad signature")
-				}
-			}
-		})
-	}
-	wg.Wait()
+	verifyAll(ed25519.Verify)
 	d, c := time.Since(start), selfCPU()-cpu0
 	b.Logf("ed25519 bound: %d signatures on %d cores in %v (CPU %v)", len(msgs), workers, d.Round(time.Millisecond), c.Round(time.Millisecond))
 	return d, c, floor

@@ -165,24 +165,10 @@ func (s *Server) pendingRemoteKnock(tx *store.Tx, userID, roomID string) *remote
 }
 
 // retractRemoteKnock withdraws userID's knock on a room this server is
-// not in: a leave through the servers knocked through (make_leave,
-// send_leave), then the room moves to rooms.leave in /sync. If no server
-// can be reached the knock is withdrawn here only, as a rejected remote
-// invite is.
+// not in: a leave through the servers knocked through, then the room
+// moves to rooms.leave in /sync.
 func (s *Server) retractRemoteKnock(ctx context.Context, userID, roomID string, k *remoteKnock, reason string) error {
-	servers := k.Servers
-	if _, domain, ok := strings.Cut(roomID, ":"); ok {
-		servers = append(servers, domain)
-	}
-	var leaveEv map[string]any
-	if h := s.remoteMembership().Leave; h != nil {
-		eventID, pdu, err := h(ctx, userID, roomID, servers, reason)
-		if err != nil {
-			s.Log.Info("remote knock retraction failed; withdrawing it locally", "room_id", roomID, "user_id", userID, "err", err)
-		} else {
-			leaveEv = clientLeaveEvent(roomID, eventID, pdu)
-		}
-	}
+	leaveEv := s.leaveRemotely(ctx, userID, roomID, k.Servers, reason)
 	return s.Store.Write(func(tx *store.Tx) error {
 		k := s.pendingRemoteKnock(tx, userID, roomID)
 		if k == nil {

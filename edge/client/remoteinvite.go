@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"edge/edge/notify"
@@ -156,19 +157,7 @@ func (s *Server) sendRemoteInvite(ctx context.Context, roomID, sender, invitee s
 // ID's), then the room moves to the user's left rooms. When no server
 // takes the leave the invite is rejected here only, as Synapse does.
 func (s *Server) rejectRemoteInvite(ctx context.Context, userID, roomID, reason string) error {
-	servers := s.remoteInviteServers(userID, roomID)
-	if _, domain, ok := strings.Cut(roomID, ":"); ok {
-		servers = append(servers, domain)
-	}
-	var leaveEv map[string]any
-	if h := s.remoteMembership().Leave; h != nil {
-		eventID, pdu, err := h(ctx, userID, roomID, servers, reason)
-		if err != nil {
-			s.Log.Info("remote invite rejection failed; rejecting locally", "room_id", roomID, "user_id", userID, "err", err)
-		} else {
-			leaveEv = clientLeaveEvent(roomID, eventID, pdu)
-		}
-	}
+	leaveEv := s.leaveRemotely(ctx, userID, roomID, s.remoteInviteServers(userID, roomID), reason)
 	return s.Store.Write(func(tx *store.Tx) error {
 		ri := s.pendingRemoteInvite(tx, userID, roomID)
 		if ri == nil {
@@ -185,9 +174,23 @@ func (s *Server) rejectRemoteInvite(ctx context.Context, userID, roomID, reason 
 	})
 }
 
-// clientLeaveEvent renders the leave PDU a remote leave returned for
-// /sync (nil if it does not parse).
-func clientLeaveEvent(roomID, eventID string, pdu json.RawMessage) map[string]any {
+// leaveRemotely makes userID leave a room this server is not in through
+// servers and the room ID's server (make_leave, send_leave) and returns
+// the leave event rendered for /sync; nil when no server took the leave,
+// and the invite or knock is then withdrawn here only, as Synapse does.
+func (s *Server) leaveRemotely(ctx context.Context, userID, roomID string, servers []string, reason string) map[string]any {
+	if _, domain, ok := strings.Cut(roomID, ":"); ok {
+		servers = append(slices.Clone(servers), domain)
+	}
+	h := s.remoteMembership().Leave
+	if h == nil {
+		return nil
+	}
+	eventID, pdu, err := h(ctx, userID, roomID, servers, reason)
+	if err != nil {
+		s.Log.Info("remote leave failed; withdrawing locally", "room_id", roomID, "user_id", userID, "err", err)
+		return nil
+	}
 	var ev map[string]any
 	if json.Unmarshal(pdu, &ev) != nil {
 		return nil

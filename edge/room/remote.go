@@ -291,36 +291,46 @@ func (s *Service) StoreJoinEvents(tx *store.Tx, roomNID uint64, evs []*Event) {
 	}
 }
 
+// JoinIndex is what IndexJoinEvents made of a join's events: each one's
+// NID (its record's, or that of the event already known under its ID)
+// and each state event's state key NID.
+type JoinIndex struct {
+	NID, Key map[*Event]uint64
+}
+
 // IndexJoinEvents indexes the IDs of events StoreJoinEvents stored (an
-// event this server already had keeps its NID) and returns the state
-// key NID of each state event of state. Everything goes in sorted:
-// bbolt splits its nodes only at commit, so a transaction inserting 100k
-// keys in hash order moves each node's contents on every insert.
-func (s *Service) IndexJoinEvents(tx *store.Tx, evs, state []*Event) (map[*Event]uint64, error) {
+// event this server already had keeps its NID, and the new record goes)
+// and the state keys of the state events among them. Everything goes in
+// sorted: bbolt splits its nodes only at commit, so a transaction
+// inserting 100k keys in hash order moves each node's contents on every
+// insert. The events' own NIDs stay their records', for DropJoinEvents.
+func (s *Service) IndexJoinEvents(tx *store.Tx, evs, state []*Event) (*JoinIndex, error) {
+	ix := &JoinIndex{NID: make(map[*Event]uint64, len(evs)), Key: make(map[*Event]uint64, len(state))}
 	evs = slices.Clone(evs)
 	slices.SortFunc(evs, func(a, b *Event) int { return strings.Compare(a.ID, b.ID) })
 	for _, ev := range evs {
-		ev.NID = tx.IndexEvent(ev.ID, ev.NID)
+		ix.NID[ev] = tx.IndexEvent(ev.ID, ev.NID)
 	}
 	state = slices.Clone(state)
 	slices.SortFunc(state, func(a, b *Event) int {
 		return cmp.Or(strings.Compare(a.Type, b.Type), strings.Compare(*a.StateKey, *b.StateKey))
 	})
-	keys := make(map[*Event]uint64, len(state))
 	for _, ev := range state {
 		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
 		if err != nil {
 			return nil, err
 		}
-		keys[ev] = key
+		ix.Key[ev] = key
 	}
-	return keys, nil
+	return ix, nil
 }
 
-// DropJoinEvents deletes the records StoreJoinEvents stored for a join
-// that failed.
+// DropJoinEvents deletes what StoreJoinEvents and IndexJoinEvents wrote
+// for a join that failed: the records, and the IDs indexed to them.
+// Events known before keep their records and IDs.
 func (s *Service) DropJoinEvents(tx *store.Tx, evs []*Event) {
 	for _, ev := range evs {
+		tx.UnindexEvent(ev.ID, ev.NID)
 		tx.DeleteEventRecord(ev.NID)
 	}
 }

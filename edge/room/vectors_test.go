@@ -54,6 +54,19 @@ type pduVectorFile struct {
 	} `json:"vectors"`
 }
 
+// getKey serves the file's server keys.
+func (f *pduVectorFile) getKey(server string, keyID id.KeyID, _ time.Time) (id.SigningKey, time.Time, error) {
+	k, ok := f.ServerKeys[server][string(keyID)]
+	if !ok {
+		return "", time.Time{}, nil
+	}
+	until := time.Now().Add(time.Hour)
+	if k.ValidUntilTS != nil {
+		until = time.UnixMilli(*k.ValidUntilTS)
+	}
+	return id.SigningKey(k.PublicKey), until, nil
+}
+
 // TestPDUVectors checks event IDs, content hashes and signatures of real
 // PDUs as ParseEvent and Event.PDU see them.
 func TestPDUVectors(t *testing.T) {
@@ -63,17 +76,7 @@ func TestPDUVectors(t *testing.T) {
 		if len(f.Vectors) == 0 {
 			t.Fatalf("%s: no vectors", file)
 		}
-		getKey := func(server string, keyID id.KeyID, _ time.Time) (id.SigningKey, time.Time, error) {
-			k, ok := f.ServerKeys[server][string(keyID)]
-			if !ok {
-				return "", time.Time{}, nil
-			}
-			until := time.Now().Add(time.Hour)
-			if k.ValidUntilTS != nil {
-				until = time.UnixMilli(*k.ValidUntilTS)
-			}
-			return id.SigningKey(k.PublicKey), until, nil
-		}
+		getKey := f.getKey
 		for _, v := range f.Vectors {
 			t.Run(file+"/"+v.Name, func(t *testing.T) {
 				raw := v.PDU

@@ -69,17 +69,7 @@ func TestCheckPDUVectors(t *testing.T) {
 	for _, file := range []string{"pdu/mautrix-real-pdus.json", "pdu/mautrix-testroom-v12.json", "pdu/gmsl-v9-room-events.json"} {
 		var f pduVectorFile
 		loadJSON(t, file, &f)
-		getKey := func(server string, keyID id.KeyID, _ time.Time) (id.SigningKey, time.Time, error) {
-			k, ok := f.ServerKeys[server][string(keyID)]
-			if !ok {
-				return "", time.Time{}, nil
-			}
-			until := time.Now().Add(time.Hour)
-			if k.ValidUntilTS != nil {
-				until = time.UnixMilli(*k.ValidUntilTS)
-			}
-			return id.SigningKey(k.PublicKey), until, nil
-		}
+		getKey := f.getKey
 		for _, v := range f.Vectors {
 			t.Run(file+"/"+v.Name, func(t *testing.T) {
 				c, err := CheckPDU(v.RoomVersion, v.PDU)

@@ -31,10 +31,11 @@ const (
 	maxJoinAnswerBytes = 1 << 30
 )
 
-// joinEvent is a checked event of the answer and where it was listed.
+// joinEvent is a checked event of the answer, and whether the answer
+// lists it in the room's state (else only in the auth chain).
 type joinEvent struct {
 	*room.Event
-	state, chain bool
+	state bool
 }
 
 // joinAnswer is what reading a send_join answer leaves.
@@ -42,12 +43,10 @@ type joinAnswer struct {
 	Event          json.RawMessage
 	MembersOmitted bool
 	ServersInRoom  []string
-	// events are the answer's valid events by ID; order lists their IDs
-	// as they arrived.
+	// events are the answer's valid events by ID.
 	events map[string]*joinEvent
-	order  []string
-	// stored are the events stored so far, unindexed until the join's
-	// final transaction (see room.Service.StoreJoinEvents).
+	// stored are the events stored so far, as they arrived, unindexed
+	// until the join's final transaction (room.Service.StoreJoinEvents).
 	stored []*room.Event
 }
 
@@ -229,7 +228,7 @@ func (s *joinStorer) intern(v string) string {
 // auth_chain is kept once.
 func (s *joinStorer) add(ev *room.Event, state bool) {
 	if je := s.ans.events[ev.ID]; je != nil {
-		je.state, je.chain = je.state || state, je.chain || !state
+		je.state = je.state || state
 		return
 	}
 	ev.RoomID, ev.Version = s.intern(ev.RoomID), s.intern(ev.Version)
@@ -237,8 +236,7 @@ func (s *joinStorer) add(ev *room.Event, state bool) {
 	for i, id := range ev.AuthEvents {
 		ev.AuthEvents[i] = s.intern(id)
 	}
-	s.ans.events[ev.ID] = &joinEvent{Event: ev, state: state, chain: !state}
-	s.ans.order = append(s.ans.order, ev.ID)
+	s.ans.events[ev.ID] = &joinEvent{Event: ev, state: state}
 	s.chunk = append(s.chunk, ev)
 	if len(s.chunk) >= joinChunk {
 		s.chunks <- s.chunk

@@ -195,17 +195,21 @@ func (a *sendJoinStream) WriteJSON(w io.Writer) error {
 		bw.raw(head[:len(head)-1])
 		bw.raw([]byte(`,"state":[`))
 		queue := slices.Clone(a.authEvents)
+		// emit writes an event and queues its auth events.
+		emit := func(raw []byte) error {
+			bw.item(raw)
+			ids, err := room.AuthEventIDs(a.version, raw)
+			queue = append(queue, ids...)
+			return err
+		}
 		for _, nid := range a.state {
 			se, err := tx.Event(nid)
 			if err != nil {
 				return err
 			}
-			bw.item(se.JSON)
-			ids, err := room.AuthEventIDs(a.version, se.JSON)
-			if err != nil {
+			if err := emit(se.JSON); err != nil {
 				return err
 			}
-			queue = append(queue, ids...)
 		}
 		bw.end()
 		bw.raw([]byte(`,"auth_chain":[`))
@@ -223,12 +227,9 @@ func (a *sendJoinStream) WriteJSON(w io.Writer) error {
 			} else if err != nil {
 				return err
 			}
-			bw.item(se.JSON)
-			ids, err := room.AuthEventIDs(a.version, se.JSON)
-			if err != nil {
+			if err := emit(se.JSON); err != nil {
 				return err
 			}
-			queue = append(queue, ids...)
 		}
 		bw.end()
 		bw.raw([]byte(`}`))

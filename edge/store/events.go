@@ -108,6 +108,14 @@ func (t *Tx) IndexEvent(eventID string, nid uint64) uint64 {
 	return nid
 }
 
+// UnindexEvent removes eventID from the index if it names nid.
+func (t *Tx) UnindexEvent(eventID string, nid uint64) {
+	ids := t.tx.Bucket(bEventIDs)
+	if v := ids.Get([]byte(eventID)); v != nil && getU64(v) == nid {
+		must(ids.Delete([]byte(eventID)))
+	}
+}
+
 // DeleteEventRecord deletes a record that AddEventRecord stored and no
 // index names (a join that failed).
 func (t *Tx) DeleteEventRecord(nid uint64) {

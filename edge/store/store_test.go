@@ -370,4 +370,17 @@ func TestJoinRecords(t *testing.T) {
 		}
 		return nil
 	})
+	// Undoing a failed join: an ID indexed to another record (known
+	// before) stays; one indexed to the join's record goes.
+	_ = s.Write(func(tx *Tx) error {
+		tx.UnindexEvent("$known", dup)
+		tx.UnindexEvent("$fresh", fresh)
+		if nid, err := tx.EventNID("$known"); err != nil || nid != known {
+			t.Errorf("$known after undoing the join = %d, %v; want %d", nid, err, known)
+		}
+		if _, err := tx.EventNID("$fresh"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("$fresh still indexed after undoing the join: %v", err)
+		}
+		return nil
+	})
 }

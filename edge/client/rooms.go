@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 
 	"maunium.net/go/mautrix/id"
@@ -216,7 +217,11 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 			return nil, errBadJSON("reason must be a string")
 		}
 	}
+	// The authorising user of a restricted join is the server's choice.
+	delete(body, room.JoinAuthorisedVia)
+	var elsewhere []string // servers that may authorise a restricted join we cannot
 	err := s.Store.Write(func(tx *store.Tx) error {
+		elsewhere = nil
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
 		}
@@ -231,16 +236,59 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		if s.sameMember(tx, roomID, sess.UserID, content) {
 			return nil // joining twice is idempotent: no second event
 		}
-		_, err := s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
+		via, err := s.Rooms.RestrictedJoinVia(tx, roomID, sess.UserID, s.Config.ServerName)
+		switch {
+		case errors.Is(err, room.ErrCannotAuthoriseJoin), errors.Is(err, room.ErrCannotGrantJoin):
+			// Another server in the room may know the allowed rooms or
+			// have a member able to invite: join through it (Synapse).
+			if elsewhere, err = s.otherServers(tx, roomID); err != nil {
+				return err
+			}
+			if len(elsewhere) == 0 {
+				return errForbidden("No member of a room the join rules allow can authorise this join")
+			}
+			return nil
+		case errors.Is(err, room.ErrJoinNotAllowed):
+			return errForbidden("You are in none of the rooms the join rules allow")
+		case err != nil && !errors.Is(err, room.ErrRoomNotFound):
+			return err
+		case via != "":
+			content[room.JoinAuthorisedVia] = via
+		}
+		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
 		return err
 	})
 	if errors.Is(err, room.ErrRoomNotFound) {
 		return s.remoteJoin(r, sess, roomID, s.remoteInviteServers(sess.UserID, roomID)...)
 	}
+	if err == nil && len(elsewhere) > 0 {
+		return s.remoteJoin(r, sess, roomID, elsewhere...)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
+}
+
+// otherServers are the servers other than this one with a joined member
+// in roomID, in a stable order.
+func (s *Server) otherServers(tx *store.Tx, roomID string) ([]string, error) {
+	r, err := tx.Room(roomID)
+	if err != nil {
+		return nil, err
+	}
+	counts, err := s.Rooms.JoinedServers(tx, r.State)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for srv, n := range counts {
+		if n > 0 && srv != s.Config.ServerName {
+			out = append(out, srv)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // sameMember reports whether userID's current member event in roomID

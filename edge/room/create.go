@@ -220,9 +220,11 @@ func (s *Service) powerLevels(rv id.RoomVersion, o CreateOptions) map[string]any
 		// upgrades to the creators, who alone are above 100.
 		events["m.room.tombstone"] = 150
 	}
+	// invite 50, as Synapse has it: inviting is for moderators, and a
+	// restricted room's joins need a member allowed to invite.
 	pl := map[string]any{
 		"users": users, "users_default": 0, "events": events, "events_default": 0,
-		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
 		"notifications": map[string]any{"room": 50},
 	}
 	if len(o.PowerLevelsOverride) > 0 {

@@ -19,7 +19,7 @@ import (
 )
 
 // Join joins userID (one of ours) to a room this server does not know,
-// asking servers in turn (make_join, then send_join) until one succeeds.
+// or to one it cannot authorise the join to itself (restricted), asking servers in turn (make_join, then send_join) until one succeeds.
 // It is client.Server.RemoteJoin. A refusal wraps room.ErrForbidden, an
 // unknown room room.ErrRoomNotFound.
 func (e *Engine) Join(ctx context.Context, userID, roomID string, servers []string) error {
@@ -126,6 +126,13 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 			ev.VerifyContentHash() && ev.VerifySignature(e.name, e.fed.Keyring.GetKey) == nil {
 			join = ev
 		}
+	}
+	if _, err := e.roomVersion(roomID); err == nil {
+		// A room this server is in already: a local user's join that
+		// only another server could authorise (a restricted room). The
+		// join is one more event of the room, applied as received.
+		_, err := e.receive(ctx, srv, roomID, join.Raw, true)
+		return err
 	}
 	state, chain, err := e.verifyJoinState(version, roomID, join, sj)
 	if err != nil {

@@ -89,6 +89,16 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	if err := check(s.limits.send, sess.UserID); err != nil {
 		return nil, err
 	}
+	// Users of other servers are invited through theirs (federation
+	// /invite) once the room exists; an event alone would not reach them.
+	var localInvites, remoteInvites []string
+	for _, u := range req.Invite {
+		if strings.HasSuffix(u, ":"+s.Config.ServerName) {
+			localInvites = append(localInvites, u)
+		} else {
+			remoteInvites = append(remoteInvites, u)
+		}
+	}
 	var roomID string
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if alias != "" {
@@ -100,7 +110,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 		roomID, err = s.Rooms.CreateRoom(tx, room.CreateOptions{
 			Creator: sess.UserID, Version: req.RoomVersion, Preset: req.Preset,
 			CreationContent: req.CreationContent, PowerLevelsOverride: req.PowerLevelContentOverride,
-			Alias: alias, Name: req.Name, Topic: req.Topic, Invite: req.Invite, IsDirect: req.IsDirect,
+			Alias: alias, Name: req.Name, Topic: req.Topic, Invite: localInvites, RemoteInvite: remoteInvites, IsDirect: req.IsDirect,
 			InitialState: req.InitialState,
 		})
 		if err != nil {
@@ -119,6 +129,16 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for _, u := range remoteInvites {
+		content := map[string]any{"membership": "invite"}
+		if req.IsDirect {
+			content["is_direct"] = true
+		}
+		// The room stands without them, as in Synapse's createRoom.
+		if err := s.sendRemoteInvite(r.Context(), roomID, sess.UserID, u, content); err != nil {
+			s.Log.Info("createRoom: remote invite failed", "room_id", roomID, "invitee", u, "err", err)
+		}
 	}
 	return map[string]string{"room_id": roomID}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	jsonv2 "encoding/json/v2"
 
@@ -30,8 +31,12 @@ type CreateOptions struct {
 	Alias               string // full alias, already reserved by the caller
 	Name, Topic         string
 	Invite              []string
-	IsDirect            bool
-	InitialState        []StateEvent
+	// RemoteInvite are invitees of other servers: in the power levels as
+	// Invite are, but their invite events are the caller's to send
+	// (federation /invite).
+	RemoteInvite []string
+	IsDirect     bool
+	InitialState []StateEvent
 }
 
 // SupportedVersions lists the room versions this node creates and joins.
@@ -205,7 +210,7 @@ func (s *Service) powerLevels(rv id.RoomVersion, o CreateOptions) map[string]any
 		users[o.Creator] = 100
 	}
 	if o.Preset == "trusted_private_chat" && !rv.PrivilegedRoomCreators() {
-		for _, u := range o.Invite {
+		for _, u := range append(slices.Clone(o.Invite), o.RemoteInvite...) {
 			users[u] = 100
 		}
 	}

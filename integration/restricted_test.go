@@ -172,3 +172,41 @@ func TestRestrictedJoinThroughOtherServer(t *testing.T) {
 		t.Fatalf("B sees bob's membership %v, want join", m)
 	}
 }
+
+// TestRestrictedJoinFailOver: a server in the room with no member able to
+// invite cannot grant a restricted join, and a join naming only it fails
+// (not retried through the room ID's server, which the client did not
+// name); naming both, the join succeeds through the second, authorised
+// by its inviter (Complement's TestRestrictedRoomsRemoteJoinFailOver).
+func TestRestrictedJoinFailOver(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
+	alice := &rfSyncer{c: a.register(t, "alice")}
+	bob := &rfSyncer{c: b.register(t, "bob")}
+	charlie := c.register(t, "charlie")
+	ctx := ctxT(t)
+	allowed, room := restrictedRoom(t, alice.c, "10", "restricted", a.Name)
+	if _, err := alice.c.SendStateEvent(ctx, room, event.StatePowerLevels, "", map[string]any{
+		"invite": 100, "users": map[string]any{alice.c.UserID.String(): 100},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []id.RoomID{allowed, room} {
+		if _, err := bob.c.JoinRoom(ctx, r.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+			t.Fatalf("bob joins %s: %v", r, err)
+		}
+	}
+	if _, err := charlie.JoinRoom(ctx, allowed.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := charlie.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name}}); err == nil {
+		t.Fatal("charlie joined through B, which has no member able to invite")
+	}
+	if _, err := charlie.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name, a.Name}}); err != nil {
+		t.Fatalf("charlie's join through B then A: %v", err)
+	}
+	bob.until(t, "charlie's join", rfHasEvent("m.room.member", func(ev *event.Event) bool {
+		return ev.RoomID == room && ev.GetStateKey() == charlie.UserID.String() && ev.Content.Raw["membership"] == "join" &&
+			ev.Content.Raw["join_authorised_via_users_server"] == alice.c.UserID.String()
+	}))
+}

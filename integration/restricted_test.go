@@ -210,3 +210,25 @@ func TestRestrictedJoinFailOver(t *testing.T) {
 			ev.Content.Raw["join_authorised_via_users_server"] == alice.c.UserID.String()
 	}))
 }
+
+// TestRestrictedJoinNoAllowedRoom: a knock_restricted room that allows no
+// room (knocking only) refuses a local join with 403, though another
+// server is in the room: no server could authorise it, so none is asked
+// (Complement's TestKnockingInMSC3787Room).
+func TestRestrictedJoinNoAllowedRoom(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice, carol := a.register(t, "alice"), a.register(t, "carol")
+	bob := b.register(t, "bob")
+	ctx := ctxT(t)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10",
+		InitialState: []*event.Event{{Type: event.StateJoinRules, StateKey: new(""), Content: event.Content{Raw: map[string]any{"join_rule": "knock_restricted"}}}}})
+	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob accepts the invite: %v", err)
+	}
+	_, err := carol.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
+	wantMatrixErr(t, err, 403, "M_FORBIDDEN")
+}

@@ -282,7 +282,13 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return s.remoteJoin(r, sess, roomID, s.remoteInviteServers(sess.UserID, roomID)...)
 	}
 	if err == nil && len(elsewhere) > 0 {
-		return s.remoteJoin(r, sess, roomID, elsewhere...)
+		resp, err := s.remoteJoin(r, sess, roomID, elsewhere...)
+		if err != nil && !errors.Is(err, room.ErrForbidden) {
+			// No server in the room took the join: it stays unauthorised.
+			s.Log.Info("restricted join through other servers failed", "room_id", roomID, "user_id", sess.UserID, "err", err)
+			return nil, errForbidden("No server in the room could authorise this join")
+		}
+		return resp, err
 	}
 	if err != nil {
 		return nil, err

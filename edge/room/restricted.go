@@ -73,7 +73,7 @@ func (s *Service) RestrictedJoinVia(tx *store.Tx, roomID, userID, server string)
 	// allow that is no list allows nobody (only invites then).
 	var allow []json.RawMessage
 	_ = json.Unmarshal(rules.Allow, &allow)
-	known, allowed := false, false
+	entries, known, allowed := 0, false, false
 	for _, raw := range allow {
 		var a struct {
 			Type   string `json:"type"`
@@ -82,6 +82,7 @@ func (s *Service) RestrictedJoinVia(tx *store.Tx, roomID, userID, server string)
 		if json.Unmarshal(raw, &a) != nil || a.Type != "m.room_membership" || a.RoomID == "" {
 			continue
 		}
+		entries++
 		ar, err := tx.Room(a.RoomID)
 		if err != nil {
 			continue
@@ -105,6 +106,8 @@ func (s *Service) RestrictedJoinVia(tx *store.Tx, roomID, userID, server string)
 	}
 	switch {
 	case allowed:
+	case entries == 0:
+		return "", ErrJoinNotAllowed // no server could authorise it
 	case !known:
 		return "", ErrCannotAuthoriseJoin
 	default:

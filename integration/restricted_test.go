@@ -205,10 +205,35 @@ func TestRestrictedJoinFailOver(t *testing.T) {
 	if _, err := charlie.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name, a.Name}}); err != nil {
 		t.Fatalf("charlie's join through B then A: %v", err)
 	}
-	bob.until(t, "charlie's join", rfHasEvent("m.room.member", func(ev *event.Event) bool {
+	isJoin := func(ev *event.Event) bool {
 		return ev.RoomID == room && ev.GetStateKey() == charlie.UserID.String() && ev.Content.Raw["membership"] == "join" &&
 			ev.Content.Raw["join_authorised_via_users_server"] == alice.c.UserID.String()
-	}))
+	}
+	bob.until(t, "charlie's join", rfHasEvent("m.room.member", isJoin))
+
+	// Bob may invite now, but leaves the allowed room: B cannot tell
+	// whether charlie is in it. C, having left the room, joins as a
+	// stranger would, through the servers named only.
+	rfPromote(t, alice, bob, room, 100)
+	if _, err := charlie.LeaveRoom(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	isLeave := func(ev *event.Event) bool {
+		return ev.RoomID == room && ev.GetStateKey() == charlie.UserID.String() && ev.Content.Raw["membership"] == "leave"
+	}
+	alice.until(t, "charlie's leave", rfHasEvent("m.room.member", isLeave))
+	bob.until(t, "charlie's leave", rfHasEvent("m.room.member", isLeave))
+	if _, err := bob.c.LeaveRoom(ctx, allowed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := charlie.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name}}); err == nil {
+		t.Fatal("charlie rejoined through B, which cannot see the allowed room")
+	}
+	bob.seen = nil
+	if _, err := charlie.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name, a.Name}}); err != nil {
+		t.Fatalf("charlie's rejoin through B then A: %v", err)
+	}
+	bob.until(t, "charlie's rejoin", rfHasEvent("m.room.member", isJoin))
 }
 
 // TestRestrictedJoinNoAllowedRoom: a knock_restricted room that allows no

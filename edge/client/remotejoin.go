@@ -31,6 +31,12 @@ func (s *Server) remoteJoin(r *http.Request, sess *Session, roomID string, extra
 	if _, domain, ok := strings.Cut(roomID, ":"); ok && len(named) == 0 {
 		servers = append(servers, domain)
 	}
+	return s.remoteJoinVia(r, sess, roomID, servers)
+}
+
+// remoteJoinVia joins roomID through servers, in order, other than this
+// one. It answers like join.
+func (s *Server) remoteJoinVia(r *http.Request, sess *Session, roomID string, servers []string) (any, error) {
 	seen := map[string]bool{}
 	var uniq []string
 	for _, srv := range servers {

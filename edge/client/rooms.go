@@ -240,8 +240,9 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	// The authorising user of a restricted join is the server's choice.
 	delete(body, room.JoinAuthorisedVia)
 	var elsewhere []string // servers that may authorise a restricted join we cannot
+	var notIn bool         // a restricted room this server has left: join as a stranger
 	err := s.Store.Write(func(tx *store.Tx) error {
-		elsewhere = nil
+		elsewhere, notIn = nil, false
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
 		}
@@ -259,14 +260,22 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		via, err := s.Rooms.RestrictedJoinVia(tx, roomID, sess.UserID, s.Config.ServerName)
 		switch {
 		case errors.Is(err, room.ErrCannotAuthoriseJoin), errors.Is(err, room.ErrCannotGrantJoin):
-			// Another server in the room may know the allowed rooms or
-			// have a member able to invite: join through it (Synapse).
-			if elsewhere, err = s.otherServers(tx, roomID); err != nil {
+			// A server in the room with a member able to invite may
+			// authorise it: join through those (Synapse). A room this
+			// server has left is joined through the servers the client
+			// named, as an unknown room is.
+			in, inviters, err := s.inviterServers(tx, roomID)
+			if err != nil {
 				return err
 			}
-			if len(elsewhere) == 0 {
-				return errForbidden("No member of a room the join rules allow can authorise this join")
+			if !in {
+				notIn = true
+				return nil
 			}
+			if len(inviters) == 0 {
+				return errForbidden("No member of the room can authorise this join")
+			}
+			elsewhere = inviters
 			return nil
 		case errors.Is(err, room.ErrJoinNotAllowed):
 			return errForbidden("You are in none of the rooms the join rules allow")
@@ -281,8 +290,11 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	if errors.Is(err, room.ErrRoomNotFound) {
 		return s.remoteJoin(r, sess, roomID, s.remoteInviteServers(sess.UserID, roomID)...)
 	}
+	if err == nil && notIn {
+		return s.remoteJoin(r, sess, roomID)
+	}
 	if err == nil && len(elsewhere) > 0 {
-		resp, err := s.remoteJoin(r, sess, roomID, elsewhere...)
+		resp, err := s.remoteJoinVia(r, sess, roomID, elsewhere)
 		if err != nil && !errors.Is(err, room.ErrForbidden) {
 			// No server in the room took the join: it stays unauthorised.
 			s.Log.Info("restricted join through other servers failed", "room_id", roomID, "user_id", sess.UserID, "err", err)
@@ -296,25 +308,41 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	return map[string]string{"room_id": roomID}, nil
 }
 
-// otherServers are the servers other than this one with a joined member
-// in roomID, in a stable order.
-func (s *Server) otherServers(tx *store.Tx, roomID string) ([]string, error) {
-	r, err := tx.Room(roomID)
+// inviterServers tells whether this server has a joined member in roomID,
+// and lists the other servers with a joined member able to invite, in a
+// stable order: those that can authorise a restricted join.
+func (s *Server) inviterServers(tx *store.Tx, roomID string) (in bool, servers []string, err error) {
+	_, st, err := s.roomState(tx, roomID)
 	if err != nil {
-		return nil, err
+		return false, nil, err
 	}
-	counts, err := s.Rooms.JoinedServers(tx, r.State)
+	pl, err := s.Rooms.PowerLevels(tx, st)
 	if err != nil {
-		return nil, err
+		return false, nil, err
 	}
-	var out []string
-	for srv, n := range counts {
-		if n > 0 && srv != s.Config.ServerName {
-			out = append(out, srv)
+	seen := map[string]bool{}
+	st.Each(func(k, nid uint64) bool {
+		evType, sk, err := tx.StateKey(k)
+		if err != nil || evType != "m.room.member" {
+			return true
 		}
-	}
-	slices.Sort(out)
-	return out, nil
+		_, srv, _ := strings.Cut(sk, ":")
+		local := srv == s.Config.ServerName
+		if (local && in) || (!local && (seen[srv] || pl.UserLevel(sk) < pl.Invite())) {
+			return true
+		}
+		if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" {
+			if local {
+				in = true
+			} else {
+				seen[srv] = true
+				servers = append(servers, srv)
+			}
+		}
+		return true
+	})
+	slices.Sort(servers)
+	return in, servers, nil
 }
 
 // sameMember reports whether userID's current member event in roomID

@@ -44,3 +44,30 @@ func TestCreateRoomInvitesRemoteUser(t *testing.T) {
 		t.Fatalf("bob's device_lists.changed after joining = %v, want %v", changed, want)
 	}
 }
+
+// TestCreateRoomInvitePowerByPreset: as in Synapse, inviting needs power
+// 50 in a public_chat room (a plain member may not), and 0 in a
+// private_chat one (any member may).
+func TestCreateRoomInvitePowerByPreset(t *testing.T) {
+	n := startNode(t)
+	alice, bob, carol := n.register(t, "alice"), n.register(t, "bob"), n.register(t, "carol")
+	ctx := ctxT(t)
+	for _, tc := range []struct {
+		preset string
+		want   float64
+	}{{"public_chat", 50}, {"private_chat", 0}} {
+		roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: tc.preset, Invite: []id.UserID{bob.UserID}})
+		if got := stateOf(t, alice, roomID, "m.room.power_levels", "")["invite"]; got != tc.want {
+			t.Fatalf("%s: invite power %v, want %v", tc.preset, got, tc.want)
+		}
+		if _, err := bob.JoinRoomByID(ctx, roomID); err != nil {
+			t.Fatal(err)
+		}
+		_, err := bob.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: carol.UserID})
+		if tc.want > 0 {
+			wantMatrixErr(t, err, 403, "M_FORBIDDEN")
+		} else if err != nil {
+			t.Fatalf("%s: a member's invite: %v", tc.preset, err)
+		}
+	}
+}

@@ -225,11 +225,17 @@ func (s *Service) powerLevels(rv id.RoomVersion, o CreateOptions) map[string]any
 		// upgrades to the creators, who alone are above 100.
 		events["m.room.tombstone"] = 150
 	}
-	// invite 50, as Synapse has it: inviting is for moderators, and a
-	// restricted room's joins need a member allowed to invite.
+	// Inviting is for moderators in public rooms, everyone's in private
+	// ones (Synapse's presets: public_chat keeps its default 50, the
+	// private presets override it with 0); a restricted room's joins need
+	// a member allowed to invite.
+	invite := 0
+	if o.Preset == "public_chat" {
+		invite = 50
+	}
 	pl := map[string]any{
 		"users": users, "users_default": 0, "events": events, "events_default": 0,
-		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
+		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": invite,
 		"notifications": map[string]any{"room": 50},
 	}
 	if len(o.PowerLevelsOverride) > 0 {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -70,4 +71,56 @@ func TestCreateRoomInvitePowerByPreset(t *testing.T) {
 			t.Fatalf("%s: a member's invite: %v", tc.preset, err)
 		}
 	}
+}
+
+// TestRejoinRoomServerLeft: alice on B is banned from bob's room on A (B
+// then has no member in it), unbanned and invited again: her join goes
+// through A, not against B's stale copy of the room, where she is still
+// banned (Complement's TestUnbanViaInvite).
+func TestRejoinRoomServerLeft(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	bob := &rfSyncer{c: a.register(t, "bob")}
+	alice := b.register(t, "alice")
+	ctx := ctxT(t)
+	roomID := mustCreateRoom(t, bob.c, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := alice.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	member := func(m string) func(*mautrix.RespSync) bool {
+		return func(r *mautrix.RespSync) bool {
+			for _, rooms := range []map[id.RoomID]*mautrix.SyncLeftRoom{r.Rooms.Leave} {
+				if lr, ok := rooms[roomID]; ok {
+					for _, ev := range lr.Timeline.Events {
+						if ev.GetStateKey() == alice.UserID.String() && ev.Content.Raw["membership"] == m {
+							return true
+						}
+					}
+				}
+			}
+			_, invited := r.Rooms.Invite[roomID]
+			return m == "invite" && invited
+		}
+	}
+	if _, err := bob.c.BanUser(ctx, roomID, &mautrix.ReqBanUser{UserID: alice.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	syncUntil(t, alice, "her ban", member("ban"))
+	if _, err := bob.c.UnbanUser(ctx, roomID, &mautrix.ReqUnbanUser{UserID: alice.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.c.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: alice.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	syncUntil(t, alice, "the new invite", member("invite"))
+	bob.until(t, "alice's invite", rfHasEvent("m.room.member", func(ev *event.Event) bool {
+		return ev.GetStateKey() == alice.UserID.String() && ev.Content.Raw["membership"] == "invite"
+	}))
+	bob.seen = nil
+	if _, err := alice.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("alice's join after the unban and invite: %v", err)
+	}
+	bob.until(t, "alice's join", rfHasEvent("m.room.member", func(ev *event.Event) bool {
+		return ev.GetStateKey() == alice.UserID.String() && ev.Content.Raw["membership"] == "join"
+	}))
 }

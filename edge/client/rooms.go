@@ -239,8 +239,22 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	}
 	// The authorising user of a restricted join is the server's choice.
 	delete(body, room.JoinAuthorisedVia)
+	// A room this server has left (its last member left, was kicked or
+	// banned) has stale state here: the join is a remote one, through the
+	// servers the client named, the inviter's, or the room ID's.
+	inviteServers := s.remoteInviteServers(sess.UserID, roomID)
+	var candidates []string
+	q := r.URL.Query()
+	for _, srv := range slices.Concat(q["server_name"], q["via"], inviteServers) {
+		if srv != s.Config.ServerName {
+			candidates = append(candidates, srv)
+		}
+	}
+	if _, domain, ok := strings.Cut(roomID, ":"); ok && domain != s.Config.ServerName {
+		candidates = append(candidates, domain)
+	}
 	var elsewhere []string // servers that may authorise a restricted join we cannot
-	var notIn bool         // a restricted room this server has left: join as a stranger
+	var notIn bool         // a room this server has left: join as a stranger
 	err := s.Store.Write(func(tx *store.Tx) error {
 		elsewhere, notIn = nil, false
 		if roomBlocked(tx, roomID) {
@@ -256,6 +270,14 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		}
 		if s.sameMember(tx, roomID, sess.UserID, content) {
 			return nil // joining twice is idempotent: no second event
+		}
+		if len(candidates) > 0 {
+			if in, err := s.serverInRoom(tx, roomID); err != nil {
+				return err
+			} else if !in {
+				notIn = true
+				return nil
+			}
 		}
 		via, err := s.Rooms.RestrictedJoinVia(tx, roomID, sess.UserID, s.Config.ServerName)
 		switch {
@@ -287,11 +309,8 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
 		return err
 	})
-	if errors.Is(err, room.ErrRoomNotFound) {
-		return s.remoteJoin(r, sess, roomID, s.remoteInviteServers(sess.UserID, roomID)...)
-	}
-	if err == nil && notIn {
-		return s.remoteJoin(r, sess, roomID)
+	if errors.Is(err, room.ErrRoomNotFound) || (err == nil && notIn) {
+		return s.remoteJoin(r, sess, roomID, inviteServers...)
 	}
 	if err == nil && len(elsewhere) > 0 {
 		resp, err := s.remoteJoinVia(r, sess, roomID, elsewhere)
@@ -306,6 +325,22 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
+}
+
+// serverInRoom tells whether this server has a joined member in roomID; a
+// room it does not know counts as in (the caller's send reports it).
+func (s *Server) serverInRoom(tx *store.Tx, roomID string) (bool, error) {
+	r, err := tx.Room(roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return true, nil
+	} else if err != nil {
+		return false, err
+	}
+	counts, err := s.Rooms.JoinedServers(tx, r.State)
+	if err != nil {
+		return false, err
+	}
+	return counts[s.Config.ServerName] > 0, nil
 }
 
 // inviterServers tells whether this server has a joined member in roomID,

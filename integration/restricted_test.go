@@ -1,7 +1,11 @@
 package integration
 
 import (
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -256,4 +260,50 @@ func TestRestrictedJoinNoAllowedRoom(t *testing.T) {
 	}
 	_, err := carol.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
 	wantMatrixErr(t, err, 403, "M_FORBIDDEN")
+}
+
+// TestRestrictedJoinWhileEventsInFlight: the power to invite reaches the
+// joining user's server, and the user's join of the allowed room the
+// resident server, only after a delay (transactions held 400 ms each
+// way); a restricted join asked at once, which neither server can
+// authorise yet, succeeds once the events have arrived, not refused
+// (Complement's *LocalJoinNoCreatorsUsesPowerLevels raced so).
+func TestRestrictedJoinWhileEventsInFlight(t *testing.T) {
+	ca := newRFCA(t)
+	var slow atomic.Bool
+	hold := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if slow.Load() && r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+				time.Sleep(400 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	a, b := startRFNodeWrapped(t, ca, hold), startRFNodeWrapped(t, ca, hold)
+	alice := &rfSyncer{c: a.register(t, "alice")}
+	bob := &rfSyncer{c: b.register(t, "bob")}
+	charlie := b.register(t, "charlie")
+	ctx := ctxT(t)
+	allowed, room := restrictedRoom(t, alice.c, "11", "restricted", a.Name)
+	for _, r := range []id.RoomID{allowed, room} {
+		if _, err := bob.c.JoinRoom(ctx, r.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+			t.Fatalf("bob joins %s: %v", r, err)
+		}
+	}
+
+	slow.Store(true)
+	if _, err := alice.c.SendStateEvent(ctx, room, event.StatePowerLevels, "", map[string]any{
+		"invite": 50, "users": map[string]any{alice.c.UserID.String(): 100, bob.c.UserID.String(): 50},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := charlie.JoinRoom(ctx, allowed.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := charlie.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{b.Name}}); err != nil {
+		t.Fatalf("charlie's restricted join while the events travel: %v", err)
+	}
+	if via := memberContent(t, charlie, room, charlie.UserID)["join_authorised_via_users_server"]; via == nil {
+		t.Fatal("charlie's join names no authorising user")
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
@@ -255,7 +256,7 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	}
 	var elsewhere []string // servers that may authorise a restricted join we cannot
 	var notIn bool         // a room this server has left: join as a stranger
-	err := s.Store.Write(func(tx *store.Tx) error {
+	local := func(tx *store.Tx) error {
 		elsewhere, notIn = nil, false
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
@@ -308,18 +309,34 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		}
 		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
 		return err
-	})
+	}
+	err := s.Store.Write(local)
 	if errors.Is(err, room.ErrRoomNotFound) || (err == nil && notIn) {
 		return s.remoteJoin(r, sess, roomID, inviteServers...)
 	}
-	if err == nil && len(elsewhere) > 0 {
-		resp, err := s.remoteJoinVia(r, sess, roomID, elsewhere)
-		if err != nil && !errors.Is(err, room.ErrForbidden) {
+	// A restricted join refused everywhere may only be early: the event
+	// giving a local member the power to invite, or the user's join of
+	// the allowed room, can still be on its way between the servers. Ask
+	// again a few times within a second before refusing.
+	for wait := 200 * time.Millisecond; err == nil && len(elsewhere) > 0; wait *= 2 {
+		var resp any
+		resp, err = s.remoteJoinVia(r, sess, roomID, elsewhere)
+		if err == nil {
+			return resp, nil
+		}
+		if wait > 800*time.Millisecond || !errors.Is(err, room.ErrForbidden) {
 			// No server in the room took the join: it stays unauthorised.
 			s.Log.Info("restricted join through other servers failed", "room_id", roomID, "user_id", sess.UserID, "err", err)
 			return nil, errForbidden("No server in the room could authorise this join")
 		}
-		return resp, err
+		select {
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		case <-time.After(wait):
+		}
+		if err = s.Store.Write(local); err == nil && notIn {
+			return s.remoteJoin(r, sess, roomID, inviteServers...)
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -52,6 +52,10 @@ const (
 	maxDNSCacheTTL = time.Hour
 	// negativeDNSTTL is used for empty answers without an SOA minimum.
 	negativeDNSTTL = time.Minute
+	// negativeAddrTTL caps how long an empty A/AAAA answer is reused: a
+	// server that was down, so had no address (a container's name), must
+	// be reachable at the next retry once it is back.
+	negativeAddrTTL = 5 * time.Second
 	// maxDNSCacheEntries bounds the cache; when full it starts over.
 	maxDNSCacheEntries = 4096
 )
@@ -101,7 +105,11 @@ func (d *dnsClient) exchange(ctx context.Context, name string, qtype uint16) (*d
 	if err != nil {
 		return nil, server, err
 	}
-	if ttl := answerTTL(resp); ttl > 0 {
+	ttl := answerTTL(resp)
+	if len(resp.Answer) == 0 && (qtype == dns.TypeA || qtype == dns.TypeAAAA) {
+		ttl = min(ttl, negativeAddrTTL)
+	}
+	if ttl > 0 {
 		d.mu.Lock()
 		if len(d.cache) >= maxDNSCacheEntries {
 			d.cache = map[dnsKey]dnsEntry{}

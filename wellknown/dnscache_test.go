@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // TestDNSAnswersCachedForTheirTTL: SRV and address answers are reused for
@@ -50,5 +52,29 @@ func TestDNSAnswersCachedForTheirTTL(t *testing.T) {
 	}
 	if !srvAgain {
 		t.Fatalf("SRV not asked again after its TTL: %v", e.dns.queries()[afterA:])
+	}
+}
+
+// TestEmptyAddressAnswerCachedBriefly: a host with no address (a server
+// that is down, as a stopped container's name is) is asked again seconds
+// later, not after the minute negative answers are otherwise kept, so a
+// federation retry finds it once it is back.
+func TestEmptyAddressAnswerCachedBriefly(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	ctx := context.Background()
+	if res, err := e.r.Resolve(ctx, "back.test"); err == nil && len(res.Endpoints) > 0 {
+		t.Fatalf("resolved a host without records: %+v", res)
+	}
+	rr, err := dns.NewRR("back.test. 30 IN A 127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.dns.mu.Lock()
+	e.dns.rrs = append(e.dns.rrs, rr)
+	e.dns.mu.Unlock()
+	e.clock.Add(6 * time.Second)
+	res, err := e.r.Resolve(ctx, "back.test")
+	if err != nil || len(res.Endpoints) == 0 {
+		t.Fatalf("host with an address now still unresolved 6 s later: %+v %v", res, err)
 	}
 }

@@ -174,7 +174,13 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 				return err
 			}
 		}
-		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: content})
+		body := content
+		if evType == "m.room.member" && stateKey == sess.UserID {
+			if body, err = s.ownMemberContent(tx, roomID, sess.UserID, content); err != nil {
+				return err
+			}
+		}
+		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: body})
 		if err != nil {
 			return err
 		}
@@ -185,6 +191,37 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	return map[string]string{"event_id": eventID}, nil
+}
+
+// ownMemberContent is the content of a member event a user PUTs for
+// themself: join_authorised_via_users_server is the server's to set, so
+// the client's is dropped (a join -> join, such as a displayname change,
+// needs none), and a restricted join gets the local member authorising it.
+func (s *Server) ownMemberContent(tx *store.Tx, roomID, userID string, content json.RawMessage) (json.RawMessage, error) {
+	var c map[string]json.RawMessage
+	if json.Unmarshal(content, &c) != nil {
+		return content, nil // the auth rules refuse it
+	}
+	_, had := c[room.JoinAuthorisedVia]
+	delete(c, room.JoinAuthorisedVia)
+	var membership string
+	_ = json.Unmarshal(c["membership"], &membership)
+	if membership == "join" {
+		via, err := s.Rooms.RestrictedJoinVia(tx, roomID, userID, s.Config.ServerName)
+		switch {
+		case errors.Is(err, room.ErrCannotAuthoriseJoin), errors.Is(err, room.ErrCannotGrantJoin), errors.Is(err, room.ErrJoinNotAllowed):
+			return nil, errForbidden("%v", err)
+		case err != nil && !errors.Is(err, room.ErrRoomNotFound):
+			return nil, err
+		case via != "":
+			c[room.JoinAuthorisedVia], _ = json.Marshal(via)
+			had = true
+		}
+	}
+	if !had {
+		return content, nil
+	}
+	return json.Marshal(c)
 }
 
 // checkCanonicalAlias enforces that a canonical alias points at this room.

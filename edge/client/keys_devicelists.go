@@ -42,8 +42,9 @@ func (s *Server) markDeviceListChange(tx *store.Tx, userID, viewer string) {
 // deviceListChanges computes device_lists for userID over the positions
 // (from, to]: changed are users sharing a room with userID whose keys
 // changed, who joined a shared room, or who share a room userID joined,
-// plus userID itself after its own changes; left are users who left (or
-// whose room userID left) and now share no room with userID.
+// plus userID itself after its own changes or its join of a room; left
+// are users who left (or whose room userID left) and now share no room
+// with userID.
 func (s *Server) deviceListChanges(tx *store.Tx, userID string, from, to uint64) (changed, left []string, err error) {
 	changed, left = []string{}, []string{}
 	private := map[string]bool{} // viewer-specific changes: shown whatever the rooms
@@ -69,10 +70,12 @@ func (s *Server) deviceListChanges(tx *store.Tx, userID string, from, to uint64)
 		return changed, left, err
 	}
 	joined, parted := map[string]bool{}, map[string]bool{}
+	newRoom := false
 	for _, m := range ms {
 		switch {
 		case m.Membership == "join" && m.Pos > from:
 			// A room joined since from: everyone in it is newly shared.
+			newRoom = true
 			for _, u := range s.e2eeRoomMembers(tx, m.RoomID) {
 				joined[u] = true
 			}
@@ -99,6 +102,11 @@ func (s *Server) deviceListChanges(tx *store.Tx, userID string, from, to uint64)
 		if u != userID && shares(u) {
 			set[u] = true
 		}
+	}
+	if newRoom {
+		// The user too, as Synapse lists every member of a newly joined
+		// room (Complement's TestDeviceListsUpdateOverFederation).
+		set[userID] = true
 	}
 	for u := range parted {
 		if u != userID && !shares(u) {

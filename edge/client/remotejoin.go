@@ -19,14 +19,24 @@ import (
 // leaves unknown rooms 404.
 
 // remoteJoin joins an unknown room through the servers the request names
-// (server_name, or via), else the room ID's domain (room IDs before v12
-// carry one). It answers like join.
+// (server_name, or via) and extra, or when the request names none, extra
+// and the room ID's domain (room IDs before v12 carry one). Servers the
+// client named are all it asked for: a join through them that fails must
+// not succeed through another (Synapse; Complement's
+// TestRestrictedRoomsRemoteJoinFailOver). It answers like join.
 func (s *Server) remoteJoin(r *http.Request, sess *Session, roomID string, extra ...string) (any, error) {
 	q := r.URL.Query()
-	servers := append(append(q["server_name"], q["via"]...), extra...)
-	if _, domain, ok := strings.Cut(roomID, ":"); ok {
+	named := append(q["server_name"], q["via"]...)
+	servers := append(named, extra...)
+	if _, domain, ok := strings.Cut(roomID, ":"); ok && len(named) == 0 {
 		servers = append(servers, domain)
 	}
+	return s.remoteJoinVia(r, sess, roomID, servers)
+}
+
+// remoteJoinVia joins roomID through servers, in order, other than this
+// one. It answers like join.
+func (s *Server) remoteJoinVia(r *http.Request, sess *Session, roomID string, servers []string) (any, error) {
 	seen := map[string]bool{}
 	var uniq []string
 	for _, srv := range servers {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
+	"time"
 
 	"edge/edge/config"
 	"edge/edge/room"
@@ -86,6 +88,16 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	if err := check(s.limits.send, sess.UserID); err != nil {
 		return nil, err
 	}
+	// Users of other servers are invited through theirs (federation
+	// /invite) once the room exists; an event alone would not reach them.
+	var localInvites, remoteInvites []string
+	for _, u := range req.Invite {
+		if strings.HasSuffix(u, ":"+s.Config.ServerName) {
+			localInvites = append(localInvites, u)
+		} else {
+			remoteInvites = append(remoteInvites, u)
+		}
+	}
 	var roomID string
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if alias != "" {
@@ -97,7 +109,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 		roomID, err = s.Rooms.CreateRoom(tx, room.CreateOptions{
 			Creator: sess.UserID, Version: req.RoomVersion, Preset: req.Preset,
 			CreationContent: req.CreationContent, PowerLevelsOverride: req.PowerLevelContentOverride,
-			Alias: alias, Name: req.Name, Topic: req.Topic, Invite: req.Invite, IsDirect: req.IsDirect,
+			Alias: alias, Name: req.Name, Topic: req.Topic, Invite: localInvites, RemoteInvite: remoteInvites, IsDirect: req.IsDirect,
 			InitialState: req.InitialState,
 		})
 		if err != nil {
@@ -116,6 +128,16 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for _, u := range remoteInvites {
+		content := map[string]any{"membership": "invite"}
+		if req.IsDirect {
+			content["is_direct"] = true
+		}
+		// The room stands without them, as in Synapse's createRoom.
+		if err := s.sendRemoteInvite(r.Context(), roomID, sess.UserID, u, content); err != nil {
+			s.Log.Info("createRoom: remote invite failed", "room_id", roomID, "invitee", u, "err", err)
+		}
 	}
 	return map[string]string{"room_id": roomID}, nil
 }
@@ -214,7 +236,26 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 			return nil, errBadJSON("reason must be a string")
 		}
 	}
-	err := s.Store.Write(func(tx *store.Tx) error {
+	// The authorising user of a restricted join is the server's choice.
+	delete(body, room.JoinAuthorisedVia)
+	// A room this server has left (its last member left, was kicked or
+	// banned) has stale state here: the join is a remote one, through the
+	// servers the client named, the inviter's, or the room ID's.
+	inviteServers := s.remoteInviteServers(sess.UserID, roomID)
+	var candidates []string
+	q := r.URL.Query()
+	for _, srv := range slices.Concat(q["server_name"], q["via"], inviteServers) {
+		if srv != s.Config.ServerName {
+			candidates = append(candidates, srv)
+		}
+	}
+	if _, domain, ok := strings.Cut(roomID, ":"); ok && domain != s.Config.ServerName {
+		candidates = append(candidates, domain)
+	}
+	var elsewhere []string // servers that may authorise a restricted join we cannot
+	var notIn bool         // a room this server has left: join as a stranger
+	local := func(tx *store.Tx) error {
+		elsewhere, notIn = nil, false
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
 		}
@@ -229,16 +270,129 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		if s.sameMember(tx, roomID, sess.UserID, content) {
 			return nil // joining twice is idempotent: no second event
 		}
-		_, err := s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
+		if len(candidates) > 0 {
+			if in, err := s.serverInRoom(tx, roomID); err != nil {
+				return err
+			} else if !in {
+				notIn = true
+				return nil
+			}
+		}
+		via, err := s.Rooms.RestrictedJoinVia(tx, roomID, sess.UserID, s.Config.ServerName)
+		switch {
+		case errors.Is(err, room.ErrCannotAuthoriseJoin), errors.Is(err, room.ErrCannotGrantJoin):
+			// A server in the room with a member able to invite may
+			// authorise it: join through those (Synapse). A room this
+			// server has left is joined through the servers the client
+			// named, as an unknown room is.
+			in, inviters, err := s.inviterServers(tx, roomID)
+			if err != nil {
+				return err
+			}
+			if !in {
+				notIn = true
+				return nil
+			}
+			if len(inviters) == 0 {
+				return errForbidden("No member of the room can authorise this join")
+			}
+			elsewhere = inviters
+			return nil
+		case errors.Is(err, room.ErrJoinNotAllowed):
+			return errForbidden("You are in none of the rooms the join rules allow")
+		case err != nil && !errors.Is(err, room.ErrRoomNotFound):
+			return err
+		case via != "":
+			content[room.JoinAuthorisedVia] = via
+		}
+		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, content)
 		return err
-	})
-	if errors.Is(err, room.ErrRoomNotFound) {
-		return s.remoteJoin(r, sess, roomID, s.remoteInviteServers(sess.UserID, roomID)...)
+	}
+	err := s.Store.Write(local)
+	if errors.Is(err, room.ErrRoomNotFound) || (err == nil && notIn) {
+		return s.remoteJoin(r, sess, roomID, inviteServers...)
+	}
+	// A restricted join refused everywhere may only be early: the event
+	// giving a local member the power to invite, or the user's join of
+	// the allowed room, can still be on its way between the servers. Ask
+	// again a few times within a second before refusing.
+	for wait := 200 * time.Millisecond; err == nil && len(elsewhere) > 0; wait *= 2 {
+		var resp any
+		resp, err = s.remoteJoinVia(r, sess, roomID, elsewhere)
+		if err == nil {
+			return resp, nil
+		}
+		if wait > 800*time.Millisecond || !errors.Is(err, room.ErrForbidden) {
+			// No server in the room took the join: it stays unauthorised.
+			s.Log.Info("restricted join through other servers failed", "room_id", roomID, "user_id", sess.UserID, "err", err)
+			return nil, errForbidden("No server in the room could authorise this join")
+		}
+		select {
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		case <-time.After(wait):
+		}
+		if err = s.Store.Write(local); err == nil && notIn {
+			return s.remoteJoin(r, sess, roomID, inviteServers...)
+		}
 	}
 	if err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
+}
+
+// serverInRoom tells whether this server has a joined member in roomID; a
+// room it does not know counts as in (the caller's send reports it).
+func (s *Server) serverInRoom(tx *store.Tx, roomID string) (bool, error) {
+	r, err := tx.Room(roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return true, nil
+	} else if err != nil {
+		return false, err
+	}
+	counts, err := s.Rooms.JoinedServers(tx, r.State)
+	if err != nil {
+		return false, err
+	}
+	return counts[s.Config.ServerName] > 0, nil
+}
+
+// inviterServers tells whether this server has a joined member in roomID,
+// and lists the other servers with a joined member able to invite, in a
+// stable order: those that can authorise a restricted join.
+func (s *Server) inviterServers(tx *store.Tx, roomID string) (in bool, servers []string, err error) {
+	_, st, err := s.roomState(tx, roomID)
+	if err != nil {
+		return false, nil, err
+	}
+	pl, err := s.Rooms.PowerLevels(tx, st)
+	if err != nil {
+		return false, nil, err
+	}
+	seen := map[string]bool{}
+	st.Each(func(k, nid uint64) bool {
+		evType, sk, err := tx.StateKey(k)
+		if err != nil || evType != "m.room.member" {
+			return true
+		}
+		_, srv, _ := strings.Cut(sk, ":")
+		local := srv == s.Config.ServerName
+		if (local && in) || (!local && (seen[srv] || pl.UserLevel(sk) < pl.Invite())) {
+			return true
+		}
+		if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" {
+			if local {
+				in = true
+			} else {
+				seen[srv] = true
+				servers = append(servers, srv)
+			}
+		}
+		return true
+	})
+	slices.Sort(servers)
+	return in, servers, nil
 }
 
 // sameMember reports whether userID's current member event in roomID

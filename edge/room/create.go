@@ -31,8 +31,12 @@ type CreateOptions struct {
 	Alias               string // full alias, already reserved by the caller
 	Name, Topic         string
 	Invite              []string
-	IsDirect            bool
-	InitialState        []StateEvent
+	// RemoteInvite are invitees of other servers: in the power levels as
+	// Invite are, but their invite events are the caller's to send
+	// (federation /invite).
+	RemoteInvite []string
+	IsDirect     bool
+	InitialState []StateEvent
 }
 
 // SupportedVersions lists the room versions this node creates and joins.
@@ -217,7 +221,7 @@ func (s *Service) powerLevels(rv id.RoomVersion, o CreateOptions) map[string]any
 		users[o.Creator] = 100
 	}
 	if o.Preset == "trusted_private_chat" && !rv.PrivilegedRoomCreators() {
-		for _, u := range o.Invite {
+		for _, u := range append(slices.Clone(o.Invite), o.RemoteInvite...) {
 			users[u] = 100
 		}
 	}
@@ -232,9 +236,17 @@ func (s *Service) powerLevels(rv id.RoomVersion, o CreateOptions) map[string]any
 		// upgrades to the creators, who alone are above 100.
 		events["m.room.tombstone"] = 150
 	}
+	// Inviting is for moderators in public rooms, everyone's in private
+	// ones (Synapse's presets: public_chat keeps its default 50, the
+	// private presets override it with 0); a restricted room's joins need
+	// a member allowed to invite.
+	invite := 0
+	if o.Preset == "public_chat" {
+		invite = 50
+	}
 	pl := map[string]any{
 		"users": users, "users_default": 0, "events": events, "events_default": 0,
-		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+		"state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": invite,
 		"notifications": map[string]any{"room": 50},
 	}
 	if len(o.PowerLevelsOverride) > 0 {

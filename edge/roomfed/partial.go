@@ -112,7 +112,14 @@ type partialRunner struct {
 	mu sync.Mutex
 	// running maps a room to a channel closed when its resync ends.
 	running map[string]chan struct{}
+	// onFull is told of each room that got its full state (after commit).
+	onFull func(roomID string)
 }
+
+// OnFullState sets what is told, after the commit, that a partial-state
+// room got its full state: the client API wakes the room's syncs, which
+// show the room to clients that do not lazy-load members only now.
+func (e *Engine) OnFullState(f func(roomID string)) { e.partial.onFull = f }
 
 // isPartial tells whether a room's state is still partial.
 func (e *Engine) isPartial(roomID string) bool {
@@ -496,7 +503,10 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			rewritten++
 		}
 		tx.PutRoom(r)
-		tx.ClearPartialState(ps.RoomID)
+		tx.CompletePartialState(ps.RoomID)
+		if f := e.partial.onFull; f != nil {
+			tx.OnCommit(func() { f(ps.RoomID) })
+		}
 		return nil
 	})
 	if err != nil {

@@ -1,0 +1,204 @@
+package integration
+
+import (
+	"encoding/json"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"edge/edge/roomfed"
+)
+
+// What clients see of a room while its state is partial (MSC3902), as
+// Synapse shows it: only lazy-loading syncs show the room, with the
+// member events of the timeline's senders; typing and receipts of remote
+// members arrive; aliases name the servers of the join; and eager syncs
+// get the room, as newly joined, once the state is complete.
+
+// rfLazySyncFilter is rfSyncFilter lazy-loading members.
+const rfLazySyncFilter = `{"room":{"timeline":{"limit":1000},"state":{"lazy_load_members":true}}}`
+
+// partialSyncResp is the part of a /sync answer these tests read.
+type partialSyncResp struct {
+	NextBatch string `json:"next_batch"`
+	Rooms     struct {
+		Join map[string]struct {
+			State     struct{ Events []*event.Event } `json:"state"`
+			Timeline  struct{ Events []*event.Event } `json:"timeline"`
+			Ephemeral struct{ Events []*event.Event } `json:"ephemeral"`
+		} `json:"join"`
+	} `json:"rooms"`
+}
+
+// partialSync runs one /sync with filter (JSON; "" for none).
+func partialSync(t *testing.T, c *mautrix.Client, since, filter string, timeoutMS int) *partialSyncResp {
+	t.Helper()
+	q := map[string]string{"timeout": strconv.Itoa(timeoutMS)}
+	if since != "" {
+		q["since"] = since
+	}
+	if filter != "" {
+		q["filter"] = filter
+	}
+	var resp partialSyncResp
+	if _, err := c.MakeRequest(ctxT(t), "GET", c.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "sync"}, q), nil, &resp); err != nil {
+		t.Fatalf("%s syncs: %v", c.UserID, err)
+	}
+	return &resp
+}
+
+// memberKeysOf lists the state keys of the member events among evs.
+func memberKeysOf(evs []*event.Event) []string {
+	var out []string
+	for _, ev := range evs {
+		if ev.Type == event.StateMember && ev.StateKey != nil {
+			out = append(out, *ev.StateKey)
+		}
+	}
+	return out
+}
+
+// TestRoomFedPartialClientView: bob on B joins A's room with a faster
+// join, the resync held back. Eager syncs (initial and incremental) leave
+// the room out; lazy-loading ones show it, with the member event of a
+// sender B's partial state lacks; that member's typing and read receipt
+// reach bob; an alias bob makes for the room names A as well as B. When
+// the resync completes, a waiting eager sync wakes with the room and its
+// full membership.
+func TestRoomFedPartialClientView(t *testing.T) {
+	roomfed.PartialResyncDelay = 6 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	_, roomID, users := partialRoom(t, func(name string) *mautrix.Client { return a.register(t, name) }, 3)
+	bob := b.register(t, "bob")
+	eagerSince := partialSync(t, bob, "", "", 0).NextBatch
+
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	if !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("B's room is not partial after the join")
+	}
+	rid := roomID.String()
+	if _, ok := partialSync(t, bob, "", "", 0).Rooms.Join[rid]; ok {
+		t.Error("an eager initial sync shows the partial-state room")
+	}
+	if _, ok := partialSync(t, bob, eagerSince, "", 0).Rooms.Join[rid]; ok {
+		t.Error("an eager incremental sync shows the partial-state room")
+	}
+	lazy := partialSync(t, bob, "", rfLazySyncFilter, 0)
+	if _, ok := lazy.Rooms.Join[rid]; !ok {
+		t.Fatal("a lazy-loading initial sync does not show the partial-state room")
+	}
+	lazySince := lazy.NextBatch
+
+	// member01, whom B's partial state lacks, speaks: lazy syncs carry
+	// their member event (taken from the message's auth events).
+	speaker := users[1]
+	msg, err := speaker.SendText(ctxT(t), roomID, "from a member B does not know")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var incrMembers []string
+	waitFor(t, 15*time.Second, "the message on B (lazy incremental sync)", func() bool {
+		r := partialSync(t, bob, lazySince, rfLazySyncFilter, 500)
+		lazySince = r.NextBatch
+		jr, ok := r.Rooms.Join[rid]
+		if !ok {
+			return false
+		}
+		incrMembers = append(incrMembers, memberKeysOf(jr.State.Events)...)
+		return slices.ContainsFunc(jr.Timeline.Events, func(ev *event.Event) bool { return ev.ID == msg.EventID })
+	})
+	if !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("the resync finished before the partial-state checks")
+	}
+	if !slices.Contains(incrMembers, speaker.UserID.String()) {
+		t.Errorf("lazy incremental sync: state members %v lack the sender %s", incrMembers, speaker.UserID)
+	}
+	initial := partialSync(t, bob, "", rfLazySyncFilter, 0).Rooms.Join[rid]
+	if got := memberKeysOf(initial.State.Events); !slices.Contains(got, speaker.UserID.String()) {
+		t.Errorf("lazy initial sync: state members %v lack the sender %s", got, speaker.UserID)
+	}
+
+	// Typing and a read receipt from that member reach bob.
+	if _, err := speaker.UserTyping(ctxT(t), roomID, true, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := speaker.SendReceipt(ctxT(t), roomID, msg.EventID, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	var typing, receipt bool
+	waitFor(t, 15*time.Second, "the member's typing and receipt on B", func() bool {
+		r := partialSync(t, bob, lazySince, rfLazySyncFilter, 500)
+		lazySince = r.NextBatch
+		for _, ev := range r.Rooms.Join[rid].Ephemeral.Events {
+			var c map[string]any
+			_ = json.Unmarshal(ev.Content.VeryRaw, &c)
+			switch ev.Type {
+			case event.EphemeralEventTyping:
+				if ids, _ := c["user_ids"].([]any); slices.Contains(ids, any(speaker.UserID.String())) {
+					typing = true
+				}
+			case event.EphemeralEventReceipt:
+				if _, ok := c[msg.EventID.String()]; ok {
+					receipt = true
+				}
+			}
+		}
+		return typing && receipt
+	})
+	if !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("the resync finished before the EDU checks")
+	}
+
+	// An alias of B for the room names A too: B's state lacks A's members.
+	alias := id.RoomAlias("#partial-" + string(bob.UserID.Localpart()) + ":" + b.Name)
+	if _, err := bob.CreateAlias(ctxT(t), alias, roomID); err != nil {
+		t.Fatalf("bob creates an alias: %v", err)
+	}
+	var ans struct {
+		RoomID  string   `json:"room_id"`
+		Servers []string `json:"servers"`
+	}
+	if _, err := bob.MakeRequest(ctxT(t), "GET", bob.BuildClientURL("v3", "directory", "room", alias.String()), nil, &ans); err != nil {
+		t.Fatal(err)
+	}
+	if ans.RoomID != rid || !slices.Contains(ans.Servers, a.Name) || !slices.Contains(ans.Servers, b.Name) {
+		t.Errorf("alias answer %+v: want room %s and servers %s and %s", ans, rid, b.Name, a.Name)
+	}
+
+	// A long-polling eager sync wakes when the state is complete, with
+	// the room and all its members.
+	eager := partialSync(t, bob, eagerSince, "", 0)
+	if _, ok := eager.Rooms.Join[rid]; ok || !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("an eager sync shows the partial-state room (or the resync ended early)")
+	}
+	start := time.Now()
+	done := partialSync(t, bob, eager.NextBatch, "", 20000)
+	jr, ok := done.Rooms.Join[rid]
+	if !ok {
+		t.Fatalf("the eager long poll returned after %s without the room", time.Since(start))
+	}
+	if roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("the eager long poll returned the room while still partial")
+	}
+	// Members before the timeline are in state; bob's join may be in the
+	// timeline.
+	got := append(memberKeysOf(jr.State.Events), memberKeysOf(jr.Timeline.Events)...)
+	for _, u := range append(slices.Clone(users), bob) {
+		if !slices.Contains(got, u.UserID.String()) {
+			t.Errorf("the room's first eager sync lacks %s's member event (has %v)", u.UserID, got)
+		}
+	}
+	// Once shown, the room is not shown again as new.
+	if jr, ok := partialSync(t, bob, done.NextBatch, "", 0).Rooms.Join[rid]; ok && len(jr.State.Events) > 0 {
+		t.Errorf("the next eager sync repeats the room's state (%d events)", len(jr.State.Events))
+	}
+}

@@ -11,7 +11,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"edge/edge/room"
 	"edge/edge/roomfed"
+	"edge/edge/store"
 )
 
 // What clients see of a room while its state is partial (MSC3902), as
@@ -201,4 +203,48 @@ func TestRoomFedPartialClientView(t *testing.T) {
 	if jr, ok := partialSync(t, bob, done.NextBatch, "", 0).Rooms.Join[rid]; ok && len(jr.State.Events) > 0 {
 		t.Errorf("the next eager sync repeats the room's state (%d events)", len(jr.State.Events))
 	}
+}
+
+// TestRoomFedPulledEventGap: B sends A the last of 30 events A never saw.
+// get_missing_events brings the 20 before it, the oldest of which cites a
+// prev event A lacks: A takes the state at that one (/state_ids, as
+// Synapse does for pulled events) and applies the 20 to its timeline,
+// rather than refusing them and keeping only the last's prev as an
+// outlier (Complement's MSC3902 "half missing grandparents").
+func TestRoomFedPulledEventGap(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "12")
+	hook := b.Rooms.InTx
+	b.Rooms.InTx = nil // B stores without queueing to A
+	const gap = 30
+	var raws []json.RawMessage
+	var ids []string
+	err := b.Store.Write(func(tx *store.Tx) error {
+		raws, ids = raws[:0], ids[:0]
+		for i := range gap {
+			content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": "unseen " + strconv.Itoa(i)})
+			ev, err := b.Rooms.Send(tx, roomID.String(), room.Proto{Type: "m.room.message", Sender: bob.c.UserID.String(), Content: content})
+			if err != nil {
+				return err
+			}
+			raws, ids = append(raws, ev.Raw), append(ids, ev.ID)
+		}
+		return nil
+	})
+	b.Rooms.InTx = hook
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	if verdict := h.send(raws[gap-1], ids[gap-1]); verdict != "" {
+		t.Fatalf("the event after the gap: %q", verdict)
+	}
+	for i := gap - 21; i < gap; i++ {
+		if flags, ok := rfStoredFlags(a, ids[i]); !ok || flags&(store.FlagRejected|store.FlagSoftFailed|store.FlagOutlier) != 0 {
+			t.Errorf("event %d of %d: stored %v, flags %v; want it in A's timeline", i, gap, ok, flags)
+		}
+	}
+	alice.until(t, "the pulled events", func(evs []*event.Event) bool {
+		return slices.Contains(rfBodies(evs, roomID), "unseen "+strconv.Itoa(gap-15))
+	})
 }

@@ -122,12 +122,15 @@ func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte,
 	if len(missing) > 0 && fetch {
 		e.fetchMissing(ctx, origin, ev)
 		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
-		if len(missing) > 0 {
-			if err := e.fillGap(ctx, origin, version, ev, missing); err != nil {
-				e.log.Info("gap not filled", "origin", origin, "event_id", ev.ID, "err", err)
-			}
-			_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
+	}
+	if len(missing) > 0 {
+		// Also for an event get_missing_events brought whose own prev
+		// events are missing (the answer did not reach back to ours):
+		// its state comes from the state at those, as Synapse does.
+		if err := e.fillGap(ctx, origin, version, ev, missing); err != nil {
+			e.log.Info("gap not filled", "origin", origin, "event_id", ev.ID, "err", err)
 		}
+		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
 	}
 	if len(missing) > 0 {
 		return ev.ID, fmt.Errorf("%w: %v", ErrMissingPrev, missing)

@@ -51,6 +51,11 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 				evID, err := e.receiveSafely(ctx, origin, roomID, raw)
 				if err != nil {
 					e.log.Info("inbound PDU refused", "origin", origin, "room_id", roomID, "event_id", evID, "err", err)
+					if errors.Is(err, ErrRejected) && e.storedRejected(evID) {
+						// Handled: a rejection stored is no error of the
+						// transaction, as Synapse answers (MSC3618).
+						err = nil
+					}
 				}
 				if evID != "" {
 					mu.Lock()
@@ -62,6 +67,17 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 	}
 	wg.Wait()
 	return results
+}
+
+// storedRejected tells whether eventID is stored, flagged rejected.
+func (e *Engine) storedRejected(eventID string) bool {
+	var ok bool
+	_ = e.store.View(func(tx *store.Tx) error {
+		ev, err := e.rooms.EventByID(tx, eventID)
+		ok = err == nil && ev.Flags&store.FlagRejected != 0
+		return nil
+	})
+	return ok
 }
 
 // receiveSafely is receive with a panic — a bug of ours or of a

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -247,4 +248,94 @@ func TestRoomFedPulledEventGap(t *testing.T) {
 	alice.until(t, "the pulled events", func(evs []*event.Event) bool {
 		return slices.Contains(rfBodies(evs, roomID), "unseen "+strconv.Itoa(gap-15))
 	})
+}
+
+// TestRoomFedPartialStateRecheck: derek (on C) joins A's room, is made a
+// moderator, sets the topic and leaves. bob on B then joins with partial
+// state: B knows derek's join (the topic's auth chain) but not his leave.
+// A state event forged as derek, citing his join, is accepted by B during
+// the partial window; once the resync brings derek's leave, B checks the
+// events since its join again and rejects it (Complement's MSC3902 "State
+// accepted incorrectly").
+func TestRoomFedPartialStateRecheck(t *testing.T) {
+	roomfed.PartialResyncDelay = 5 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
+	alice := &rfSyncer{c: a.register(t, "alice")}
+	roomID := mustCreateRoom(t, alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "recheck", RoomVersion: "12"})
+	derek := &rfSyncer{c: c.register(t, "derek")}
+	derekID := derek.c.UserID.String()
+	if _, err := derek.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("derek joins: %v", err)
+	}
+	rfPromote(t, alice, derek, roomID, 50)
+	if _, err := derek.c.SendStateEvent(ctxT(t), roomID, event.StateTopic, "", map[string]string{"topic": "derek's topic"}); err != nil {
+		t.Fatalf("derek sets the topic: %v", err)
+	}
+	// A template of derek's while he is joined: its auth events cite his join.
+	var version string
+	var tmpl json.RawMessage
+	if err := c.Store.View(func(tx *store.Tx) error {
+		var err error
+		version, tmpl, err = c.Rooms.Template(tx, roomID.String(), hostileMessage(derekID, "x"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := derek.c.LeaveRoom(ctxT(t), roomID); err != nil {
+		t.Fatalf("derek leaves: %v", err)
+	}
+	waitFor(t, 10*time.Second, "derek's leave on A", func() bool {
+		ev, _ := rfStateEvent(t, a, roomID, "m.room.member", derekID)
+		return ev != nil && ev.Membership() == "leave"
+	})
+
+	bob := b.register(t, "bob")
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	if !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("B's room is not partial after the join")
+	}
+	bobJoin, _ := rfStateEvent(t, b, roomID, "m.room.member", bob.UserID.String())
+	var m map[string]any
+	dec := json.NewDecoder(strings.NewReader(string(tmpl)))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	m["type"], m["state_key"], m["content"] = "m.room.test", "", map[string]string{"body": "bad state"}
+	m["prev_events"], m["depth"] = []string{bobJoin.ID}, bobJoin.Depth+1
+	raw, _ := json.Marshal(m)
+	pdu, badID, err := c.Rooms.SignPDU(version, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hostile{t: t, a: b, b: c, roomID: roomID}
+	if verdict := h.send(pdu, badID); verdict != "" {
+		t.Fatalf("B refused the forged state event while partial: %q", verdict)
+	}
+	if flags, ok := rfStoredFlags(b, badID); !ok || flags&store.FlagRejected != 0 || !roomIsPartial(t, b.Store, roomID) {
+		t.Fatalf("while partial, B holds the forged event: %v, flags %v; want it accepted", ok, flags)
+	}
+	if ev, _ := rfStateEvent(t, b, roomID, "m.room.test", ""); ev == nil || ev.ID != badID {
+		t.Fatal("the forged event is not in B's state while partial")
+	}
+
+	waitFor(t, 30*time.Second, "B's full state", func() bool { return !roomIsPartial(t, b.Store, roomID) })
+	if flags, _ := rfStoredFlags(b, badID); flags&store.FlagRejected == 0 {
+		t.Errorf("after the resync the forged event has flags %v; want rejected", flags)
+	}
+	if ev, _ := rfStateEvent(t, b, roomID, "m.room.test", ""); ev != nil {
+		t.Errorf("after the resync B's state still holds %s", ev.ID)
+	}
+	if ev, _ := rfStateEvent(t, b, roomID, "m.room.member", derekID); ev == nil || ev.Membership() != "leave" {
+		t.Errorf("after the resync B's state has derek as %v; want leave", ev)
+	}
+	var out map[string]any
+	_, err = bob.MakeRequest(ctxT(t), "GET", bob.BuildClientURL("v3", "rooms", roomID, "event", badID), nil, &out)
+	if re, ok := err.(mautrix.HTTPError); !ok || re.Response == nil || re.Response.StatusCode != 404 {
+		t.Errorf("bob reads the rejected event: %v, want 404", err)
+	}
 }

@@ -438,9 +438,9 @@ func (e *Engine) storeFetched(version, roomID string, raws []json.RawMessage, wa
 func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateIDs []string) error {
 	unlock := e.lock(ps.RoomID)
 	defer unlock()
-	var members, rewritten int
+	var members, rewritten, rejected int
 	err := e.store.Write(func(tx *store.Tx) error {
-		members, rewritten = 0, 0
+		members, rewritten, rejected = 0, 0, 0
 		r, err := tx.Room(ps.RoomID)
 		if err != nil {
 			return err
@@ -476,11 +476,26 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			remap[old] = id
 			return id, nil
 		}
-		if r.State, err = overlay(r.State); err != nil {
-			return err
+		// save stores st as a snapshot on the full state (state keys are
+		// never removed, so a delta expresses it).
+		save := func(st *room.State) uint64 {
+			if st.ID != 0 {
+				return st.ID
+			}
+			var delta []store.StateEntry
+			st.Each(func(k, v uint64) bool {
+				if full[k] != v {
+					delta = append(delta, store.StateEntry{Key: k, Event: v})
+				}
+				return true
+			})
+			return tx.PutSnapshot(base, delta)
 		}
-		// The events since the join: later events' states derive from
-		// theirs (StateAfter of their prev events).
+		// The events since the join: the join's state before is the full
+		// state (overlaid with what the partial state had); each later
+		// event's is computed again from its prev events, and the event
+		// checked again against it, as Synapse does: one accepted only
+		// because the partial state lacked members is rejected now.
 		join, err := e.rooms.EventByID(tx, ps.JoinEvent)
 		if err != nil {
 			return err
@@ -495,12 +510,49 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			if se.StateBefore == 0 {
 				continue
 			}
-			if se.StateBefore, err = overlay(se.StateBefore); err != nil {
-				return err
+			if nid == join.NID {
+				if se.StateBefore, err = overlay(se.StateBefore); err != nil {
+					return err
+				}
+			} else {
+				ev, err := e.rooms.Event(tx, nid)
+				if err != nil {
+					return err
+				}
+				before, err := e.rooms.StateBeforeEvent(tx, ev)
+				if err != nil {
+					return err
+				}
+				se.StateBefore = save(before)
+				if err := e.authorizeAt(tx, ev, before); err != nil {
+					log.Info("partial-state resync: event rejected against the full state", "event_id", ev.ID, "err", err)
+					se.Flags |= store.FlagRejected
+					rejected++
+				}
 			}
 			tx.UpdateEvent(se)
 			e.rooms.Evict(tx, nid) // its cached copy has the old state
 			rewritten++
+		}
+		// The current state: after the forward extremities, resolved
+		// when they differ (as for an event citing them all).
+		var extIDs []string
+		for _, nid := range r.Extremities {
+			if x, err := e.rooms.Event(tx, nid); err == nil {
+				extIDs = append(extIDs, x.ID)
+			}
+		}
+		if len(extIDs) > 0 {
+			cur, err := e.rooms.StateBeforeEvent(tx, &room.Event{ID: "current state", RoomID: ps.RoomID, Version: join.Version, PrevEvents: extIDs})
+			if err != nil {
+				return err
+			}
+			r.State = save(cur)
+		} else if r.State, err = overlay(r.State); err != nil {
+			return err
+		}
+		for _, nid := range since {
+			e.rooms.Evict(tx, nid) // after the copies this transaction cached
 		}
 		tx.PutRoom(r)
 		tx.CompletePartialState(ps.RoomID)
@@ -515,7 +567,7 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 	took := time.Since(time.UnixMilli(ps.Since))
 	PartialStats.observe(took)
 	log.Info("partial-state room now has its full state", "state_events", len(stateIDs), "members", members,
-		"events_updated", rewritten, "since_join", took)
+		"events_updated", rewritten, "rejected", rejected, "since_join", took)
 	return nil
 }
 

@@ -2,7 +2,6 @@ package edge
 
 import (
 	"edge/edge/client"
-	"edge/edge/notify"
 	"edge/edge/roomfed"
 )
 
@@ -17,7 +16,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
-	eng.OnFullState(func(roomID string) { n.Client.Notifier.Notify(notify.RoomKey(roomID)) })
+	eng.OnFullState(n.Client.FullStateReached)
 	eng.ResumePartialJoins() // rooms a restart left with partial state
 	return nil
 }

@@ -28,7 +28,10 @@ const rfLazySyncFilter = `{"room":{"timeline":{"limit":1000},"state":{"lazy_load
 
 // partialSyncResp is the part of a /sync answer these tests read.
 type partialSyncResp struct {
-	NextBatch string `json:"next_batch"`
+	NextBatch   string `json:"next_batch"`
+	DeviceLists struct {
+		Changed []string `json:"changed"`
+	} `json:"device_lists"`
 	Rooms     struct {
 		Join map[string]struct {
 			State     struct{ Events []*event.Event } `json:"state"`
@@ -338,4 +341,63 @@ func TestRoomFedPartialStateRecheck(t *testing.T) {
 	if re, ok := err.(mautrix.HTTPError); !ok || re.Response == nil || re.Response.StatusCode != 404 {
 		t.Errorf("bob reads the rejected event: %v, want 404", err)
 	}
+}
+
+// TestRoomFedPartialMissedDeviceLists: bob on B joins a room of A that
+// carol on C is in, with partial state, and B takes A for the only server
+// in the room (as when the resident's servers_in_room is short). bob
+// renames his device meanwhile: C misses the update. Once B's resync shows
+// C in the room, B sends C the missed update, and carol's sync lists bob.
+func TestRoomFedPartialMissedDeviceLists(t *testing.T) {
+	roomfed.PartialResyncDelay = 6 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "devices", RoomVersion: "12"})
+	carol := c.register(t, "carol")
+	if _, err := carol.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("carol joins: %v", err)
+	}
+	bob := b.register(t, "bob")
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	if err := b.Store.Write(func(tx *store.Tx) error {
+		ps, err := tx.PartialState(roomID.String())
+		if err != nil {
+			return err
+		}
+		ps.Servers = []string{a.Name}
+		tx.SetPartialState(ps)
+		return nil
+	}); err != nil {
+		t.Fatalf("B's room is not partial after the join: %v", err)
+	}
+	// carol's sync past bob's join (which lists bob once).
+	since := ""
+	waitFor(t, 10*time.Second, "bob's join on C", func() bool {
+		r := partialSync(t, carol, since, "", 500)
+		since = r.NextBatch
+		ev, _ := rfStateEvent(t, c, roomID, "m.room.member", bob.UserID.String())
+		return ev != nil && ev.Membership() == "join"
+	})
+	partialSync(t, carol, since, "", 0)
+	since = partialSync(t, carol, since, "", 0).NextBatch
+
+	body := map[string]string{"display_name": "bob's renamed device"}
+	if _, err := bob.MakeRequest(ctxT(t), "PUT", bob.BuildClientURL("v3", "devices", bob.DeviceID), body, nil); err != nil {
+		t.Fatalf("bob renames his device: %v", err)
+	}
+	r := partialSync(t, carol, since, "", 1500)
+	if slices.Contains(r.DeviceLists.Changed, bob.UserID.String()) || !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("C heard of bob's device change while B took A for the only server (or the resync ended early)")
+	}
+	since = r.NextBatch
+	waitFor(t, 30*time.Second, "B's full state", func() bool { return !roomIsPartial(t, b.Store, roomID) })
+	waitFor(t, 15*time.Second, "bob in carol's device_lists.changed after the resync", func() bool {
+		r := partialSync(t, carol, since, "", 500)
+		since = r.NextBatch
+		return slices.Contains(r.DeviceLists.Changed, bob.UserID.String())
+	})
 }

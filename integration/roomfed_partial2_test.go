@@ -32,7 +32,7 @@ type partialSyncResp struct {
 	DeviceLists struct {
 		Changed []string `json:"changed"`
 	} `json:"device_lists"`
-	Rooms     struct {
+	Rooms struct {
 		Join map[string]struct {
 			State     struct{ Events []*event.Event } `json:"state"`
 			Timeline  struct{ Events []*event.Event } `json:"timeline"`

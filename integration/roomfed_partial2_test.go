@@ -214,10 +214,13 @@ func TestRoomFedPartialClientView(t *testing.T) {
 // prev event A lacks: A takes the state at that one (/state_ids, as
 // Synapse does for pulled events) and applies the 20 to its timeline,
 // rather than refusing them and keeping only the last's prev as an
-// outlier (Complement's MSC3902 "half missing grandparents").
+// outlier (Complement's MSC3902 "half missing grandparents"). That one is
+// a state event of a type new to A, whose key A creates then ("Resync
+// completes even when events arrive before their prev events").
 func TestRoomFedPulledEventGap(t *testing.T) {
 	ca := newRFCA(t)
 	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "12")
+	rfPromote(t, alice, bob, roomID, 50)
 	hook := b.Rooms.InTx
 	b.Rooms.InTx = nil // B stores without queueing to A
 	const gap = 30
@@ -227,7 +230,14 @@ func TestRoomFedPulledEventGap(t *testing.T) {
 		raws, ids = raws[:0], ids[:0]
 		for i := range gap {
 			content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": "unseen " + strconv.Itoa(i)})
-			ev, err := b.Rooms.Send(tx, roomID.String(), room.Proto{Type: "m.room.message", Sender: bob.c.UserID.String(), Content: content})
+			p := room.Proto{Type: "m.room.message", Sender: bob.c.UserID.String(), Content: content}
+			if i == gap-22 {
+				// The event A fetches with its state: a state event of a
+				// type A's store has never seen.
+				key := "gap"
+				p.Type, p.StateKey = "org.example.gap", &key
+			}
+			ev, err := b.Rooms.Send(tx, roomID.String(), p)
 			if err != nil {
 				return err
 			}

@@ -505,7 +505,35 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			return err
 		}
 		var since []uint64
-		tx.Timeline(r.NID, join.Pos, false, func(_, nid uint64) bool { since = append(since, nid); return true })
+		inTimeline := map[uint64]bool{}
+		tx.Timeline(r.NID, join.Pos, false, func(_, nid uint64) bool {
+			since = append(since, nid)
+			inTimeline[nid] = true
+			return true
+		})
+		// Events stored since the join outside the timeline (rejected,
+		// soft-failed) have partial states too; later events may cite
+		// them: their states become deltas on the full state.
+		overlaid := map[uint64]bool{}
+		overlayPrevs := func(ev *room.Event) error {
+			for _, pid := range ev.PrevEvents {
+				pnid, err := tx.EventNID(pid)
+				if err != nil || pnid <= join.NID || inTimeline[pnid] || overlaid[pnid] {
+					continue
+				}
+				overlaid[pnid] = true
+				pe, err := tx.Event(pnid)
+				if err != nil || pe.StateBefore == 0 {
+					continue
+				}
+				if pe.StateBefore, err = overlay(pe.StateBefore); err != nil {
+					return err
+				}
+				tx.UpdateEvent(pe)
+				e.rooms.Evict(tx, pnid)
+			}
+			return nil
+		}
 		for _, nid := range since {
 			se, err := tx.Event(nid)
 			if err != nil {
@@ -521,6 +549,9 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			} else {
 				ev, err := e.rooms.Event(tx, nid)
 				if err != nil {
+					return err
+				}
+				if err := overlayPrevs(ev); err != nil {
 					return err
 				}
 				before, err := e.rooms.StateBeforeEvent(tx, ev)
@@ -557,6 +588,9 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 		}
 		for _, nid := range since {
 			e.rooms.Evict(tx, nid) // after the copies this transaction cached
+		}
+		for nid := range overlaid {
+			e.rooms.Evict(tx, nid)
 		}
 		tx.PutRoom(r)
 		tx.CompletePartialState(ps.RoomID)

@@ -269,7 +269,9 @@ func TestRoomFedPulledEventGap(t *testing.T) {
 // A state event forged as derek, citing his join, is accepted by B during
 // the partial window; once the resync brings derek's leave, B checks the
 // events since its join again and rejects it (Complement's MSC3902 "State
-// accepted incorrectly").
+// accepted incorrectly"). Likewise derek's kick of carol is rejected, and
+// carol's message after it, rejected while partial, accepted ("State
+// rejected incorrectly").
 func TestRoomFedPartialStateRecheck(t *testing.T) {
 	roomfed.PartialResyncDelay = 5 * time.Second
 	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
@@ -282,16 +284,36 @@ func TestRoomFedPartialStateRecheck(t *testing.T) {
 	if _, err := derek.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
 		t.Fatalf("derek joins: %v", err)
 	}
-	rfPromote(t, alice, derek, roomID, 50)
+	rfPromote(t, alice, derek, roomID, 75)
 	if _, err := derek.c.SendStateEvent(ctxT(t), roomID, event.StateTopic, "", map[string]string{"topic": "derek's topic"}); err != nil {
 		t.Fatalf("derek sets the topic: %v", err)
 	}
-	// A template of derek's while he is joined: its auth events cite his join.
+	// carol (on C too) stays; her name event puts her join in the auth
+	// chain B gets.
+	carol := &rfSyncer{c: c.register(t, "carol")}
+	carolID := carol.c.UserID.String()
+	if _, err := carol.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("carol joins: %v", err)
+	}
+	rfPromote(t, alice, carol, roomID, 50)
+	if _, err := carol.c.SendStateEvent(ctxT(t), roomID, event.StateRoomName, "", map[string]string{"name": "carol's name"}); err != nil {
+		t.Fatalf("carol names the room: %v", err)
+	}
+	// Templates of derek's while he is joined (their auth events cite his
+	// join): a state event, and a kick of carol; and a message of carol's.
 	var version string
-	var tmpl json.RawMessage
+	var tmpl, kickTmpl, carolTmpl json.RawMessage
+	carolKey := carolID
+	leave, _ := json.Marshal(map[string]string{"membership": "leave"})
 	if err := c.Store.View(func(tx *store.Tx) error {
 		var err error
-		version, tmpl, err = c.Rooms.Template(tx, roomID.String(), hostileMessage(derekID, "x"))
+		if version, tmpl, err = c.Rooms.Template(tx, roomID.String(), hostileMessage(derekID, "x")); err != nil {
+			return err
+		}
+		if _, kickTmpl, err = c.Rooms.Template(tx, roomID.String(), room.Proto{Type: "m.room.member", StateKey: &carolKey, Sender: derekID, Content: leave}); err != nil {
+			return err
+		}
+		_, carolTmpl, err = c.Rooms.Template(tx, roomID.String(), hostileMessage(carolID, "carol while partial"))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -335,6 +357,41 @@ func TestRoomFedPartialStateRecheck(t *testing.T) {
 	if ev, _ := rfStateEvent(t, b, roomID, "m.room.test", ""); ev == nil || ev.ID != badID {
 		t.Fatal("the forged event is not in B's state while partial")
 	}
+	// derek kicks carol (accepted while partial), then carol speaks after
+	// the kick: rejected while partial, accepted once the kick is not.
+	forge := func(tmpl json.RawMessage, prev string, depth int64) (json.RawMessage, string) {
+		var m map[string]any
+		dec := json.NewDecoder(strings.NewReader(string(tmpl)))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		m["prev_events"], m["depth"] = []string{prev}, depth
+		raw, _ := json.Marshal(m)
+		pdu, evID, err := c.Rooms.SignPDU(version, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pdu, evID
+	}
+	kick, kickID := forge(kickTmpl, badID, bobJoin.Depth+2)
+	said, saidID := forge(carolTmpl, kickID, bobJoin.Depth+3)
+	// derek's message after carol's cites it (accepted while partial).
+	next, nextID := forge(tmpl, saidID, bobJoin.Depth+4)
+	for _, p := range []struct {
+		pdu json.RawMessage
+		id  string
+	}{{kick, kickID}, {said, saidID}, {next, nextID}} {
+		if verdict := h.send(p.pdu, p.id); verdict != "" {
+			t.Fatalf("B answered %s with %q", p.id, verdict)
+		}
+	}
+	if flags, ok := rfStoredFlags(b, kickID); !ok || flags&store.FlagRejected != 0 {
+		t.Fatalf("while partial, derek's kick: stored %v, flags %v; want accepted", ok, flags)
+	}
+	if flags, ok := rfStoredFlags(b, saidID); !ok || flags&store.FlagRejected == 0 || !roomIsPartial(t, b.Store, roomID) {
+		t.Fatalf("while partial, carol's message after the kick: stored %v, flags %v; want rejected", ok, flags)
+	}
 
 	waitFor(t, 30*time.Second, "B's full state", func() bool { return !roomIsPartial(t, b.Store, roomID) })
 	if flags, _ := rfStoredFlags(b, badID); flags&store.FlagRejected == 0 {
@@ -345,6 +402,15 @@ func TestRoomFedPartialStateRecheck(t *testing.T) {
 	}
 	if ev, _ := rfStateEvent(t, b, roomID, "m.room.member", derekID); ev == nil || ev.Membership() != "leave" {
 		t.Errorf("after the resync B's state has derek as %v; want leave", ev)
+	}
+	if flags, _ := rfStoredFlags(b, kickID); flags&store.FlagRejected == 0 {
+		t.Errorf("after the resync derek's kick has flags %v; want rejected", flags)
+	}
+	if flags, _ := rfStoredFlags(b, saidID); flags&store.FlagRejected != 0 {
+		t.Errorf("after the resync carol's message has flags %v; want accepted", flags)
+	}
+	if ev, _ := rfStateEvent(t, b, roomID, "m.room.member", carolID); ev == nil || ev.Membership() != "join" {
+		t.Errorf("after the resync B's state has carol as %v; want join", ev)
 	}
 	var out map[string]any
 	_, err = bob.MakeRequest(ctxT(t), "GET", bob.BuildClientURL("v3", "rooms", roomID, "event", badID), nil, &out)

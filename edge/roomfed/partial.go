@@ -442,9 +442,9 @@ func (e *Engine) storeFetched(version, roomID string, raws []json.RawMessage, wa
 func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateIDs []string) error {
 	unlock := e.lock(ps.RoomID)
 	defer unlock()
-	var members, rewritten, rejected int
+	var members, rewritten, rejected, accepted int
 	err := e.store.Write(func(tx *store.Tx) error {
-		members, rewritten, rejected = 0, 0, 0
+		members, rewritten, rejected, accepted = 0, 0, 0, 0
 		r, err := tx.Room(ps.RoomID)
 		if err != nil {
 			return err
@@ -513,18 +513,40 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 		})
 		// Events stored since the join outside the timeline (rejected,
 		// soft-failed) have partial states too; later events may cite
-		// them: their states become deltas on the full state.
+		// them: their states become deltas on the full state, and one
+		// rejected only by the partial state (its auth events pass) is
+		// checked again and accepted if the full state allows it.
 		overlaid := map[uint64]bool{}
-		overlayPrevs := func(ev *room.Event) error {
+		var overlayPrevs func(ev *room.Event) error
+		overlayPrevs = func(ev *room.Event) error {
 			for _, pid := range ev.PrevEvents {
 				pnid, err := tx.EventNID(pid)
 				if err != nil || pnid <= join.NID || inTimeline[pnid] || overlaid[pnid] {
 					continue
 				}
 				overlaid[pnid] = true
+				pev, err := e.rooms.Event(tx, pnid)
+				if err != nil {
+					continue
+				}
+				if err := overlayPrevs(pev); err != nil {
+					return err
+				}
 				pe, err := tx.Event(pnid)
 				if err != nil || pe.StateBefore == 0 {
 					continue
+				}
+				if pe.Flags&store.FlagRejected != 0 && pe.Flags&store.FlagOutlier == 0 && e.passesAgain(tx, pev) {
+					before, err := e.rooms.StateBeforeEvent(tx, pev)
+					if err == nil && e.authorizeAt(tx, pev, before) == nil {
+						log.Info("partial-state resync: event accepted against the full state", "event_id", pev.ID)
+						pe.Flags &^= store.FlagRejected
+						pe.StateBefore = save(before)
+						tx.UpdateEvent(pe)
+						e.rooms.Evict(tx, pnid)
+						accepted++
+						continue
+					}
 				}
 				if pe.StateBefore, err = overlay(pe.StateBefore); err != nil {
 					return err
@@ -605,8 +627,23 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 	took := time.Since(time.UnixMilli(ps.Since))
 	PartialStats.observe(took)
 	log.Info("partial-state room now has its full state", "state_events", len(stateIDs), "members", members,
-		"events_updated", rewritten, "rejected", rejected, "since_join", took)
+		"events_updated", rewritten, "rejected", rejected, "accepted", accepted, "since_join", took)
 	return nil
+}
+
+// passesAgain tells whether ev passes the auth rules against its own
+// auth events, none of them rejected: an event rejected there stays
+// rejected whatever the room's state.
+func (e *Engine) passesAgain(tx *store.Tx, ev *room.Event) bool {
+	authRejected := false
+	lookup := func(eid string) (*room.Event, error) {
+		ae, err := e.rooms.EventByID(tx, eid)
+		if err == nil && ae.Flags&store.FlagRejected != 0 {
+			authRejected = true
+		}
+		return ae, err
+	}
+	return room.Authorize(ev, lookup, e.fed.Keyring.GetKey) == nil && !authRejected
 }
 
 // fullState maps state-key NIDs to event NIDs for the state events

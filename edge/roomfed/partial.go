@@ -25,6 +25,7 @@ import (
 
 	"edge/edge/room"
 	"edge/edge/store"
+	"edge/federation"
 )
 
 // errPartialStateCode is the errcode of MSC3895 as Synapse sends it, for
@@ -360,6 +361,14 @@ func (e *Engine) resyncFrom(ctx context.Context, log *slog.Logger, srv, version 
 		at, prev = join.PrevEvents[0], join.PrevEvents[0]
 	}
 	ids, err := e.fetchStateAt(ctx, srv, version, ps.RoomID, at)
+	var re *federation.RemoteError
+	if prev != "" && errors.As(err, &re) && re.Status == http.StatusForbidden {
+		// The prev event predates our server in the room and its history
+		// is hidden from us (edge serves per-event visibility): ask for
+		// the state at our join, which is the state before it.
+		at, prev = ps.JoinEvent, ""
+		ids, err = e.fetchStateAt(ctx, srv, version, ps.RoomID, at)
+	}
 	if err != nil {
 		return err
 	}

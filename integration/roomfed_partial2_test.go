@@ -228,6 +228,15 @@ func TestRoomFedPulledEventGap(t *testing.T) {
 	var ids []string
 	err := b.Store.Write(func(tx *store.Tx) error {
 		raws, ids = raws[:0], ids[:0]
+		// State A never hears of, more than one /event each is worth:
+		// A takes the gap's state with /state.
+		for i := range 60 {
+			key := "state_" + strconv.Itoa(i)
+			content, _ := json.Marshal(map[string]string{"body": key})
+			if _, err := b.Rooms.Send(tx, roomID.String(), room.Proto{Type: "org.example.unseen", StateKey: &key, Sender: bob.c.UserID.String(), Content: content}); err != nil {
+				return err
+			}
+		}
 		for i := range gap {
 			content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": "unseen " + strconv.Itoa(i)})
 			p := room.Proto{Type: "m.room.message", Sender: bob.c.UserID.String(), Content: content}
@@ -476,4 +485,75 @@ func TestRoomFedPartialMissedDeviceLists(t *testing.T) {
 		since = r.NextBatch
 		return slices.Contains(r.DeviceLists.Changed, bob.UserID.String())
 	})
+}
+
+// TestRoomFedPartialPulledGap: TestRoomFedPulledEventGap in a room B
+// joined with partial state: the gap's state, fetched with /state, holds
+// members B's partial state lacks; and B already holds the event at the
+// gap, as an outlier without a state: it gets the fetched state rather
+// than making the events after it fail auth on an empty state
+// (Complement's MSC3902 "Resync completes even when events arrive before
+// their prev events").
+func TestRoomFedPartialPulledGap(t *testing.T) {
+	roomfed.PartialResyncDelay = 6 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice, roomID, _ := partialRoom(t, func(name string) *mautrix.Client { return a.register(t, name) }, 3)
+	bob := b.register(t, "bob")
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	hook := a.Rooms.InTx
+	a.Rooms.InTx = nil // A stores without queueing to B
+	const gap = 30
+	var raws []json.RawMessage
+	var ids []string
+	err := a.Store.Write(func(tx *store.Tx) error {
+		raws, ids = raws[:0], ids[:0]
+		for i := range 60 {
+			key := "state_" + strconv.Itoa(i)
+			content, _ := json.Marshal(map[string]string{"body": key})
+			if _, err := a.Rooms.Send(tx, roomID.String(), room.Proto{Type: "org.example.unseen", StateKey: &key, Sender: alice.c.UserID.String(), Content: content}); err != nil {
+				return err
+			}
+		}
+		for i := range gap {
+			content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": "unseen " + strconv.Itoa(i)})
+			ev, err := a.Rooms.Send(tx, roomID.String(), room.Proto{Type: "m.room.message", Sender: alice.c.UserID.String(), Content: content})
+			if err != nil {
+				return err
+			}
+			raws, ids = append(raws, ev.Raw), append(ids, ev.ID)
+		}
+		return nil
+	})
+	a.Rooms.InTx = hook
+	if err != nil {
+		t.Fatal(err)
+	}
+	// B holds the event before the pulled ones as an outlier without a
+	// state, as if it came as one of the state events of a /state answer
+	// (a server answering with the state after the event).
+	if err := b.Store.Write(func(tx *store.Tx) error {
+		r, err := tx.Room(roomID.String())
+		if err != nil {
+			return err
+		}
+		return tx.PutEvent(&store.Event{EventID: ids[gap-22], RoomNID: r.NID, Flags: store.FlagOutlier, JSON: raws[gap-22]})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h := &hostile{t: t, a: b, b: a, roomID: roomID}
+	if verdict := h.send(raws[gap-1], ids[gap-1]); verdict != "" {
+		t.Fatalf("the event after the gap: %q", verdict)
+	}
+	if !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("the resync ended early")
+	}
+	for i := gap - 21; i < gap; i++ {
+		if flags, ok := rfStoredFlags(b, ids[i]); !ok || flags&(store.FlagRejected|store.FlagSoftFailed|store.FlagOutlier) != 0 {
+			t.Errorf("event %d of %d: stored %v, flags %v; want it in B's timeline", i, gap, ok, flags)
+		}
+	}
 }

@@ -557,3 +557,90 @@ func TestRoomFedPartialPulledGap(t *testing.T) {
 		}
 	}
 }
+
+// TestRoomFedPartialDeviceListsForgotten: derek (on C) sets the topic and
+// is banned from A's room; bob on B joins with partial state, and a join
+// of derek's after bob's is accepted (B does not know of the ban yet), so
+// B tracks derek's device list once bob asks for his keys. The resync
+// rejects the join: B stops tracking derek at once, not at its next
+// periodic sweep (Complement's MSC3902 device-list tracking of a user
+// "incorrectly believed to be in room").
+func TestRoomFedPartialDeviceListsForgotten(t *testing.T) {
+	roomfed.PartialResyncDelay = 5 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
+	alice := &rfSyncer{c: a.register(t, "alice")}
+	roomID := mustCreateRoom(t, alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "tracking", RoomVersion: "12"})
+	derek := &rfSyncer{c: c.register(t, "derek")}
+	derekID := derek.c.UserID.String()
+	if _, err := derek.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("derek joins: %v", err)
+	}
+	rfPromote(t, alice, derek, roomID, 50)
+	if _, err := derek.c.SendStateEvent(ctxT(t), roomID, event.StateTopic, "", map[string]string{"topic": "derek's topic"}); err != nil {
+		t.Fatalf("derek sets the topic: %v", err)
+	}
+	waitFor(t, 10*time.Second, "derek's topic on A", func() bool {
+		ev, _ := rfStateEvent(t, a, roomID, "m.room.topic", "")
+		return ev != nil && ev.Sender == derekID
+	})
+	key := derekID
+	join, _ := json.Marshal(map[string]string{"membership": "join"})
+	var version string
+	var tmpl json.RawMessage
+	if err := c.Store.View(func(tx *store.Tx) error {
+		var err error
+		version, tmpl, err = c.Rooms.Template(tx, roomID.String(), room.Proto{Type: "m.room.member", StateKey: &key, Sender: derekID, Content: join})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.BanUser(ctxT(t), roomID, &mautrix.ReqBanUser{UserID: derek.c.UserID}); err != nil {
+		t.Fatalf("alice bans derek: %v", err)
+	}
+	bob := b.register(t, "bob")
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	bobJoin, _ := rfStateEvent(t, b, roomID, "m.room.member", bob.UserID.String())
+	var m map[string]any
+	dec := json.NewDecoder(strings.NewReader(string(tmpl)))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	m["prev_events"], m["depth"] = []string{bobJoin.ID}, bobJoin.Depth+1
+	raw, _ := json.Marshal(m)
+	pdu, joinID, err := c.Rooms.SignPDU(version, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hostile{t: t, a: b, b: c, roomID: roomID}
+	if verdict := h.send(pdu, joinID); verdict != "" {
+		t.Fatalf("B answered derek's join with %q", verdict)
+	}
+	if ev, _ := rfStateEvent(t, b, roomID, "m.room.member", derekID); ev == nil || ev.ID != joinID || !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("while partial, B does not take derek for joined")
+	}
+	tracked := func() bool {
+		var ok bool
+		_ = b.Store.View(func(tx *store.Tx) error {
+			_, err := tx.GetKV("keysfed_devlists", derekID)
+			ok = err == nil
+			return nil
+		})
+		return ok
+	}
+	if _, err := bob.QueryKeys(ctxT(t), &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{derek.c.UserID: {}}}); err != nil {
+		t.Fatalf("bob queries derek's keys: %v", err)
+	}
+	if !tracked() || !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("B does not track derek's device list while it takes him for joined (or the resync ended early)")
+	}
+	waitFor(t, 30*time.Second, "B's full state", func() bool { return !roomIsPartial(t, b.Store, roomID) })
+	if ev, _ := rfStateEvent(t, b, roomID, "m.room.member", derekID); ev == nil || ev.Membership() != "ban" {
+		t.Fatalf("after the resync B has derek as %v; want banned", ev)
+	}
+	waitFor(t, 10*time.Second, "B to stop tracking derek", func() bool { return !tracked() })
+}

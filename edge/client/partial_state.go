@@ -13,7 +13,8 @@ import (
 // wake (eager syncs show the room only now), and the device list changes
 // local members made meanwhile go to the room's servers the partial state
 // did not show, which missed them (as Synapse does once a room is no
-// longer partial).
+// longer partial); and remote users who turn out not to share a room with
+// ours stop being tracked.
 func (s *Server) FullStateReached(roomID string, joinPos uint64, servers []string) {
 	s.Notifier.Notify(notify.RoomKey(roomID))
 	if s.e2eeFed() == nil {
@@ -55,6 +56,12 @@ func (s *Server) FullStateReached(roomID string, joinPos uint64, servers []strin
 		})
 		if err != nil {
 			s.Log.Info("device lists after a faster join's resync", "room_id", roomID, "err", err)
+		}
+		// Remote users the partial state showed joined may not be.
+		if f := s.e2eeFed(); f.SweepDeviceLists != nil {
+			if err := f.SweepDeviceLists(); err != nil {
+				s.Log.Info("device lists after a faster join's resync", "room_id", roomID, "err", err)
+			}
 		}
 	}()
 }

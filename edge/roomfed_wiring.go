@@ -17,6 +17,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteHierarchy = eng.Hierarchy
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
+	eng.OnFullState(n.Client.FullStateReached)
 	eng.ResumePartialJoins() // rooms a restart left with partial state
 	return nil
 }

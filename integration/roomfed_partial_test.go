@@ -209,7 +209,7 @@ func TestRoomFedPartialJoin(t *testing.T) {
 	ca := newRFCA(t)
 	a, b := startRFNode(t, ca), startRFNode(t, ca)
 	alice, roomID, users := partialRoom(t, func(name string) *mautrix.Client { return a.register(t, name) }, 30)
-	bob := &rfSyncer{c: b.register(t, "bob")}
+	bob := &rfSyncer{c: b.register(t, "bob"), filter: rfLazySyncFilter}
 
 	joins := roomfed.PartialStats.Joins.Load()
 	start := time.Now()

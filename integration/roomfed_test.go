@@ -120,7 +120,10 @@ func startRFNodeWrapped(t testing.TB, ca *rfCA, wrap func(http.Handler) http.Han
 type rfSyncer struct {
 	c     *mautrix.Client
 	since string
-	seen  []*event.Event // timeline events of every room, in order
+	// filter replaces rfSyncFilter when set (a partial-state room shows
+	// only to syncs that lazy-load members).
+	filter string
+	seen   []*event.Event // timeline events of every room, in order
 }
 
 // rfSyncFilter is the inline /sync filter of rfSyncer.
@@ -136,7 +139,11 @@ func (s *rfSyncer) until(t *testing.T, what string, ok func(evs []*event.Event) 
 		}
 		// An inline filter with a large timeline: the default limit (10)
 		// would cut a busy stretch short and lose events silently.
-		resp, err := s.c.SyncRequest(ctxT(t), 2000, s.since, rfSyncFilter, false, "")
+		f := s.filter
+		if f == "" {
+			f = rfSyncFilter
+		}
+		resp, err := s.c.SyncRequest(ctxT(t), 2000, s.since, f, false, "")
 		if err != nil {
 			t.Fatalf("sync: %v", err)
 		}

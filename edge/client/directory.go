@@ -136,31 +136,9 @@ func (s *Server) getAlias(r *http.Request) (any, error) {
 	if server != s.Config.ServerName {
 		return s.remoteAlias(r.Context(), alias, server)
 	}
-	var resp map[string]any
-	err := s.Store.View(func(tx *store.Tx) error {
-		roomID, err := tx.Alias(alias)
-		if errors.Is(err, store.ErrNotFound) {
-			return errNotFound("Room alias %s not found", alias)
-		} else if err != nil {
-			return err
-		}
-		// Servers that can help a client join: ours first, then every
-		// server with a joined member.
-		servers := []string{s.Config.ServerName}
-		if _, st, err := s.roomState(tx, roomID); err == nil {
-			var others []string
-			for _, u := range s.joinedUserIDs(tx, st) {
-				if _, srv, ok := strings.Cut(u, ":"); ok && srv != s.Config.ServerName {
-					others = append(others, srv)
-				}
-			}
-			slices.Sort(others)
-			servers = append(servers, slices.Compact(others)...)
-		}
-		resp = map[string]any{"room_id": roomID, "servers": servers}
-		return nil
-	})
-	return resp, err
+	// Ours first, then every other server in the room (with, while the
+	// room has partial state, those its join named), as over federation.
+	return s.localAlias(alias)
 }
 
 // deleteAlias: DELETE /directory/room/{roomAlias}

@@ -31,6 +31,11 @@ type E2EEFederation struct {
 	// (users → device IDs, empty for all) instead of a live POST. An
 	// error, reported in failures, may come with a partial answer.
 	QueryKeys func(ctx context.Context, server string, users map[string][]string) (*RemoteKeys, error)
+	// SweepDeviceLists, when set, stops tracking (drops the cached device
+	// lists of) remote users who share no room with ours any more: for
+	// memberships that change without a membership event, as when a
+	// faster join's resync rejects a join.
+	SweepDeviceLists func() error
 }
 
 // SetE2EEFederation connects the E2EE handlers to other servers. Call it

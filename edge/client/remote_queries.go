@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"edge/edge/notify"
+	"edge/edge/room"
 	"edge/edge/store"
 )
 
@@ -128,6 +129,22 @@ func (s *Server) federateReceipt(tx *store.Tx, rc *store.Receipt) {
 	}
 }
 
+// remoteJoined tells whether a remote user, of origin, counts as joined
+// to roomID for their EDUs. While the room has partial state its members
+// are mostly unknown: a user the state says nothing about counts as
+// joined when origin is one of the servers the join named, as Synapse
+// accepts typing and receipts during a resync.
+func (s *Server) remoteJoined(tx *store.Tx, st *room.State, roomID, userID, origin string) bool {
+	switch s.membershipIn(tx, st, userID) {
+	case "join":
+		return true
+	case "":
+		ps, err := tx.PartialState(roomID)
+		return err == nil && slices.Contains(ps.Servers, origin)
+	}
+	return false
+}
+
 // FederationTyping applies an inbound m.typing EDU: the user must belong
 // to the origin server and be joined to the room.
 func (s *Server) FederationTyping(origin string, content json.RawMessage) error {
@@ -148,7 +165,7 @@ func (s *Server) FederationTyping(origin string, content json.RawMessage) error 
 		if err != nil {
 			return err
 		}
-		if s.membershipIn(tx, st, c.UserID) != "join" {
+		if !s.remoteJoined(tx, st, c.RoomID, c.UserID, origin) {
 			return fmt.Errorf("%s is not joined to %s", c.UserID, c.RoomID)
 		}
 		return nil
@@ -191,7 +208,7 @@ func (s *Server) FederationReceipt(origin string, content json.RawMessage) error
 					if srv, ok := userServer(userID); !ok || srv != origin || len(r.EventIDs) == 0 {
 						continue
 					}
-					if s.membershipIn(tx, st, userID) != "join" {
+					if !s.remoteJoined(tx, st, roomID, userID, origin) {
 						continue
 					}
 					s.storeRemoteReceipt(tx, roomID, userID, r.Data.ThreadID, r.EventIDs[0], r.Data.TS)

@@ -187,6 +187,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, s
 			return err
 		}
 		roomAD := &roomAccountData{tx: tx, userID: sess.UserID}
+		lazy, _ := f.LazyLoadMembers()
 		ignored := s.ignoredUsers(tx, sess.UserID)
 		for _, m := range ms {
 			if !f.AllowsRoom(m.RoomID) {
@@ -195,6 +196,17 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, s
 			changed := !hasSince || m.Pos > since.pos
 			switch m.Membership {
 			case "join":
+				if !lazy {
+					// As Synapse: a sync that does not lazy-load members
+					// omits a room with partial state (faster join), and
+					// shows it as newly joined once the state is complete.
+					if _, err := tx.PartialState(m.RoomID); err == nil {
+						continue
+					}
+					if hasSince && tx.FullStateAt(m.RoomID) > since.pos {
+						changed = true
+					}
+				}
 				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, stateAfter, next, f, roomAD)
 				if err != nil {
 					return err
@@ -385,8 +397,14 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		// Members of new senders, so the client can render their names.
 		for _, ev := range s.lazyMembers(tx, r.RoomID, tl, false, nil) {
 			if !included[*ev.StateKey] {
+				included[*ev.StateKey] = true
 				state = append(state, s.render(tx, ev, sess))
 			}
+		}
+	}
+	if lazy && len(tl) > 0 {
+		for _, ev := range s.partialStateSenders(tx, r.RoomID, tl, included) {
+			state = append(state, s.render(tx, ev, sess))
 		}
 	}
 	if stateAfter {
@@ -418,6 +436,31 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	}
 	has := len(tl) > 0 || len(state) > 0 || len(jr.Ephemeral.Events) > 0 || len(rad) > 0
 	return jr, has, nil
+}
+
+// partialStateSenders finds, in a room with partial state (a faster
+// join), the member events of timeline senders the state lacks (those not
+// covered) among each event's auth events, as Synapse does: a lazy-loading
+// client must still be able to name them.
+func (s *Server) partialStateSenders(tx *store.Tx, roomID string, tl []*room.Event, covered map[string]bool) []*room.Event {
+	if _, err := tx.PartialState(roomID); err != nil {
+		return nil
+	}
+	var out []*room.Event
+	for _, ev := range tl {
+		if covered[ev.Sender] {
+			continue
+		}
+		for _, aid := range ev.AuthEvents {
+			ae, err := s.Rooms.EventByID(tx, aid)
+			if err == nil && ae.Type == "m.room.member" && ae.StateKey != nil && *ae.StateKey == ev.Sender {
+				covered[ev.Sender] = true
+				out = append(out, ae)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // collectTimeline walks a room's timeline backwards from upper to just

@@ -36,8 +36,9 @@ func Install(d Deps) {
 	devlists := newCache(d, log)
 	go devlists.run()
 	d.Client.SetE2EEFederation(&client.E2EEFederation{
-		Post:      d.Fed.Client.Post,
-		QueryKeys: devlists.queryKeys,
+		Post:             d.Fed.Client.Post,
+		QueryKeys:        devlists.queryKeys,
+		SweepDeviceLists: devlists.sweep,
 		SendEDUTx: func(tx *store.Tx, server, eduType string, content any) {
 			raw, err := json.Marshal(content)
 			if err != nil {

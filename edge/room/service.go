@@ -171,7 +171,9 @@ func (s *Service) StateAfter(tx *store.Tx, ev *Event) (*State, error) {
 	if err != nil || !ev.IsState() || ev.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
 		return st, err
 	}
-	key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, false)
+	// An outlier's type and key may be new to the store (nothing put it
+	// in a snapshot yet): a writer creates them.
+	key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, tx.Writable())
 	if err != nil {
 		return nil, err
 	}

@@ -60,8 +60,12 @@ func (e *Engine) fetchWithState(ctx context.Context, srv, version, roomID, event
 		return err
 	}
 	return e.store.Write(func(tx *store.Tx) error {
-		if _, err := tx.EventNID(prev.ID); err == nil {
-			return nil // arrived meanwhile
+		stored, err := tx.EventNID(prev.ID)
+		var se *store.Event
+		if err == nil {
+			if se, err = tx.Event(stored); err != nil || se.StateBefore != 0 {
+				return err // arrived meanwhile, with its state
+			}
 		}
 		full, _, err := e.fullState(tx, roomID, ids.PDUs)
 		if err != nil {
@@ -74,6 +78,14 @@ func (e *Engine) fetchWithState(ctx context.Context, srv, version, roomID, event
 		before, err := e.rooms.State(tx, tx.PutSnapshot(0, entries))
 		if err != nil {
 			return err
+		}
+		if se != nil {
+			// Stored meanwhile without a state — as one of the state
+			// events of its own /state answer: it gets this one.
+			se.StateBefore = before.ID
+			tx.UpdateEvent(se)
+			e.rooms.Evict(tx, stored)
+			return nil
 		}
 		flags := store.FlagOutlier
 		if err := e.authorizeOutlier(tx, prev, nil); err != nil {

@@ -51,6 +51,11 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 				evID, err := e.receiveSafely(ctx, origin, roomID, raw)
 				if err != nil {
 					e.log.Info("inbound PDU refused", "origin", origin, "room_id", roomID, "event_id", evID, "err", err)
+					if errors.Is(err, ErrRejected) && e.storedRejected(evID) {
+						// Handled: a rejection stored is no error of the
+						// transaction, as Synapse answers (MSC3618).
+						err = nil
+					}
 				}
 				if evID != "" {
 					mu.Lock()
@@ -62,6 +67,17 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 	}
 	wg.Wait()
 	return results
+}
+
+// storedRejected tells whether eventID is stored, flagged rejected.
+func (e *Engine) storedRejected(eventID string) bool {
+	var ok bool
+	_ = e.store.View(func(tx *store.Tx) error {
+		ev, err := e.rooms.EventByID(tx, eventID)
+		ok = err == nil && ev.Flags&store.FlagRejected != 0
+		return nil
+	})
+	return ok
 }
 
 // receiveSafely is receive with a panic — a bug of ours or of a
@@ -113,7 +129,7 @@ func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte,
 			known = true
 			return nil
 		}
-		missing = e.unknown(tx, ev.PrevEvents)
+		missing = e.unknownPrevs(tx, ev.PrevEvents)
 		return nil
 	})
 	if err != nil || known {
@@ -121,13 +137,16 @@ func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte,
 	}
 	if len(missing) > 0 && fetch {
 		e.fetchMissing(ctx, origin, ev)
-		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
-		if len(missing) > 0 {
-			if err := e.fillGap(ctx, origin, version, ev, missing); err != nil {
-				e.log.Info("gap not filled", "origin", origin, "event_id", ev.ID, "err", err)
-			}
-			_ = e.store.View(func(tx *store.Tx) error { missing = e.unknown(tx, ev.PrevEvents); return nil })
+		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknownPrevs(tx, ev.PrevEvents); return nil })
+	}
+	if len(missing) > 0 {
+		// Also for an event get_missing_events brought whose own prev
+		// events are missing (the answer did not reach back to ours):
+		// its state comes from the state at those, as Synapse does.
+		if err := e.fillGap(ctx, origin, version, ev, missing); err != nil {
+			e.log.Info("gap not filled", "origin", origin, "event_id", ev.ID, "err", err)
 		}
+		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknownPrevs(tx, ev.PrevEvents); return nil })
 	}
 	if len(missing) > 0 {
 		return ev.ID, fmt.Errorf("%w: %v", ErrMissingPrev, missing)
@@ -141,6 +160,23 @@ func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte,
 		}
 	}
 	return ev.ID, e.apply(ev)
+}
+
+// unknownPrevs lists the prev events we lack or hold only as outliers
+// without a state (fetched as some state or auth event): an event's
+// state follows from its prev events', so those are missing too.
+func (e *Engine) unknownPrevs(tx *store.Tx, ids []string) []string {
+	var out []string
+	for _, eid := range ids {
+		nid, err := tx.EventNID(eid)
+		if err == nil {
+			if se, err := tx.Event(nid); err == nil && (se.StateBefore != 0 || se.Flags&store.FlagOutlier == 0) {
+				continue
+			}
+		}
+		out = append(out, eid)
+	}
+	return out
 }
 
 func (e *Engine) unknown(tx *store.Tx, ids []string) []string {

@@ -25,6 +25,7 @@ import (
 
 	"edge/edge/room"
 	"edge/edge/store"
+	"edge/federation"
 )
 
 // errPartialStateCode is the errcode of MSC3895 as Synapse sends it, for
@@ -112,6 +113,17 @@ type partialRunner struct {
 	mu sync.Mutex
 	// running maps a room to a channel closed when its resync ends.
 	running map[string]chan struct{}
+	// onFull is told of each room that got its full state (after commit).
+	onFull func(roomID string, joinPos uint64, servers []string)
+}
+
+// OnFullState sets what is told, after the commit, that a partial-state
+// room got its full state, with the stream position of the join and the
+// servers it named: the client API wakes the room's syncs (which show the
+// room to clients that do not lazy-load members only now) and sends the
+// servers the partial state hid the device list changes they missed.
+func (e *Engine) OnFullState(f func(roomID string, joinPos uint64, servers []string)) {
+	e.partial.onFull = f
 }
 
 // isPartial tells whether a room's state is still partial.
@@ -349,6 +361,14 @@ func (e *Engine) resyncFrom(ctx context.Context, log *slog.Logger, srv, version 
 		at, prev = join.PrevEvents[0], join.PrevEvents[0]
 	}
 	ids, err := e.fetchStateAt(ctx, srv, version, ps.RoomID, at)
+	var re *federation.RemoteError
+	if prev != "" && errors.As(err, &re) && re.Status == http.StatusForbidden {
+		// The prev event predates our server in the room and its history
+		// is hidden from us (edge serves per-event visibility): ask for
+		// the state at our join, which is the state before it.
+		at, prev = ps.JoinEvent, ""
+		ids, err = e.fetchStateAt(ctx, srv, version, ps.RoomID, at)
+	}
 	if err != nil {
 		return err
 	}
@@ -431,9 +451,9 @@ func (e *Engine) storeFetched(version, roomID string, raws []json.RawMessage, wa
 func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateIDs []string) error {
 	unlock := e.lock(ps.RoomID)
 	defer unlock()
-	var members, rewritten int
+	var members, rewritten, rejected, accepted int
 	err := e.store.Write(func(tx *store.Tx) error {
-		members, rewritten = 0, 0
+		members, rewritten, rejected, accepted = 0, 0, 0, 0
 		r, err := tx.Room(ps.RoomID)
 		if err != nil {
 			return err
@@ -469,17 +489,82 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			remap[old] = id
 			return id, nil
 		}
-		if r.State, err = overlay(r.State); err != nil {
-			return err
+		// save stores st as a snapshot on the full state (state keys are
+		// never removed, so a delta expresses it).
+		save := func(st *room.State) uint64 {
+			if st.ID != 0 {
+				return st.ID
+			}
+			var delta []store.StateEntry
+			st.Each(func(k, v uint64) bool {
+				if full[k] != v {
+					delta = append(delta, store.StateEntry{Key: k, Event: v})
+				}
+				return true
+			})
+			return tx.PutSnapshot(base, delta)
 		}
-		// The events since the join: later events' states derive from
-		// theirs (StateAfter of their prev events).
+		// The events since the join: the join's state before is the full
+		// state (overlaid with what the partial state had); each later
+		// event's is computed again from its prev events, and the event
+		// checked again against it, as Synapse does: one accepted only
+		// because the partial state lacked members is rejected now.
 		join, err := e.rooms.EventByID(tx, ps.JoinEvent)
 		if err != nil {
 			return err
 		}
 		var since []uint64
-		tx.Timeline(r.NID, join.Pos, false, func(_, nid uint64) bool { since = append(since, nid); return true })
+		inTimeline := map[uint64]bool{}
+		tx.Timeline(r.NID, join.Pos, false, func(_, nid uint64) bool {
+			since = append(since, nid)
+			inTimeline[nid] = true
+			return true
+		})
+		// Events stored since the join outside the timeline (rejected,
+		// soft-failed) have partial states too; later events may cite
+		// them: their states become deltas on the full state, and one
+		// rejected only by the partial state (its auth events pass) is
+		// checked again and accepted if the full state allows it.
+		overlaid := map[uint64]bool{}
+		var overlayPrevs func(ev *room.Event) error
+		overlayPrevs = func(ev *room.Event) error {
+			for _, pid := range ev.PrevEvents {
+				pnid, err := tx.EventNID(pid)
+				if err != nil || pnid <= join.NID || inTimeline[pnid] || overlaid[pnid] {
+					continue
+				}
+				overlaid[pnid] = true
+				pev, err := e.rooms.Event(tx, pnid)
+				if err != nil {
+					continue
+				}
+				if err := overlayPrevs(pev); err != nil {
+					return err
+				}
+				pe, err := tx.Event(pnid)
+				if err != nil || pe.StateBefore == 0 {
+					continue
+				}
+				if pe.Flags&store.FlagRejected != 0 && pe.Flags&store.FlagOutlier == 0 && e.passesAgain(tx, pev) {
+					before, err := e.rooms.StateBeforeEvent(tx, pev)
+					if err == nil && e.authorizeAt(tx, pev, before) == nil {
+						log.Info("partial-state resync: event accepted against the full state", "event_id", pev.ID)
+						pe.Flags &^= store.FlagRejected
+						pe.StateBefore = save(before)
+						tx.UpdateEvent(pe)
+						e.rooms.Evict(tx, pnid)
+						accepted++
+						continue
+					}
+				}
+				if pe.StateBefore, err = overlay(pe.StateBefore); err != nil {
+					return err
+				}
+				tx.UpdateEvent(pe)
+				e.rooms.Evict(tx, pnid)
+			}
+			return nil
+		}
 		for _, nid := range since {
 			se, err := tx.Event(nid)
 			if err != nil {
@@ -488,15 +573,61 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 			if se.StateBefore == 0 {
 				continue
 			}
-			if se.StateBefore, err = overlay(se.StateBefore); err != nil {
-				return err
+			if nid == join.NID {
+				if se.StateBefore, err = overlay(se.StateBefore); err != nil {
+					return err
+				}
+			} else {
+				ev, err := e.rooms.Event(tx, nid)
+				if err != nil {
+					return err
+				}
+				if err := overlayPrevs(ev); err != nil {
+					return err
+				}
+				before, err := e.rooms.StateBeforeEvent(tx, ev)
+				if err != nil {
+					return err
+				}
+				se.StateBefore = save(before)
+				if err := e.authorizeAt(tx, ev, before); err != nil {
+					log.Info("partial-state resync: event rejected against the full state", "event_id", ev.ID, "err", err)
+					se.Flags |= store.FlagRejected
+					rejected++
+				}
 			}
 			tx.UpdateEvent(se)
 			e.rooms.Evict(tx, nid) // its cached copy has the old state
 			rewritten++
 		}
+		// The current state: after the forward extremities, resolved
+		// when they differ (as for an event citing them all).
+		var extIDs []string
+		for _, nid := range r.Extremities {
+			if x, err := e.rooms.Event(tx, nid); err == nil {
+				extIDs = append(extIDs, x.ID)
+			}
+		}
+		if len(extIDs) > 0 {
+			cur, err := e.rooms.StateBeforeEvent(tx, &room.Event{ID: "current state", RoomID: ps.RoomID, Version: join.Version, PrevEvents: extIDs})
+			if err != nil {
+				return err
+			}
+			r.State = save(cur)
+		} else if r.State, err = overlay(r.State); err != nil {
+			return err
+		}
+		for _, nid := range since {
+			e.rooms.Evict(tx, nid) // after the copies this transaction cached
+		}
+		for nid := range overlaid {
+			e.rooms.Evict(tx, nid)
+		}
 		tx.PutRoom(r)
-		tx.ClearPartialState(ps.RoomID)
+		tx.CompletePartialState(ps.RoomID)
+		if f := e.partial.onFull; f != nil {
+			tx.OnCommit(func() { f(ps.RoomID, join.Pos, ps.Servers) })
+		}
 		return nil
 	})
 	if err != nil {
@@ -505,8 +636,23 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 	took := time.Since(time.UnixMilli(ps.Since))
 	PartialStats.observe(took)
 	log.Info("partial-state room now has its full state", "state_events", len(stateIDs), "members", members,
-		"events_updated", rewritten, "since_join", took)
+		"events_updated", rewritten, "rejected", rejected, "accepted", accepted, "since_join", took)
 	return nil
+}
+
+// passesAgain tells whether ev passes the auth rules against its own
+// auth events, none of them rejected: an event rejected there stays
+// rejected whatever the room's state.
+func (e *Engine) passesAgain(tx *store.Tx, ev *room.Event) bool {
+	authRejected := false
+	lookup := func(eid string) (*room.Event, error) {
+		ae, err := e.rooms.EventByID(tx, eid)
+		if err == nil && ae.Flags&store.FlagRejected != 0 {
+			authRejected = true
+		}
+		return ae, err
+	}
+	return room.Authorize(ev, lookup, e.fed.Keyring.GetKey) == nil && !authRejected
 }
 
 // fullState maps state-key NIDs to event NIDs for the state events

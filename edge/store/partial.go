@@ -55,3 +55,26 @@ func (t *Tx) PartialStateRooms() []*PartialState {
 	})
 	return out
 }
+
+// fullStateNS records, per room, the stream position at which a
+// partial-state room got its full state, so /sync can show it then.
+const fullStateNS = "partial_state_done"
+
+// CompletePartialState clears a room's partial-state flag and records
+// the new stream position it happened at.
+func (t *Tx) CompletePartialState(roomID string) uint64 {
+	t.ClearPartialState(roomID)
+	pos := t.NextPos()
+	t.PutKV(fullStateNS, roomID, u64(pos))
+	return pos
+}
+
+// FullStateAt is the stream position at which a room joined with partial
+// state got its full state; 0 when it never had partial state.
+func (t *Tx) FullStateAt(roomID string) uint64 {
+	raw, err := t.GetKV(fullStateNS, roomID)
+	if err != nil || len(raw) != 8 {
+		return 0
+	}
+	return getU64(raw)
+}

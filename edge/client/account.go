@@ -163,6 +163,13 @@ func (s *Server) register(r *http.Request) (any, error) {
 		}
 		token, deviceID := s.newDevice(tx, userID, req.DeviceID, req.InitialDeviceDisplayName, r)
 		resp["access_token"], resp["device_id"] = token, deviceID
+		if req.RefreshToken {
+			refresh, ms, err := s.issueRefresh(tx, userID, deviceID, token)
+			if err != nil {
+				return err
+			}
+			resp["refresh_token"], resp["expires_in_ms"] = refresh, ms
+		}
 		return nil
 	})
 	if errors.Is(err, store.ErrExists) {
@@ -215,6 +222,11 @@ func (s *Server) newDevice(tx *store.Tx, userID, deviceID, displayName string, r
 	}
 	if err == nil {
 		tx.DeleteSession(d.TokenHash)
+		if d.RefreshHash != "" {
+			// A new login on the device ends its old refresh token too.
+			tx.DeleteSession(d.RefreshHash)
+			d.RefreshHash = ""
+		}
 		if displayName != "" {
 			d.DisplayName = displayName
 		}
@@ -262,6 +274,7 @@ type loginRequest struct {
 	Password                 string `json:"password"`
 	DeviceID                 string `json:"device_id"`
 	InitialDeviceDisplayName string `json:"initial_device_display_name"`
+	RefreshToken             bool   `json:"refresh_token"`
 }
 
 // login: POST /login
@@ -299,6 +312,13 @@ func (s *Server) login(r *http.Request) (any, error) {
 		userID := s.userID(lp)
 		token, deviceID := s.newDevice(tx, userID, req.DeviceID, req.InitialDeviceDisplayName, r)
 		resp = map[string]any{"user_id": userID, "access_token": token, "device_id": deviceID, "home_server": s.Config.ServerName}
+		if req.RefreshToken {
+			refresh, ms, err := s.issueRefresh(tx, userID, deviceID, token)
+			if err != nil {
+				return err
+			}
+			resp["refresh_token"], resp["expires_in_ms"] = refresh, ms
+		}
 		if s.Config.PublicBaseURL != "" {
 			resp["well_known"] = map[string]any{"m.homeserver": map[string]string{"base_url": s.Config.PublicBaseURL}}
 		}

@@ -87,7 +87,7 @@ func New(d Deps) *Server {
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
-		s.routesKnock,
+		s.routesKnock, s.routesRefresh,
 	} {
 		register()
 	}

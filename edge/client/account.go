@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"edge/edge/appservice"
 	"edge/edge/store"
 )
 
@@ -45,6 +46,9 @@ func (s *Server) registerAvailable(r *http.Request) (any, error) {
 	if err := s.validateLocalpart(lp); err != nil {
 		return nil, err
 	}
+	if err := s.checkExclusiveUser(s.userID(lp), nil); err != nil {
+		return nil, err
+	}
 	var taken bool
 	_ = s.Store.View(func(tx *store.Tx) error {
 		_, err := tx.User(lp)
@@ -58,6 +62,7 @@ func (s *Server) registerAvailable(r *http.Request) (any, error) {
 }
 
 type registerRequest struct {
+	Type                     string   `json:"type"`
 	Username                 string   `json:"username"`
 	Password                 string   `json:"password"`
 	DeviceID                 string   `json:"device_id"`
@@ -97,8 +102,23 @@ func (s *Server) register(r *http.Request) (any, error) {
 	} else if kind != "" && kind != "user" {
 		return nil, errInvalidParam("Unknown kind %q", kind)
 	}
+	// An application service registers users of its namespaces with its
+	// as_token and no UIA (spec: m.login.application_service).
+	var as *appservice.Registration
+	if req.Type == "m.login.application_service" {
+		sess, err := s.authenticate(r)
+		if err != nil {
+			return nil, err
+		}
+		if as = sess.AppService; as == nil {
+			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Registering as m.login.application_service needs an as_token")
+		}
+		if kind == "guest" {
+			return nil, errInvalidParam("Application services cannot register guests")
+		}
+	}
 	flows := s.registrationFlows()
-	if len(flows) == 0 && kind != "guest" {
+	if len(flows) == 0 && kind != "guest" && as == nil {
 		return nil, errForbidden("Registration is disabled")
 	}
 	lp := strings.ToLower(req.Username)
@@ -114,7 +134,13 @@ func (s *Server) register(r *http.Request) (any, error) {
 	if err := s.validateLocalpart(lp); err != nil {
 		return nil, err
 	}
-	if kind != "guest" {
+	if as != nil && !as.OwnsUser(s.userID(lp)) {
+		return nil, newErr(http.StatusBadRequest, "M_EXCLUSIVE", "User ID is not in the application service's namespaces")
+	}
+	if err := s.checkExclusiveUser(s.userID(lp), as); err != nil {
+		return nil, err
+	}
+	if kind != "guest" && as == nil {
 		if err := s.checkPasswordStrength(req.Password); err != nil {
 			return nil, err
 		}
@@ -128,7 +154,7 @@ func (s *Server) register(r *http.Request) (any, error) {
 	if taken {
 		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
 	}
-	if kind != "guest" {
+	if kind != "guest" && as == nil {
 		params := map[string]any{}
 		err := s.uiaCheck(req.Auth, "", flows, params, func(a *uiaAuth) error {
 			if a.Type == "m.login.registration_token" {

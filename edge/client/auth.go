@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"edge/edge/appservice"
 	"edge/edge/store"
 )
 
@@ -21,6 +22,8 @@ type Session struct {
 	DeviceID string
 	Admin    bool
 	Token    string
+	// AppService is set when an application service's as_token made the request.
+	AppService *appservice.Registration
 }
 
 // authenticate resolves the request's access token.
@@ -33,6 +36,9 @@ func (s *Server) authenticate(r *http.Request) (*Session, error) {
 	}
 	if token == "" {
 		return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Missing access token")
+	}
+	if as := s.AppServices.ByToken(token); as != nil {
+		return s.appServiceSession(r, as, token)
 	}
 	var sess *Session
 	expired := false

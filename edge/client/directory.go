@@ -93,6 +93,9 @@ func (s *Server) putAlias(r *http.Request, sess *Session) (any, error) {
 	if server != s.Config.ServerName {
 		return nil, errInvalidParam("Room aliases can only be created on %s", s.Config.ServerName)
 	}
+	if err := s.checkExclusiveAlias(alias, sess.AppService); err != nil {
+		return nil, err
+	}
 	var req struct {
 		RoomID *string `json:"room_id"`
 	}

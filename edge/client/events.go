@@ -34,7 +34,7 @@ func (s *Server) sendMessage(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
-	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content}, txnID)
+	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content, TS: appServiceTS(r, sess)}, txnID)
 }
 
 // sendEvent sends a message-like event idempotently per device and txnId.
@@ -154,7 +154,7 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 				return err
 			}
 		}
-		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: content})
+		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: content, TS: appServiceTS(r, sess)})
 		if err != nil {
 			return err
 		}

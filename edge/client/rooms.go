@@ -84,6 +84,9 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 			return nil, errInvalidParam("room_alias_name must be a localpart")
 		}
 		alias = "#" + req.RoomAliasName + ":" + s.Config.ServerName
+		if err := s.checkExclusiveAlias(alias, sess.AppService); err != nil {
+			return nil, err
+		}
 	}
 	if err := check(s.limits.send, sess.UserID); err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"edge/edge/appservice"
 	"edge/edge/config"
 	"edge/edge/notify"
 	"edge/edge/room"
@@ -62,6 +63,8 @@ type Server struct {
 	// a room from other servers, returning how many events it added (see
 	// messages.go); nil: /messages stops at the oldest event held.
 	RemoteBackfill func(ctx context.Context, roomID string, limit int) (int, error)
+	// AppServices are the node's application services (nil: none).
+	AppServices *appservice.Set
 	// Remote carries typing, receipts, profiles and aliases to other
 	// servers (see remote_queries.go); nil: local only.
 	Remote *RemoteQueries

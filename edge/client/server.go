@@ -63,6 +63,9 @@ type Server struct {
 	// a room from other servers, returning how many events it added (see
 	// messages.go); nil: /messages stops at the oldest event held.
 	RemoteBackfill func(ctx context.Context, roomID string, limit int) (int, error)
+	// RemoteTimestamp answers timestamp_to_event from other servers when
+	// this one lacks part of a room's history (nil: local only).
+	RemoteTimestamp RemoteTimestampFunc
 	// AppServices are the node's application services (nil: none).
 	AppServices *appservice.Set
 	// Remote carries typing, receipts, profiles and aliases to other
@@ -90,7 +93,7 @@ func New(d Deps) *Server {
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
-		s.routesKnock, s.routesRefresh,
+		s.routesKnock, s.routesRefresh, s.routesTimestamp,
 	} {
 		register()
 	}

@@ -99,4 +99,32 @@ func TestTimestampToEventFederated(t *testing.T) {
 	if _, err := bob.GetEvent(ctxT(t), roomID, ids[1]); err != nil {
 		t.Fatalf("the answer was not backfilled: %v", err)
 	}
+	// /context on the backfilled answer gives tokens /messages pages from:
+	// before B (start) reaches A, after B (end) reaches both.
+	var ctx mautrix.RespContext
+	u := bob.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "rooms", roomID.String(), "context", ids[1].String()}, map[string]string{"limit": "0"})
+	if _, err := bob.MakeRequest(ctxT(t), http.MethodGet, u, nil, &ctx); err != nil {
+		t.Fatalf("context of the backfilled event: %v", err)
+	}
+	for _, tc := range []struct {
+		from string
+		want []id.EventID
+	}{{ctx.Start, ids[:1]}, {ctx.End, ids}} {
+		page, err := bob.Messages(ctxT(t), roomID, tc.from, "", mautrix.DirectionBackward, nil, 100)
+		if err != nil {
+			t.Fatalf("messages from %s: %v", tc.from, err)
+		}
+		got := map[id.EventID]bool{}
+		for _, ev := range page.Chunk {
+			got[ev.ID] = true
+		}
+		for _, w := range tc.want {
+			if !got[w] {
+				t.Errorf("messages back from %s lack %s", tc.from, w)
+			}
+		}
+		if tc.from == ctx.Start && got[ids[1]] {
+			t.Errorf("messages back from start %s include B itself", tc.from)
+		}
+	}
 }

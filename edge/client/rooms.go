@@ -313,7 +313,12 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 			return err
 		}
 		switch s.membershipIn(tx, st, sess.UserID) {
-		case "join", "invite", "knock":
+		case "invite":
+			// Server notices may not be refused, only left once read (Synapse).
+			if isNoticeRoom(tx, sess.UserID, roomID) {
+				return newErr(http.StatusForbidden, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM", "You cannot reject this invite")
+			}
+		case "join", "knock":
 		case "leave", "ban":
 			return nil // already out: leaving again is a no-op, as Synapse does
 		default:

@@ -94,6 +94,7 @@ func New(d Deps) *Server {
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
 		s.routesKnock, s.routesRefresh, s.routesTimestamp,
+		s.routesServerNotices,
 	} {
 		register()
 	}

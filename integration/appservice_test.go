@@ -33,6 +33,8 @@ type fakeAS struct {
 	txns    map[string][]map[string]any
 	order   []string
 	badAuth int
+	// onRoomQuery answers GET /_matrix/app/v1/rooms/{alias} (nil: 404).
+	onRoomQuery func(alias string) bool
 }
 
 func startFakeAS(t *testing.T, hsToken string) *fakeAS {
@@ -67,6 +69,17 @@ func startFakeAS(t *testing.T, hsToken string) *fakeAS {
 			f.order = append(f.order, txn)
 		}
 		f.txns[txn] = body.Events
+		_, _ = w.Write([]byte("{}"))
+	})
+	mux.HandleFunc("GET /_matrix/app/v1/rooms/{alias}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		q, ok := f.onRoomQuery, r.Header.Get("Authorization") == "Bearer "+hsToken
+		f.mu.Unlock()
+		if !ok || q == nil || !q(r.PathValue("alias")) {
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"errcode":"M_NOT_FOUND"}`))
+			return
+		}
 		_, _ = w.Write([]byte("{}"))
 	})
 	f.srv = &http.Server{Handler: mux}
@@ -211,6 +224,30 @@ namespaces:
 	as.waitEvent(t, bridged)
 	// A room with one of its users: the AS hears everyone in it.
 	as.waitEvent(t, plain.EventID.String())
+
+	// m.login.application_service gives a bridged user a device.
+	body, _ = json.Marshal(map[string]any{"type": "m.login.application_service", "identifier": map[string]any{"type": "m.id.user", "user": "bridge_alice"}})
+	if r := doRaw(t, bot, http.MethodPost, bot.BuildClientURL("v3", "login"), body, nil); r.Status != 200 || r.Body["user_id"] != "@bridge_alice:localhost" || r.Body["device_id"] == nil {
+		t.Fatalf("AS login: %d %s", r.Status, r.Raw)
+	}
+	body, _ = json.Marshal(map[string]any{"type": "m.login.application_service", "identifier": map[string]any{"type": "m.id.user", "user": alice.UserID.String()}})
+	doRaw(t, bot, http.MethodPost, bot.BuildClientURL("v3", "login"), body, nil).want(t, 403, "M_FORBIDDEN")
+
+	// An unknown alias of its namespace is asked of the AS, which makes it.
+	as.mu.Lock()
+	as.onRoomQuery = func(alias string) bool {
+		if alias != "#bridge_auto:localhost" {
+			return false
+		}
+		_, err := bot.CreateRoom(context.Background(), &mautrix.ReqCreateRoom{RoomAliasName: "bridge_auto"})
+		return err == nil
+	}
+	as.mu.Unlock()
+	if res, err := alice.ResolveAlias(ctxT(t), "#bridge_auto:localhost"); err != nil || res.RoomID == "" {
+		t.Fatalf("alias made on demand by the AS: %+v %v", res, err)
+	}
+	_, err = alice.ResolveAlias(ctxT(t), "#bridge_none:localhost")
+	wantMatrixErr(t, err, 404, "M_NOT_FOUND")
 
 	// Delivery is durable: events sent while the AS fails survive a restart.
 	as.setFailing(true)

@@ -287,7 +287,11 @@ func (s *Server) tokenValidity(r *http.Request) (any, error) {
 
 // loginFlows: GET /login
 func (s *Server) loginFlows(r *http.Request) (any, error) {
-	return map[string]any{"flows": []map[string]any{{"type": "m.login.password"}}}, nil
+	flows := []map[string]any{{"type": "m.login.password"}}
+	if s.AppServices != nil && len(s.AppServices.Regs) > 0 {
+		flows = append(flows, map[string]any{"type": "m.login.application_service"})
+	}
+	return map[string]any{"flows": flows}, nil
 }
 
 type loginRequest struct {
@@ -312,7 +316,20 @@ func (s *Server) login(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	if req.Type != "m.login.password" {
+	// An application service logs its users in with its as_token (a
+	// device for, e.g., end-to-end encryption).
+	var as *appservice.Registration
+	switch req.Type {
+	case "m.login.password":
+	case "m.login.application_service":
+		sess, err := s.authenticate(r)
+		if err != nil {
+			return nil, err
+		}
+		if as = sess.AppService; as == nil {
+			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "m.login.application_service needs an as_token")
+		}
+	default:
 		return nil, newErr(http.StatusBadRequest, "M_UNKNOWN", "Unsupported login type %q", req.Type)
 	}
 	who := req.User
@@ -332,7 +349,11 @@ func (s *Server) login(r *http.Request) (any, error) {
 	var resp map[string]any
 	err := s.Store.Write(func(tx *store.Tx) error {
 		u, err := tx.User(lp)
-		if err != nil || u.Deactivated || !checkPassword(u.PasswordHash, req.Password) {
+		if as != nil {
+			if err != nil || u.Deactivated || !as.OwnsUser(s.userID(lp)) {
+				return errForbidden("The application service cannot log in as this user")
+			}
+		} else if err != nil || u.Deactivated || !checkPassword(u.PasswordHash, req.Password) {
 			return errForbidden("Invalid username or password")
 		}
 		userID := s.userID(lp)

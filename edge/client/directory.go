@@ -139,6 +139,18 @@ func (s *Server) getAlias(r *http.Request) (any, error) {
 	if server != s.Config.ServerName {
 		return s.remoteAlias(r.Context(), alias, server)
 	}
+	resp, err := s.storedAlias(alias)
+	// An alias in an application service's namespace may be made on
+	// demand: ask the AS, then look again (spec: querying room aliases).
+	var me *Error
+	if errors.As(err, &me) && me.Code == "M_NOT_FOUND" && s.AppServices.QueryAlias(r.Context(), alias) {
+		resp, err = s.storedAlias(alias)
+	}
+	return resp, err
+}
+
+// storedAlias resolves an alias of this server from the store.
+func (s *Server) storedAlias(alias string) (map[string]any, error) {
 	var resp map[string]any
 	err := s.Store.View(func(tx *store.Tx) error {
 		roomID, err := tx.Alias(alias)

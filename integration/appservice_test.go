@@ -269,3 +269,31 @@ namespaces:
 		t.Errorf("%d transactions without the hs_token", as.badAuth)
 	}
 }
+
+// TestAppServiceRateLimited: an AS registered with rate_limited: false is
+// exempt from the send limit its users would otherwise hit.
+func TestAppServiceRateLimited(t *testing.T) {
+	dir := t.TempDir()
+	reg := "id: quick\nurl: null\nas_token: quick-as\nhs_token: quick-hs\nsender_localpart: quickbot\nrate_limited: false\nnamespaces:\n  users: []\n"
+	if err := os.WriteFile(filepath.Join(dir, "quick.yaml"), []byte(reg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, func(c *config.Config) {
+		c.AppServices = []string{filepath.Join(dir, "quick.yaml")}
+		c.RateLimits.SendPerSecond, c.RateLimits.SendBurst = 0.001, 2
+	})
+	bot, _ := mautrix.NewClient(n.URL, "", "quick-as")
+	roomID := mustCreateRoom(t, bot, &mautrix.ReqCreateRoom{})
+	for i := range 5 {
+		if _, err := bot.SendMessageEvent(ctxT(t), roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "x"}, mautrix.ReqSendEvent{TransactionID: fmt.Sprint("q", i)}); err != nil {
+			t.Fatalf("AS send %d: %v", i, err)
+		}
+	}
+	alice := n.register(t, "")
+	aliceRoom := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{})
+	var err error
+	for i := 0; i < 3 && err == nil; i++ {
+		_, err = alice.SendMessageEvent(ctxT(t), aliceRoom, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "x"}, mautrix.ReqSendEvent{TransactionID: fmt.Sprint("a", i)})
+	}
+	wantMatrixErr(t, err, 429, "M_LIMIT_EXCEEDED")
+}

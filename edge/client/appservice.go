@@ -74,3 +74,12 @@ func (s *Server) checkExclusiveAlias(alias string, as *appservice.Registration) 
 	}
 	return nil
 }
+
+// checkSend applies the per-user send limit, which an application service
+// registered with rate_limited: false is exempt from.
+func (s *Server) checkSend(sess *Session) error {
+	if as := sess.AppService; as != nil && as.RateLimited != nil && !*as.RateLimited {
+		return nil
+	}
+	return check(s.limits.send, sess.UserID)
+}

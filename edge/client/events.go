@@ -49,7 +49,7 @@ func (s *Server) sendEvent(sess *Session, roomID string, p room.Proto, txnID str
 	if eventID != "" {
 		return map[string]string{"event_id": eventID}, nil
 	}
-	if err := check(s.limits.send, sess.UserID); err != nil {
+	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
 	err := s.Store.Write(func(tx *store.Tx) error {
@@ -131,7 +131,7 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	roomID, evType, stateKey := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("stateKey")
-	if err := check(s.limits.send, sess.UserID); err != nil {
+	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
 	var eventID string

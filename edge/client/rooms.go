@@ -88,7 +88,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 			return nil, err
 		}
 	}
-	if err := check(s.limits.send, sess.UserID); err != nil {
+	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
 	var roomID string

@@ -102,16 +102,18 @@ func (e *Engine) RemoteTimestamp(ctx context.Context, roomID string, ts int64, f
 	return "", 0, false
 }
 
-// backfillTo backfills a few rounds until the room's history holds eventID.
+// backfillTo backfills a few rounds until the room's history (timeline or
+// backfilled, what /context and /messages read) holds eventID. Holding it
+// is not enough: a faster join's resync keeps the event its state was
+// fetched at as an outlier.
 func (e *Engine) backfillTo(ctx context.Context, roomID, eventID string) {
 	for range 3 {
-		held := false
+		shown := false
 		_ = e.store.View(func(tx *store.Tx) error {
-			_, err := tx.EventNID(eventID)
-			held = err == nil
+			shown = len(e.notShown(tx, []string{eventID}, nil)) == 0
 			return nil
 		})
-		if held {
+		if shown {
 			return
 		}
 		if n, err := e.Backfill(ctx, roomID, maxBackfill); err != nil || n == 0 {

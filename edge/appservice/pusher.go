@@ -33,7 +33,9 @@ type Options struct {
 	Rooms *room.Service
 	Regs  []*Registration
 	Log   *slog.Logger
-	// Client sends the transactions (nil: one with a 30s timeout).
+	// Client sends the transactions (nil: one with a 30s timeout). AS URLs
+	// come from the operator's registration files, so private addresses
+	// (a bridge on loopback) are allowed.
 	Client *http.Client
 	// Backoff bounds between failed attempts (defaults 1s and 5m).
 	MinBackoff, MaxBackoff time.Duration

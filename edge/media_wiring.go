@@ -28,6 +28,9 @@ func (n *Node) newMedia() *media.Service {
 	return media.New(media.Deps{Config: n.Config, Store: n.Store, Authenticate: n.Client.Authenticate, Log: n.Log,
 		FetchRemote: func(ctx context.Context, server, path string) ([]byte, error) {
 			return n.Fed.Client.GetRaw(ctx, server, path)
+		},
+		FetchRemoteLegacy: func(ctx context.Context, server, path string) ([]byte, http.Header, error) {
+			return n.Fed.Client.GetRawHeader(ctx, server, path)
 		}, LocationTLS: loc})
 }
 

@@ -138,6 +138,7 @@ func (n *Node) onEvent(ev *room.Event) {
 		if strings.HasSuffix(*ev.StateKey, ":"+n.Config.ServerName) && n.newJoin(ev) {
 			// A write of its own: this runs inside the store's commit.
 			go n.Client.AnnounceDevicesOnJoin(ev.RoomID, *ev.StateKey)
+			go n.Client.CopyPushRulesOnJoin(ev.RoomID, *ev.StateKey)
 		}
 	}
 	n.Notifier.Notify(keys...)
@@ -238,6 +239,11 @@ func (n *Node) ServeListeners(ctx context.Context, ls Listeners) error {
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	n.TLS.Start(runCtx)
+	// Delayed events (MSC4140) fire from here; wait for the loop before
+	// the caller closes the store.
+	delayedDone := make(chan struct{})
+	go func() { defer close(delayedDone); n.Client.RunDelayedEvents(runCtx) }()
+	defer func() { stopRun(); <-delayedDone }()
 	for _, ln := range []net.Listener{ls.TLS, ls.Federation} {
 		if ln == nil {
 			continue

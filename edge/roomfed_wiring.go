@@ -15,6 +15,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteBackfill = eng.Backfill
 	n.Client.RemoteTimestamp = eng.RemoteTimestamp
 	n.Client.AwaitFullState = eng.AwaitFullState
+	n.Client.RemoteHierarchy = eng.Hierarchy
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
 	eng.ResumePartialJoins() // rooms a restart left with partial state

@@ -430,7 +430,77 @@ func (c *Client) GetRaw(ctx context.Context, destination, path string) ([]byte, 
 	return c.do(ctx, http.MethodGet, destination, path, nil)
 }
 
+// GetRawHeader is GetRaw that also returns the answer's headers, for
+// answers that are not JSON (legacy media downloads).
+func (c *Client) GetRawHeader(ctx context.Context, destination, path string) ([]byte, http.Header, error) {
+	return c.doHeader(ctx, http.MethodGet, destination, path, nil)
+}
+
 func (c *Client) do(ctx context.Context, method, destination, path string, body any) ([]byte, error) {
+	data, _, err := c.doHeader(ctx, method, destination, path, body)
+	return data, err
+}
+
+func (c *Client) doHeader(ctx context.Context, method, destination, path string, body any) ([]byte, http.Header, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.send(ctx, method, destination, path, body)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxResponseBytes+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s %s from %s: reading body: %w", method, path, destination, err)
+	}
+	if int64(len(data)) > c.opts.MaxResponseBytes {
+		return nil, nil, fmt.Errorf("%w: %s %s from %s is over %d bytes", ErrResponseTooLarge, method, path, destination, c.opts.MaxResponseBytes)
+	}
+	return data, resp.Header, nil
+}
+
+// DoStream sends a signed request and hands a 2xx answer's body to read
+// as it arrives, for answers too big to hold whole (a big room's
+// send_join). The answer must begin within the client's timeout; reading
+// it is bound by ctx and by limit bytes, past which read fails with
+// ErrResponseTooLarge. A non-2xx answer is a *RemoteError.
+func (c *Client) DoStream(ctx context.Context, method, destination, path string, body any, limit int64, read func(io.Reader) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	slow := time.AfterFunc(c.opts.Timeout, cancel)
+	resp, err := c.send(ctx, method, destination, path, body)
+	if !slow.Stop() && err == nil {
+		resp.Body.Close()
+		return fmt.Errorf("%s %s to %s: %w", method, path, destination, context.DeadlineExceeded)
+	}
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return read(&limitedReader{r: resp.Body, left: limit, err: fmt.Errorf("%w: %s %s from %s is over %d bytes", ErrResponseTooLarge, method, path, destination, limit)})
+}
+
+// limitedReader fails, rather than ends, past its limit: a truncated
+// answer must not parse as a complete one.
+type limitedReader struct {
+	r    io.Reader
+	left int64
+	err  error
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, l.err
+	}
+	p = p[:min(int64(len(p)), l.left)]
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// send signs and sends a request and returns a 2xx answer with its body
+// unread; any other answer is read (bounded) into a *RemoteError.
+func (c *Client) send(ctx context.Context, method, destination, path string, body any) (*http.Response, error) {
 	if destination == c.opts.ServerName {
 		return nil, fmt.Errorf("%w: %s %s", ErrSelf, method, path)
 	}
@@ -452,8 +522,6 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 		return nil, fmt.Errorf("federation: %q is not an absolute path", path)
 	}
 	u.Scheme, u.Host = "https", destination
-	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
-	defer cancel()
 	d := c.dest(destination)
 	t, err := d.resolve(ctx)
 	if err != nil {
@@ -481,17 +549,14 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 		c.opts.Log.DebugContext(ctx, "federation request failed", "destination", destination, "method", method, "path", u.Path, "err", err)
 		return nil, fmt.Errorf("%s %s to %s: %w", method, path, destination, err)
 	}
-	defer resp.Body.Close()
 	c.opts.Log.DebugContext(ctx, "federation request", "destination", destination, "method", method, "path", u.Path,
 		"status", resp.StatusCode, "proto", resp.Proto, "took", time.Since(start))
-	data, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxResponseBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s from %s: reading body: %w", method, path, destination, err)
-	}
-	if int64(len(data)) > c.opts.MaxResponseBytes {
-		return nil, fmt.Errorf("%w: %s %s from %s is over %d bytes", ErrResponseTooLarge, method, path, destination, c.opts.MaxResponseBytes)
-	}
 	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		data, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxResponseBytes))
+		if err != nil {
+			return nil, fmt.Errorf("%s %s from %s: reading body: %w", method, path, destination, err)
+		}
 		re := &RemoteError{Destination: destination, Status: resp.StatusCode}
 		var e struct {
 			Code    string `json:"errcode"`
@@ -505,7 +570,7 @@ func (c *Client) do(ctx context.Context, method, destination, path string, body 
 	if c.onAnswer != nil {
 		c.onAnswer(destination)
 	}
-	return data, nil
+	return resp, nil
 }
 
 // Close drops idle connections.

@@ -3,6 +3,7 @@ package federation
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -132,6 +133,27 @@ func TestFederationClientLimitsAndErrors(t *testing.T) {
 	var re *RemoteError
 	if err := c.Get(ctx, dest, "/missing", nil); !errors.As(err, &re) || re.Status != 404 || re.Code != "M_UNRECOGNIZED" {
 		t.Fatalf("404: %v", err)
+	}
+	// Streamed: a body within the limit reads whole; one over it fails
+	// on the read, never ends as if complete; an error answer is a
+	// RemoteError without calling read.
+	read := func(path string, limit int64) (int, error) {
+		n := 0
+		err := c.DoStream(ctx, http.MethodGet, dest, path, nil, limit, func(r io.Reader) error {
+			b, err := io.ReadAll(r)
+			n = len(b)
+			return err
+		})
+		return n, err
+	}
+	if n, err := read("/big", 1<<20); err != nil || n < 200<<10 {
+		t.Fatalf("streamed 200 KiB with a 1 MiB limit: %d bytes, %v", n, err)
+	}
+	if _, err := read("/big", 100<<10); !errors.Is(err, ErrResponseTooLarge) {
+		t.Fatalf("streamed 200 KiB with a 100 KiB limit: %v", err)
+	}
+	if _, err := read("/missing", 1<<20); !errors.As(err, &re) || re.Status != 404 {
+		t.Fatalf("streamed 404: %v", err)
 	}
 	if err := c.Get(ctx, a.name, "/x", nil); !errors.Is(err, ErrSelf) {
 		t.Fatalf("request to ourselves: %v", err)

@@ -1,11 +1,13 @@
 package federation
 
 import (
+	"bufio"
 	"context"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -177,8 +179,26 @@ func serveJSON(h HandlerFunc) http.Handler {
 			_, _ = w.Write(raw)
 			return
 		}
+		if sr, ok := resp.(StreamedJSON); ok {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			bw := bufio.NewWriterSize(w, 64<<10)
+			if err := sr.WriteJSON(bw); err != nil || bw.Flush() != nil {
+				// The status is out: break the connection, so the
+				// requester sees a failed answer, not a short one.
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
 		writeJSON(w, http.StatusOK, resp)
 	})
+}
+
+// StreamedJSON is a handler's answer written as it is produced, for
+// answers too big to build whole first (a big room's send_join: 100k
+// events). The status is 200; a failure midway aborts the connection.
+type StreamedJSON interface {
+	WriteJSON(w io.Writer) error
 }
 
 // Register mounts the federation and key APIs (/_matrix/federation/ and

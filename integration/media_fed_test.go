@@ -203,3 +203,70 @@ func TestMediaFedLocation(t *testing.T) {
 		t.Fatalf("origin saw %d federation and %d CDN requests, want 1 and 1", fedHits.Load(), cdnHits.Load())
 	}
 }
+
+// TestMediaFedLegacyFallback: a server that does not know the federation
+// media endpoint (answering 400 without a Matrix error, as Complement's
+// does, or 404 M_UNRECOGNIZED) is asked through the legacy
+// /_matrix/media/v3/download, with allow_remote=false; its content and
+// Content-Type are served and cached. A 404 M_NOT_FOUND is about the media
+// and is not retried on the legacy endpoint.
+func TestMediaFedLegacyFallback(t *testing.T) {
+	ca := newRFCA(t)
+	var hitsB atomic.Int64
+	b := startMediaFedNode(t, ca, &hitsB)
+	bob := b.register(t, "bob")
+
+	var fedHits, legacyHits atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := ln.Addr().String()
+	files := map[string]string{"plain400": "hello from the old side", "unrec404": "unrecognised, then legacy"}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_matrix/federation/v1/media/download/{mediaId}", func(w http.ResponseWriter, r *http.Request) {
+		fedHits.Add(1)
+		switch r.PathValue("mediaId") {
+		case "plain400":
+			http.Error(w, "no such route", http.StatusBadRequest)
+		case "unrec404":
+			http.Error(w, `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`, http.StatusNotFound)
+		default:
+			http.Error(w, `{"errcode":"M_NOT_FOUND","error":"no"}`, http.StatusNotFound)
+		}
+	})
+	mux.HandleFunc("GET /_matrix/media/v3/download/{server}/{mediaId}", func(w http.ResponseWriter, r *http.Request) {
+		legacyHits.Add(1)
+		content, ok := files[r.PathValue("mediaId")]
+		if !ok || r.PathValue("server") != origin || r.URL.Query().Get("allow_remote") != "false" {
+			http.Error(w, `{"errcode":"M_NOT_FOUND","error":"no"}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte(content))
+	})
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}}}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	for id, content := range files {
+		for i := range 2 {
+			for _, prefix := range []string{"/_matrix/client/v1/media/download/", "/_matrix/media/v3/download/"} {
+				st, got, hdr := mediaFedGet(t, bob, prefix+origin+"/"+id)
+				if st != http.StatusOK || string(got) != content || !strings.HasPrefix(hdr.Get("Content-Type"), "text/plain") {
+					t.Fatalf("download %d of %s via %s: %d %q (%s)", i, id, prefix, st, got, hdr.Get("Content-Type"))
+				}
+			}
+		}
+	}
+	if fedHits.Load() != 2 || legacyHits.Load() != 2 {
+		t.Fatalf("origin saw %d federation and %d legacy requests, want 2 and 2 (then cached)", fedHits.Load(), legacyHits.Load())
+	}
+	st, body, _ := mediaFedGet(t, bob, "/_matrix/client/v1/media/download/"+origin+"/gone")
+	if st != http.StatusNotFound || !bytes.Contains(body, []byte("M_NOT_FOUND")) {
+		t.Fatalf("missing remote media: %d %s, want 404 M_NOT_FOUND", st, body)
+	}
+	if legacyHits.Load() != 2 {
+		t.Fatalf("a 404 M_NOT_FOUND was retried on the legacy endpoint (%d legacy requests)", legacyHits.Load())
+	}
+}

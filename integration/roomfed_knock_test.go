@@ -45,8 +45,9 @@ func syncUntil(t *testing.T, c *mautrix.Client, what string, ok func(*mautrix.Re
 
 // TestRoomFedKnock: bob on B knocks on alice's room on A by room ID (with
 // A as via) and carol on B by alias; each sees the room under rooms.knock
-// with its stripped state, alice sees the knocks, invites bob (accepting
-// the knock), and bob joins.
+// with its stripped state, alice sees the knocks, carol retracts hers
+// (a remote leave), alice invites bob (accepting the knock), and bob
+// joins.
 func TestRoomFedKnock(t *testing.T) {
 	ca := newRFCA(t)
 	a, b := startRFNode(t, ca), startRFNode(t, ca)
@@ -97,6 +98,28 @@ func TestRoomFedKnock(t *testing.T) {
 	}
 	alice.until(t, "bob's knock", rfHasEvent("m.room.member", isKnock(bob.UserID)))
 	alice.until(t, "carol's knock", rfHasEvent("m.room.member", isKnock(carol.UserID)))
+
+	// carol retracts her knock: a leave through A; her sync moves the
+	// room from knock to leave, and alice sees the leave.
+	since := ""
+	syncUntil(t, carol, "a sync token", func(r *mautrix.RespSync) bool { since = r.NextBatch; return true })
+	if _, err := carol.LeaveRoom(ctxT(t), roomID); err != nil {
+		t.Fatalf("carol retracts her knock: %v", err)
+	}
+	alice.until(t, "carol's leave", rfHasEvent("m.room.member", func(ev *event.Event) bool {
+		return ev.RoomID == roomID && ev.GetStateKey() == carol.UserID.String() && ev.Content.Raw["membership"] == "leave"
+	}))
+	resp2, err := carol.SyncRequest(ctxT(t), 0, since, "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr := resp2.Rooms.Leave[roomID]
+	if lr == nil || len(lr.Timeline.Events) != 1 || lr.Timeline.Events[0].Content.Raw["membership"] != "leave" || resp2.Rooms.Knock[roomID] != nil {
+		t.Fatalf("carol's sync after retracting: leave %+v, knock %+v", lr, resp2.Rooms.Knock[roomID])
+	}
+	if full, err := carol.SyncRequest(ctxT(t), 0, "", "", false, ""); err != nil || full.Rooms.Knock[roomID] != nil {
+		t.Fatalf("carol's initial sync still shows the retracted knock (%v)", err)
+	}
 
 	// Accepting the knock is inviting: bob sees an invite instead of the knock.
 	if _, err := alice.c.InviteUser(ctxT(t), roomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"edge/edge/appservice"
+	"edge/edge/notify"
 	"edge/edge/store"
 )
 
@@ -406,8 +407,17 @@ func (s *Server) removeDevice(tx *store.Tx, userID, deviceID string) error {
 	for _, h := range s.DeviceRemovalHooks {
 		h(tx, userID, deviceID)
 	}
+	// MSC3890: a device's local notification settings live in global
+	// account data named after it, and go with the device.
+	if _, err := tx.AccountData(userID, "", localNotificationSettingsPrefix+deviceID); err == nil {
+		tx.DeleteAccountData(userID, "", localNotificationSettingsPrefix+deviceID)
+		tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
+	}
 	return nil
 }
+
+// localNotificationSettingsPrefix names MSC3890's per-device account data.
+const localNotificationSettingsPrefix = "org.matrix.msc3890.local_notification_settings."
 
 // whoami: GET /account/whoami
 func (s *Server) whoami(r *http.Request, sess *Session) (any, error) {

@@ -29,11 +29,23 @@ func (s *Server) routesEvents() {
 
 // sendMessage: PUT /rooms/{roomId}/send/{eventType}/{txnId}
 func (s *Server) sendMessage(r *http.Request, sess *Session) (any, error) {
+	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
+	delay, delayed, err := delayFromQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	if delayed {
+		if resp, ok := s.delayedTxnResult(sess, roomID, txnID); ok {
+			return resp, nil
+		}
+	}
 	content, err := decodeObject(r)
 	if err != nil {
 		return nil, err
 	}
-	roomID, evType, txnID := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("txnId")
+	if delayed {
+		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, Content: content}, delay, txnID)
+	}
 	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content, TS: appServiceTS(r, sess)}, txnID)
 }
 
@@ -131,13 +143,22 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	roomID, evType, stateKey := r.PathValue("roomId"), r.PathValue("eventType"), r.PathValue("stateKey")
+	if delay, delayed, err := delayFromQuery(r); err != nil {
+		return nil, err
+	} else if delayed {
+		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, StateKey: &stateKey, Content: content}, delay, "")
+	}
 	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
+	ts := appServiceTS(r, sess)
 	var eventID string
 	err = s.Store.Write(func(tx *store.Tx) error {
-		_, st, err := s.requireJoined(tx, roomID, sess.UserID)
+		r, st, err := s.requireJoined(tx, roomID, sess.UserID)
 		if err != nil && evType != "m.room.member" {
+			return err
+		}
+		if err := s.checkStatePut(tx, r, st, evType, stateKey, content); err != nil {
 			return err
 		}
 		// Setting the same state again is a no-op answering the current
@@ -154,7 +175,7 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 				return err
 			}
 		}
-		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: content, TS: appServiceTS(r, sess)})
+		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: content, TS: ts})
 		if err != nil {
 			return err
 		}
@@ -354,7 +375,21 @@ func (s *Server) stateAtToken(tx *store.Tx, roomID, token string, limit uint64, 
 	var nid uint64
 	tx.Timeline(r.NID, pos, true, func(_, n uint64) bool { nid = n; return false })
 	if nid == 0 {
-		return fallback, nil
+		// A token from before the room's first event (the prev_batch of a
+		// timeline that starts at the create event): the room as it was
+		// created, with its creator joined, rather than today's members
+		// (Complement's TestGetRoomMembersAtPoint).
+		tx.Timeline(r.NID, 0, false, func(_, n uint64) bool {
+			ev, err := s.Rooms.Event(tx, n)
+			if err == nil && ev.Type == "m.room.member" && ev.Membership() == "join" {
+				nid = n
+				return false
+			}
+			return err == nil && ev.Depth < 32 // only the creation's own events
+		})
+		if nid == 0 {
+			return fallback, nil
+		}
 	}
 	ev, err := s.Rooms.Event(tx, nid)
 	if err != nil {

@@ -8,6 +8,7 @@ package client
 // rooms.knock until an invite or a membership overtakes it.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -20,10 +21,14 @@ import (
 
 const remoteKnockNS = "remote_knock"
 
-// remoteKnock is a knock on a room this server is not in.
+// remoteKnock is a knock on a room this server is not in, or its
+// retraction (Left).
 type remoteKnock struct {
-	Pos   uint64            `json:"pos"`
-	State []json.RawMessage `json:"state"` // knock_state, stripped, the knock last
+	Pos     uint64            `json:"pos"`
+	State   []json.RawMessage `json:"state"`             // knock_state, stripped, the knock last
+	Servers []string          `json:"servers,omitempty"` // the room's servers we knocked through
+	Left    bool              `json:"left,omitempty"`
+	LeaveEv map[string]any    `json:"leave_event,omitempty"`
 }
 
 func (s *Server) routesKnock() {
@@ -120,7 +125,7 @@ func (s *Server) remoteKnockVia(r *http.Request, sess *Session, roomID string, s
 	}
 	self, _ := json.Marshal(ev)
 	err = s.Store.Write(func(tx *store.Tx) error {
-		raw, err := json.Marshal(remoteKnock{Pos: tx.NextPos(), State: append(state, self)})
+		raw, err := json.Marshal(remoteKnock{Pos: tx.NextPos(), State: append(state, self), Servers: uniq})
 		if err != nil {
 			return err
 		}
@@ -145,12 +150,63 @@ func (s *Server) knockOvertaken(tx *store.Tx, userID, roomID string, k *remoteKn
 	return ri != nil && ri.Pos > k.Pos
 }
 
+// pendingRemoteKnock is userID's knock on roomID when it still stands:
+// not retracted and not overtaken.
+func (s *Server) pendingRemoteKnock(tx *store.Tx, userID, roomID string) *remoteKnock {
+	raw, err := tx.GetKV(remoteKnockNS, remoteInviteKey(userID, roomID))
+	if err != nil {
+		return nil
+	}
+	var k remoteKnock
+	if json.Unmarshal(raw, &k) != nil || k.Left || s.knockOvertaken(tx, userID, roomID, &k) {
+		return nil
+	}
+	return &k
+}
+
+// retractRemoteKnock withdraws userID's knock on a room this server is
+// not in: a leave through the servers knocked through (make_leave,
+// send_leave), then the room moves to rooms.leave in /sync. If no server
+// can be reached the knock is withdrawn here only, as a rejected remote
+// invite is.
+func (s *Server) retractRemoteKnock(ctx context.Context, userID, roomID string, k *remoteKnock, reason string) error {
+	servers := k.Servers
+	if _, domain, ok := strings.Cut(roomID, ":"); ok {
+		servers = append(servers, domain)
+	}
+	var leaveEv map[string]any
+	if h := s.remoteMembership().Leave; h != nil {
+		eventID, pdu, err := h(ctx, userID, roomID, servers, reason)
+		if err != nil {
+			s.Log.Info("remote knock retraction failed; withdrawing it locally", "room_id", roomID, "user_id", userID, "err", err)
+		} else {
+			leaveEv = clientLeaveEvent(roomID, eventID, pdu)
+		}
+	}
+	return s.Store.Write(func(tx *store.Tx) error {
+		k := s.pendingRemoteKnock(tx, userID, roomID)
+		if k == nil {
+			return nil // withdrawn already, or overtaken meanwhile
+		}
+		k.Pos, k.Left, k.LeaveEv = tx.NextPos(), true, leaveEv
+		raw, err := json.Marshal(k)
+		if err != nil {
+			return err
+		}
+		tx.PutKV(remoteKnockNS, remoteInviteKey(userID, roomID), raw)
+		tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
+		return nil
+	})
+}
+
 // remoteKnockSync adds the user's standing remote knocks new since since
-// to rooms.knock, with their knock_state.
+// to rooms.knock, with their knock_state, and retractions to rooms.leave
+// (incremental syncs only).
 func (s *Server) remoteKnockSync(tx *store.Tx, sess *Session, since, next uint64, initial bool, resp map[string]any) bool {
 	rooms, _ := resp["rooms"].(map[string]any)
 	knock, _ := rooms["knock"].(map[string]any)
-	if knock == nil {
+	leave, _ := rooms["leave"].(map[string]any)
+	if knock == nil || leave == nil {
 		return false
 	}
 	news := false
@@ -159,6 +215,13 @@ func (s *Server) remoteKnockSync(tx *store.Tx, sess *Session, since, next uint64
 		roomID := strings.TrimPrefix(key, prefix)
 		var k remoteKnock
 		if json.Unmarshal(raw, &k) != nil || k.Pos > next || (!initial && k.Pos <= since) || s.knockOvertaken(tx, sess.UserID, roomID, &k) {
+			return true
+		}
+		if k.Left {
+			if !initial {
+				leave[roomID] = remoteLeftRoom(k.LeaveEv)
+				news = true
+			}
 			return true
 		}
 		state := make([]any, len(k.State))

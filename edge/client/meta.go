@@ -31,6 +31,9 @@ func (s *Server) capabilities(r *http.Request, sess *Session) (any, error) {
 	for _, v := range room.SupportedVersions {
 		available[v] = "stable"
 	}
+	for _, v := range room.UnstableVersions {
+		available[v] = "unstable"
+	}
 	return map[string]any{"capabilities": map[string]any{
 		"m.change_password": map[string]bool{"enabled": true},
 		"m.room_versions":   map[string]any{"default": s.Config.Rooms.DefaultVersion, "available": available},

@@ -259,19 +259,33 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 		return false
 	}
 	joined := map[string]bool{}
+	joinedAt := map[string]uint64{} // room → position of the requester's member event
 	for _, m := range ms {
 		if m.Membership == "join" {
 			joined[m.RoomID] = true
+			joinedAt[m.RoomID] = m.Pos
 		}
 	}
 	now := time.Now().UnixMilli()
 	var events []any
+	var fresh map[string]bool // computed on first need
 	tx.ScanKV(presenceNamespace, "", func(userID string, v []byte) bool {
 		var rec presenceRecord
-		if json.Unmarshal(v, &rec) != nil || (!initial && rec.Pos <= since) {
+		if json.Unmarshal(v, &rec) != nil {
 			return true
 		}
-		if userID != sess.UserID && !sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined) {
+		if !initial && rec.Pos <= since {
+			// Unchanged presence is still news to someone who has just
+			// come to share a room with the user (sytest "Existing members
+			// see new members' presence"; Complement's TestMembersLocal).
+			if fresh == nil {
+				fresh = s.newMembers(tx, joinedAt, since)
+			}
+			if userID == sess.UserID || !fresh[userID] ||
+				(!sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined)) {
+				return true // (a join since the token may have been left again)
+			}
+		} else if userID != sess.UserID && !sharesJoined(tx, userID, joined) && !s.remoteSharesJoined(tx, userID, joined) {
 			return true
 		}
 		events = append(events, map[string]any{"type": "m.presence", "sender": userID, "content": rec.content(now)})
@@ -280,6 +294,50 @@ func (s *Server) presenceSync(tx *store.Tx, sess *Session, since, _ uint64, init
 	resp["presence"] = map[string]any{"events": orEmpty(events)}
 	return len(events) > 0
 }
+
+// newMembers lists the users the requester has come to share a room with
+// since the token: every joined member of a room the requester joined
+// after it, and those whose join to a shared room came after it (read
+// from the timeline since the token, so the cost is the new events').
+func (s *Server) newMembers(tx *store.Tx, joinedAt map[string]uint64, since uint64) map[string]bool {
+	fresh := map[string]bool{}
+	for roomID, at := range joinedAt {
+		r, st, err := s.roomState(tx, roomID)
+		if err != nil {
+			continue
+		}
+		// Few new events: read them. Many (a client back after long):
+		// read the members instead, keeping those whose join is newer.
+		seen, complete := 0, true
+		if at <= since {
+			tx.Timeline(r.NID, since+1, false, func(_, nid uint64) bool {
+				if seen++; seen > newMembersScan {
+					complete = false
+					return false
+				}
+				if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Type == "m.room.member" && ev.StateKey != nil && ev.Membership() == "join" {
+					fresh[*ev.StateKey] = true
+				}
+				return true
+			})
+		}
+		if at <= since && complete {
+			continue
+		}
+		st.Each(func(k, nid uint64) bool {
+			if evType, sk, err := tx.StateKey(k); err == nil && evType == "m.room.member" {
+				if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" && (at > since || ev.Pos > since) {
+					fresh[sk] = true
+				}
+			}
+			return true
+		})
+	}
+	return fresh
+}
+
+// newMembersScan bounds the events newMembers reads per room.
+const newMembersScan = 500
 
 // sharesJoined tells whether local user userID is joined to one of rooms.
 func sharesJoined(tx *store.Tx, userID string, rooms map[string]bool) bool {

@@ -34,6 +34,7 @@ func (s *Server) routesPush() {
 	s.authed("PUT /pushrules/{scope}/{kind}/{ruleId}/actions", s.putPushRuleActions)
 	s.SyncExtensions = append(s.SyncExtensions, s.pushRulesSync)
 	s.UnreadCounts = s.unreadCounts
+	s.UnreadThreadCounts = s.unreadThreadCounts
 	s.routesPushers()
 }
 
@@ -173,7 +174,14 @@ func (s *Server) getPushRule(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	return s.viewPushRules(sess.UserID, func(rules *push.Rules) (any, error) {
-		return rules.Get(push.ScopeGlobal, kind, ruleID)
+		rule, err := rules.Get(push.ScopeGlobal, kind, ruleID)
+		if errors.Is(err, push.ErrUnknownKind) {
+			// The spec's GET answers 200 or 404: a kind this server does not
+			// have (e.g. MSC4306's postcontent) holds no such rule. Clients
+			// probe for optional rules this way before disabling them.
+			return nil, errNotFound("No push rule %s/%s", kind, ruleID)
+		}
+		return rule, err
 	})
 }
 
@@ -314,6 +322,9 @@ type unreadMemo struct {
 	upTo        uint64
 	counts      [2]int
 	scanned     int
+	// threads holds per-thread counts in entries of unreadThreadCounts
+	// (counts is then the main timeline's); never modified once stored.
+	threads map[string][2]int
 }
 
 func (s *Server) forgetUnread(userID string) {
@@ -352,8 +363,25 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 	} else {
 		memo = unreadMemo{fingerprint: fp}
 	}
+	scanned := s.scanUnread(tx, userID, r, floor, now, memo.scanned, marks, func(_ string, highlight bool) {
+		counts["notification_count"]++
+		if highlight {
+			counts["highlight_count"]++
+		}
+	})
+	memo.upTo, memo.scanned = now, scanned
+	memo.counts = [2]int{counts["notification_count"], counts["highlight_count"]}
+	s.rememberUnread(key, memo)
+	return counts
+}
+
+// scanUnread walks a room's timeline newest first down to just above
+// floor, at most maxUnreadScan events counting scanned already, and calls
+// found for each event others sent that the user has not read in its
+// thread and that their push rules make notify. It returns scanned
+// updated.
+func (s *Server) scanUnread(tx *store.Tx, userID string, r *store.Room, floor, now uint64, scanned int, marks *readMarks, found func(thread string, highlight bool)) int {
 	var pc *pushContext
-	scanned := memo.scanned
 	tx.Timeline(r.NID, now, true, func(pos, nid uint64) bool {
 		if pos <= floor || scanned >= maxUnreadScan {
 			return false
@@ -363,7 +391,8 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 		if err != nil || ev.Sender == userID || ev.Flags&(store.FlagRejected|store.FlagSoftFailed) != 0 {
 			return true
 		}
-		if thread, _ := s.threadOf(tx, ev); pos <= marks.in(thread) {
+		thread, _ := s.threadOf(tx, ev)
+		if pos <= marks.in(thread) {
 			return true
 		}
 		if pc == nil {
@@ -372,24 +401,83 @@ func (s *Server) unreadCounts(tx *store.Tx, userID, roomID string) map[string]in
 			}
 		}
 		actions, matched := push.Evaluate(pc.rules, push.RawEvent(ev.Raw), pc.forSender(ev.Sender))
-		if !matched || !actions.Notify() {
-			return true
-		}
-		counts["notification_count"]++
-		if actions.Highlight() {
-			counts["highlight_count"]++
+		if matched && actions.Notify() {
+			found(thread, actions.Highlight())
 		}
 		return true
 	})
-	memo.upTo, memo.scanned = now, scanned
-	memo.counts = [2]int{counts["notification_count"], counts["highlight_count"]}
+	return scanned
+}
+
+// unreadThreadCounts is unreadCounts split by thread, for a /sync whose
+// filter sets unread_thread_notifications: the main timeline's counts
+// (events outside any thread, thread roots included), and each thread
+// with unread notifications by its root's event ID. It is memoised like
+// unreadCounts, under its own key.
+func (s *Server) unreadThreadCounts(tx *store.Tx, userID, roomID string) (map[string]int, map[string]map[string]int) {
+	r, err := tx.Room(roomID)
+	if err != nil {
+		return map[string]int{"notification_count": 0, "highlight_count": 0}, nil
+	}
+	m, err := tx.Membership(userID, roomID)
+	if err != nil {
+		return map[string]int{"notification_count": 0, "highlight_count": 0}, nil
+	}
+	marks := &readMarks{s: s, tx: tx, userID: userID, roomID: roomID, threads: map[string]uint64{}}
+	marks.unthreaded = marks.receiptPos("")
+	floor := max(m.Pos, marks.unthreaded)
+	key := [2]string{userID, splitUnreadKey + roomID}
+	fp := [2]uint64{m.Event, floor}
+	now := tx.Pos()
+	s.unreadMu.Lock()
+	memo, ok := s.unread[key]
+	s.unreadMu.Unlock()
+	var main [2]int
+	threads := map[string][2]int{}
+	if ok && memo.fingerprint == fp && memo.upTo <= now {
+		main = memo.counts
+		for k, v := range memo.threads {
+			threads[k] = v
+		}
+		floor = max(floor, memo.upTo)
+	} else {
+		memo = unreadMemo{fingerprint: fp}
+	}
+	scanned := s.scanUnread(tx, userID, r, floor, now, memo.scanned, marks, func(thread string, highlight bool) {
+		c := main
+		if thread != mainThread {
+			c = threads[thread]
+		}
+		c[0]++
+		if highlight {
+			c[1]++
+		}
+		if thread != mainThread {
+			threads[thread] = c
+		} else {
+			main = c
+		}
+	})
+	memo.upTo, memo.scanned, memo.counts, memo.threads = now, scanned, main, threads
+	s.rememberUnread(key, memo)
+	out := map[string]map[string]int{}
+	for th, c := range threads {
+		out[th] = map[string]int{"notification_count": c[0], "highlight_count": c[1]}
+	}
+	return map[string]int{"notification_count": main[0], "highlight_count": main[1]}, out
+}
+
+// splitUnreadKey prefixes the room ID in the memo key of per-thread counts
+// (room IDs start with "!", so the two kinds of entry never collide).
+const splitUnreadKey = "threads "
+
+func (s *Server) rememberUnread(key [2]string, memo unreadMemo) {
 	s.unreadMu.Lock()
 	if s.unread == nil || len(s.unread) > maxUnreadMemos {
 		s.unread = map[[2]string]unreadMemo{} // crude bound: start over
 	}
 	s.unread[key] = memo
 	s.unreadMu.Unlock()
-	return counts
 }
 
 // maxUnreadMemos bounds the memo's memory (about 100 bytes an entry).

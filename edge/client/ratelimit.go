@@ -59,6 +59,7 @@ func (l *limiter) allow(key string) (ok bool, retryAfter time.Duration) {
 
 type limiters struct {
 	login, register, send *limiter
+	delayed               *limiter // unauthenticated delayed-event actions, per address
 }
 
 func newLimiters(c config.RateLimits) *limiters {
@@ -66,6 +67,7 @@ func newLimiters(c config.RateLimits) *limiters {
 		login:    newLimiter(c.LoginPerSecond, c.LoginBurst),
 		register: newLimiter(c.RegisterPerSecond, c.RegisterBurst),
 		send:     newLimiter(c.SendPerSecond, c.SendBurst),
+		delayed:  newLimiter(c.SendPerSecond, c.SendBurst),
 	}
 }
 

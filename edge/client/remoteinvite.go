@@ -84,6 +84,12 @@ func (s *Server) AcceptRemoteInvite(tx *store.Tx, roomID, eventID string, pdu js
 	} else if err != nil {
 		return err
 	}
+	switch s.inviteRuleFor(tx, ev.StateKey, ev.Sender) {
+	case inviteBlock:
+		return fmt.Errorf("%w: %s does not accept invites from %s", room.ErrForbidden, ev.StateKey, ev.Sender)
+	case inviteIgnore:
+		return nil // MSC4155: countersigned for the inviter, never shown to the invitee
+	}
 	clientEv := map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content,
 		"event_id": eventID, "origin_server_ts": ev.TS, "room_id": roomID, "unsigned": map[string]any{}}
 	self, _ := json.Marshal(map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content})
@@ -160,11 +166,7 @@ func (s *Server) rejectRemoteInvite(ctx context.Context, userID, roomID, reason 
 		if err != nil {
 			s.Log.Info("remote invite rejection failed; rejecting locally", "room_id", roomID, "user_id", userID, "err", err)
 		} else {
-			var ev map[string]any
-			if json.Unmarshal(pdu, &ev) == nil {
-				leaveEv = map[string]any{"type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"], "content": ev["content"],
-					"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}
-			}
+			leaveEv = clientLeaveEvent(roomID, eventID, pdu)
 		}
 	}
 	return s.Store.Write(func(tx *store.Tx) error {
@@ -181,6 +183,28 @@ func (s *Server) rejectRemoteInvite(ctx context.Context, userID, roomID, reason 
 		tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
 		return nil
 	})
+}
+
+// clientLeaveEvent renders the leave PDU a remote leave returned for
+// /sync (nil if it does not parse).
+func clientLeaveEvent(roomID, eventID string, pdu json.RawMessage) map[string]any {
+	var ev map[string]any
+	if json.Unmarshal(pdu, &ev) != nil {
+		return nil
+	}
+	return map[string]any{"type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"], "content": ev["content"],
+		"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}
+}
+
+// remoteLeftRoom is rooms.leave's entry for a room left without this
+// server being in it: the leave event, when there is one.
+func remoteLeftRoom(leaveEv map[string]any) map[string]any {
+	tl := []any{}
+	if leaveEv != nil {
+		tl = append(tl, leaveEv)
+	}
+	return map[string]any{"timeline": map[string]any{"events": tl, "limited": false},
+		"state": eventsJSON{[]any{}}, "account_data": eventsJSON{[]any{}}}
 }
 
 // remoteInviteSync adds the user's remote invites (rooms.invite, with
@@ -205,12 +229,7 @@ func (s *Server) remoteInviteSync(tx *store.Tx, sess *Session, since, next uint6
 			if initial {
 				return true
 			}
-			tl := []any{}
-			if ri.LeaveEv != nil {
-				tl = append(tl, ri.LeaveEv)
-			}
-			leave[roomID] = map[string]any{"timeline": map[string]any{"events": tl, "limited": false},
-				"state": eventsJSON{[]any{}}, "account_data": eventsJSON{[]any{}}}
+			leave[roomID] = remoteLeftRoom(ri.LeaveEv)
 		} else {
 			state := make([]any, len(ri.State))
 			for i, st := range ri.State {

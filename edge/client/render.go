@@ -36,6 +36,11 @@ func (s *Server) render(tx *store.Tx, ev *room.Event, viewer *Session) *room.Cli
 	if rel := s.aggregations(tx, ev, viewer); rel != nil {
 		u["m.relations"] = rel
 	}
+	if viewer != nil {
+		if m := s.membershipAt(tx, ev, viewer.UserID); m != "" {
+			u["membership"] = m
+		}
+	}
 	if viewer != nil && ev.Sender == viewer.UserID {
 		if v, err := tx.GetKV(txnNamespace, ev.ID); err == nil {
 			var t struct {
@@ -60,4 +65,28 @@ func (s *Server) renderAll(tx *store.Tx, evs []*room.Event, viewer *Session) []*
 		out = append(out, s.render(tx, ev, viewer))
 	}
 	return out
+}
+
+// membershipAt is the viewer's membership when ev was sent, after ev
+// itself for the viewer's own member event (MSC4115, unsigned.membership;
+// "leave" when the viewer had none), or "" when the event has no known
+// state (an outlier).
+func (s *Server) membershipAt(tx *store.Tx, ev *room.Event, userID string) string {
+	if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == userID && ev.Flags&(store.FlagRejected|store.FlagSoftFailed) == 0 {
+		return ev.Membership()
+	}
+	if ev.StateBefore == 0 {
+		if ev.Type == "m.room.create" {
+			return "leave" // nobody is in a room before its creation
+		}
+		return ""
+	}
+	st, err := s.Rooms.State(tx, ev.StateBefore)
+	if err != nil {
+		return ""
+	}
+	if m, err := s.Rooms.StateEvent(tx, st, "m.room.member", userID); err == nil && m != nil {
+		return m.Membership()
+	}
+	return "leave"
 }

@@ -7,8 +7,6 @@ import (
 	"reflect"
 	"strings"
 
-	"maunium.net/go/mautrix/id"
-
 	"edge/edge/config"
 	"edge/edge/room"
 	"edge/edge/store"
@@ -130,7 +128,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 // would refuse: additional_creators that are not user IDs, and creators
 // listed in the power levels' users.
 func checkCreators(req *createRoomRequest, creator string) error {
-	if !id.RoomVersion(req.RoomVersion).PrivilegedRoomCreators() {
+	if !room.Features(req.RoomVersion).PrivilegedRoomCreators() {
 		return nil
 	}
 	creators := []string{creator}
@@ -300,13 +298,17 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 	}
 	roomID := r.PathValue("roomId")
 	remote := false
+	var knock *remoteKnock
 	err := s.Store.Write(func(tx *store.Tx) error {
-		remote = false
+		remote, knock = false, nil
 		_, st, err := s.roomState(tx, roomID)
 		if errors.Is(err, room.ErrRoomNotFound) {
 			if s.pendingRemoteInvite(tx, sess.UserID, roomID) != nil {
 				remote = true // rejecting an invite from another server
 				return nil
+			}
+			if knock = s.pendingRemoteKnock(tx, sess.UserID, roomID); knock != nil {
+				return nil // retracting a knock on another server's room
 			}
 			return errNotFound("Unknown room %s", roomID)
 		} else if err != nil {
@@ -329,6 +331,9 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 	})
 	if err == nil && remote {
 		err = s.rejectRemoteInvite(r.Context(), sess.UserID, roomID, req.Reason)
+	}
+	if err == nil && knock != nil {
+		err = s.retractRemoteKnock(r.Context(), sess.UserID, roomID, knock, req.Reason)
 	}
 	return empty{}, err
 }
@@ -410,6 +415,14 @@ func (s *Server) membershipAction(membership, action string) authedFunc {
 			case "unban":
 				if cur != "ban" {
 					return errForbidden("%s is not banned", req.UserID)
+				}
+			}
+			if action == "invite" && !remote && s.isLocalUser(req.UserID) {
+				switch s.inviteRuleFor(tx, req.UserID, sess.UserID) {
+				case inviteBlock:
+					return errForbidden("%s does not accept invites from you", req.UserID)
+				case inviteIgnore:
+					return nil // MSC4155: dropped without telling the inviter
 				}
 			}
 			if remote {

@@ -226,7 +226,10 @@ func (s *Server) search(r *http.Request, sess *Session) (any, error) {
 			}
 		}
 		re := map[string]any{"count": len(hits), "results": results, "highlights": highlights(terms, page, mask)}
-		if more {
+		if more || (limit > 0 && len(page) == limit) {
+			// A full page gets a token even when nothing follows, as in
+			// Synapse: clients stop at the first empty page (Complement's
+			// TestSearch counts on it).
 			re["next_batch"] = "o" + strconv.Itoa(offset+limit)
 		}
 		if groupByRoom {

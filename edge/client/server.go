@@ -49,6 +49,9 @@ type Server struct {
 	DeviceRemovalHooks []func(tx *store.Tx, userID, deviceID string)
 	// UnreadCounts fills a joined room's unread_notifications.
 	UnreadCounts func(tx *store.Tx, userID, roomID string) map[string]int
+	// UnreadThreadCounts is UnreadCounts split into the main timeline's
+	// and each thread's (unread_thread_notifications).
+	UnreadThreadCounts func(tx *store.Tx, userID, roomID string) (map[string]int, map[string]map[string]int)
 	// RemoteJoin joins a room this server does not know through other
 	// servers (see remotejoin.go); nil: unknown rooms are 404.
 	RemoteJoin func(ctx context.Context, userID, roomID string, servers []string) error
@@ -68,6 +71,10 @@ type Server struct {
 	RemoteTimestamp RemoteTimestampFunc
 	// AppServices are the node's application services (nil: none).
 	AppServices *appservice.Set
+	// RemoteHierarchy asks other servers (via first) for the federation
+	// hierarchy of a room this server is not in (see hierarchy.go); nil:
+	// such rooms are left out.
+	RemoteHierarchy func(ctx context.Context, roomID string, via []string, suggestedOnly bool) (*room.HierarchyAnswer, error)
 	// Remote carries typing, receipts, profiles and aliases to other
 	// servers (see remote_queries.go); nil: local only.
 	Remote *RemoteQueries
@@ -78,6 +85,10 @@ type Server struct {
 	// remoteHooks invite and reject invites across servers (nil: local only).
 	remoteHooks *RemoteMembership
 
+	// delayedWake wakes RunDelayedEvents when a delayed event is added or
+	// restarted (delayed.go).
+	delayedWake chan struct{}
+
 	unreadMu sync.Mutex
 	unread   map[[2]string]unreadMemo
 }
@@ -87,14 +98,14 @@ func New(d Deps) *Server {
 	if d.Log == nil {
 		d.Log = slog.Default()
 	}
-	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), nonces: &nonces{m: map[string]time.Time{}}, startedAt: time.Now()}
+	s := &Server{Deps: d, mux: http.NewServeMux(), limits: newLimiters(d.Config.RateLimits), uia: newUIASessions(), nonces: &nonces{m: map[string]time.Time{}}, startedAt: time.Now(), delayedWake: make(chan struct{}, 1)}
 	for _, register := range []func(){
 		s.routesMeta, s.routesAccount, s.routesDevices, s.routesProfile, s.routesRooms,
 		s.routesEvents, s.routesSync, s.routesUserData, s.routesDirectory, s.routesEphemeral,
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
-		s.routesKnock, s.routesRefresh, s.routesTimestamp,
-		s.routesServerNotices,
+		s.routesKnock, s.routesDelayed, s.routesHierarchy, s.routesThreadSubscriptions,
+		s.routesRefresh, s.routesTimestamp, s.routesServerNotices,
 	} {
 		register()
 	}

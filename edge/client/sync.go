@@ -63,16 +63,21 @@ type eventsJSON struct {
 
 type joinedRoomJSON struct {
 	Timeline            timelineJSON   `json:"timeline"`
-	State               eventsJSON     `json:"state"`
+	State               eventsJSON     `json:"state,omitzero"`
+	StateAfter          *eventsJSON    `json:"state_after,omitempty"` // use_state_after (MSC4222) only
 	Ephemeral           eventsJSON     `json:"ephemeral"`
 	AccountData         eventsJSON     `json:"account_data"`
 	UnreadNotifications map[string]int `json:"unread_notifications"`
-	Summary             map[string]any `json:"summary"`
+	// UnreadThreadNotifications is only filled when the filter asks, and
+	// left out when no thread has unread notifications.
+	UnreadThreadNotifications map[string]map[string]int `json:"unread_thread_notifications,omitempty"`
+	Summary                   map[string]any            `json:"summary"`
 }
 
 type leftRoomJSON struct {
 	Timeline    timelineJSON `json:"timeline"`
-	State       eventsJSON   `json:"state"`
+	State       eventsJSON   `json:"state,omitzero"`
+	StateAfter  *eventsJSON  `json:"state_after,omitempty"` // use_state_after (MSC4222) only
 	AccountData eventsJSON   `json:"account_data"`
 }
 
@@ -105,6 +110,8 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
 	}
 	fullState := q.Get("full_state") == "true"
+	// MSC4222, stable in v1.16; Complement still sends the unstable name too.
+	stateAfter := q.Get("use_state_after") == "true" || q.Get("org.matrix.msc4222.use_state_after") == "true"
 	var f *filter.Filter
 	if err := s.Store.View(func(tx *store.Tx) error {
 		var err error
@@ -130,7 +137,7 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 	for {
 		// Listen before looking, so a commit between the look and the wait still wakes us.
 		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
-		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, f)
+		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, stateAfter, f)
 		if err != nil || news || !hasSince || timeout == 0 {
 			w.Close()
 			return resp, err
@@ -169,7 +176,7 @@ func (s *Server) syncKeys(userID string) []string {
 	return keys
 }
 
-func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bool, f *filter.Filter) (map[string]any, bool, error) {
+func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, stateAfter bool, f *filter.Filter) (map[string]any, bool, error) {
 	var resp map[string]any
 	news := false
 	err := s.Store.View(func(tx *store.Tx) error {
@@ -188,7 +195,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 			changed := !hasSince || m.Pos > since.pos
 			switch m.Membership {
 			case "join":
-				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, next, f, roomAD)
+				jr, has, err := s.syncJoined(tx, sess, m, since, hasSince, fullState || changed, stateAfter, next, f, roomAD)
 				if err != nil {
 					return err
 				}
@@ -213,7 +220,7 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 				if m.Forgotten || (!hasSince && !f.IncludeLeave()) || (!changed && !(fullState && f.IncludeLeave())) {
 					continue
 				}
-				lr, err := s.syncLeft(tx, sess, m, since, hasSince, f)
+				lr, err := s.syncLeft(tx, sess, m, since, hasSince, stateAfter, f)
 				if err != nil {
 					return err
 				}
@@ -246,6 +253,14 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 		for _, ext := range s.SyncExtensions {
 			if ext(tx, sess, sinceOrZero(since, hasSince), next.pos, !hasSince, resp) {
 				news = true
+			}
+		}
+		// Empty sections are left out, as Synapse does: clients (and
+		// Complement's MSC4155 tests) read a missing rooms.invite as "no
+		// invites".
+		for section, v := range resp["rooms"].(map[string]any) {
+			if m, ok := v.(map[string]any); ok && len(m) == 0 {
+				delete(resp["rooms"].(map[string]any), section)
 			}
 		}
 		return nil
@@ -298,7 +313,9 @@ func orEmpty(v []any) []any {
 
 // syncJoined builds one joined room's section. full means the client has
 // no state for this room yet (initial sync, new join, or full_state).
-func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
+// stateAfter answers with state_after (up to the timeline's end) in
+// place of state (up to its start), as use_state_after asks.
+func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, full, stateAfter bool, next syncToken, f *filter.Filter, roomAD *roomAccountData) (*joinedRoomJSON, bool, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, false, err
@@ -324,7 +341,11 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	// State: everything at the timeline's start for a full sync; for a
 	// limited incremental one, what changed between since and that start.
 	var stateEvs []*room.Event
-	if full || limited {
+	if stateAfter {
+		if stateEvs, err = s.stateAfterTimeline(tx, r, since, full, next.pos); err != nil {
+			return nil, false, err
+		}
+	} else if full || limited {
 		startState, err := s.stateBeforeTimeline(tx, r, tl, next.pos)
 		if err != nil {
 			return nil, false, err
@@ -347,6 +368,7 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		senders[ev.Sender] = true
 	}
 	var state []any
+	included := map[string]bool{}
 	for _, ev := range stateEvs {
 		if !sf.Match(eventView(ev)) {
 			continue
@@ -354,15 +376,24 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		if lazy && ev.Type == "m.room.member" && !senders[*ev.StateKey] {
 			continue
 		}
+		if ev.Type == "m.room.member" {
+			included[*ev.StateKey] = true
+		}
 		state = append(state, s.render(tx, ev, sess))
 	}
 	if lazy && !full && len(tl) > 0 {
 		// Members of new senders, so the client can render their names.
 		for _, ev := range s.lazyMembers(tx, r.RoomID, tl, false, nil) {
-			state = append(state, s.render(tx, ev, sess))
+			if !included[*ev.StateKey] {
+				state = append(state, s.render(tx, ev, sess))
+			}
 		}
 	}
-	jr.State.Events = orEmpty(state)
+	if stateAfter {
+		jr.StateAfter = &eventsJSON{orEmpty(state)}
+	} else {
+		jr.State.Events = orEmpty(state)
+	}
 	jr.Ephemeral.Events = orEmpty(s.ephemeral(tx, sess, r.RoomID, since, hasSince && !full, f))
 	var rad []any
 	ads, err := roomAD.room(r.RoomID, sinceOrZero(since, hasSince && !full))
@@ -376,11 +407,14 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		}
 	}
 	jr.AccountData.Events = orEmpty(rad)
-	if s.UnreadCounts != nil {
+	if f.UnreadThreadNotifications() && s.UnreadThreadCounts != nil {
+		jr.UnreadNotifications, jr.UnreadThreadNotifications = s.UnreadThreadCounts(tx, sess.UserID, r.RoomID)
+	} else if s.UnreadCounts != nil {
 		jr.UnreadNotifications = s.UnreadCounts(tx, sess.UserID, r.RoomID)
 	}
-	if full {
-		jr.Summary = s.roomSummary(tx, r)
+	if full || hasMemberEvent(tl) || hasMemberEvent(stateEvs) {
+		// Counts change with member events; send them again then.
+		jr.Summary = s.roomSummary(tx, r, sess.UserID)
 	}
 	has := len(tl) > 0 || len(state) > 0 || len(jr.Ephemeral.Events) > 0 || len(rad) > 0
 	return jr, has, nil
@@ -425,6 +459,22 @@ func (s *Server) stateBeforeTimeline(tx *store.Tx, r *store.Room, tl []*room.Eve
 	return s.stateAtPos(tx, r, upper)
 }
 
+// stateAfterTimeline is use_state_after's state_after: the state at the
+// timeline's end (upper), whole for a full sync, else what changed since.
+func (s *Server) stateAfterTimeline(tx *store.Tx, r *store.Room, since syncToken, full bool, upper uint64) ([]*room.Event, error) {
+	end, err := s.stateAtPos(tx, r, upper)
+	if err != nil {
+		return nil, err
+	}
+	var base *room.State
+	if !full {
+		if base, err = s.stateAtPos(tx, r, since.pos); err != nil {
+			return nil, err
+		}
+	}
+	return s.stateDiff(tx, base, end)
+}
+
 // stateAtPos is the room state after the last event at or before pos.
 func (s *Server) stateAtPos(tx *store.Tx, r *store.Room, pos uint64) (*room.State, error) {
 	var nid uint64
@@ -461,7 +511,7 @@ func (s *Server) stateDiff(tx *store.Tx, from, to *room.State) ([]*room.Event, e
 }
 
 // syncLeft builds a left room's section: its timeline up to the leave.
-func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince bool, f *filter.Filter) (*leftRoomJSON, error) {
+func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, since syncToken, hasSince, stateAfter bool, f *filter.Filter) (*leftRoomJSON, error) {
 	r, err := tx.Room(m.RoomID)
 	if err != nil {
 		return nil, err
@@ -474,6 +524,20 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 	lr := &leftRoomJSON{Timeline: timelineJSON{Events: s.renderAll(tx, tl, sess), Limited: limited}}
 	if len(tl) > 0 {
 		lr.Timeline.PrevBatch = pageToken(firstPos - 1)
+	}
+	lr.AccountData.Events = []any{}
+	if stateAfter {
+		// Up to the timeline's end: the leave.
+		evs, err := s.stateAfterTimeline(tx, r, since, !hasSince, m.Pos)
+		if err != nil {
+			return nil, err
+		}
+		var state []any
+		for _, ev := range evs {
+			state = append(state, s.render(tx, ev, sess))
+		}
+		lr.StateAfter = &eventsJSON{orEmpty(state)}
+		return lr, nil
 	}
 	startState, err := s.stateBeforeTimeline(tx, r, tl, m.Pos)
 	if err != nil {
@@ -489,12 +553,14 @@ func (s *Server) syncLeft(tx *store.Tx, sess *Session, m *store.Membership, sinc
 	if err != nil {
 		return nil, err
 	}
+	sf := f.RoomState()
 	var state []any
 	for _, ev := range evs {
-		state = append(state, s.render(tx, ev, sess))
+		if sf.Match(eventView(ev)) {
+			state = append(state, s.render(tx, ev, sess))
+		}
 	}
 	lr.State.Events = orEmpty(state)
-	lr.AccountData.Events = []any{}
 	return lr, nil
 }
 
@@ -532,17 +598,40 @@ func (s *Server) strippedState(tx *store.Tx, m *store.Membership) []any {
 }
 
 func stripped(ev *room.Event) map[string]any {
-	return map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+	m := map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content}
+	if ev.Type == "m.room.create" {
+		// MSC4311: the create event is given whole, so the room ID (a hash
+		// of it from v12) can be checked.
+		m["event_id"], m["origin_server_ts"], m["room_id"] = ev.ID, ev.OriginServerTS, ev.RoomID
+	}
+	return m
 }
 
-// roomSummary is the m.heroes / member counts block.
-func (s *Server) roomSummary(tx *store.Tx, r *store.Room) map[string]any {
+// hasMemberEvent tells whether evs hold a membership change.
+func hasMemberEvent(evs []*room.Event) bool {
+	for _, ev := range evs {
+		if ev.Type == "m.room.member" {
+			return true
+		}
+	}
+	return false
+}
+
+// roomSummary is the m.heroes / member counts block. Heroes are the first
+// five joined or invited members by stream order, never the requester
+// (spec); with none, those who left or were banned, as Synapse does, so a
+// room everyone left still gets a name.
+func (s *Server) roomSummary(tx *store.Tx, r *store.Room, self string) map[string]any {
 	st, err := s.Rooms.State(tx, r.State)
 	if err != nil {
 		return map[string]any{}
 	}
 	joined, invited := 0, 0
-	var heroes []string
+	type hero struct {
+		user string
+		pos  uint64
+	}
+	var present, gone []hero
 	st.Each(func(k, nid uint64) bool {
 		evType, sk, err := tx.StateKey(k)
 		if err != nil || evType != "m.room.member" {
@@ -557,15 +646,31 @@ func (s *Server) roomSummary(tx *store.Tx, r *store.Room) map[string]any {
 			joined++
 		case "invite":
 			invited++
+		case "leave", "ban":
+			if sk != self {
+				gone = append(gone, hero{sk, ev.Pos})
+			}
+			return true
 		default:
 			return true
 		}
-		heroes = append(heroes, sk)
+		if sk != self {
+			present = append(present, hero{sk, ev.Pos})
+		}
 		return true
 	})
-	sort.Strings(heroes)
-	if len(heroes) > 5 {
-		heroes = heroes[:5]
+	if len(present) == 0 {
+		present = gone
+	}
+	sort.Slice(present, func(i, j int) bool {
+		if present[i].pos != present[j].pos {
+			return present[i].pos < present[j].pos
+		}
+		return present[i].user < present[j].user
+	})
+	heroes := []string{}
+	for _, h := range present[:min(len(present), 5)] {
+		heroes = append(heroes, h.user)
 	}
 	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}
 }

@@ -19,12 +19,16 @@ func (s *Server) routesUserData() {
 	s.authed("PUT /user/{userId}/account_data/{type}", s.putAccountData)
 	s.authed("GET /user/{userId}/rooms/{roomId}/account_data/{type}", s.getAccountData)
 	s.authed("PUT /user/{userId}/rooms/{roomId}/account_data/{type}", s.putAccountData)
+	// MSC3391: deleting account data, under its unstable prefix.
+	s.authed("DELETE "+msc3391Prefix+"/user/{userId}/account_data/{type}", s.deleteAccountData)
+	s.authed("DELETE "+msc3391Prefix+"/user/{userId}/rooms/{roomId}/account_data/{type}", s.deleteAccountData)
 	s.authed("GET /user/{userId}/rooms/{roomId}/tags", s.getTags)
 	s.authed("PUT /user/{userId}/rooms/{roomId}/tags/{tag}", s.putTag)
 	s.authed("DELETE /user/{userId}/rooms/{roomId}/tags/{tag}", s.deleteTag)
 }
 
 const (
+	msc3391Prefix   = "/_matrix/client/unstable/org.matrix.msc3391"
 	tagType         = "m.tag"
 	ignoredListType = "m.ignored_user_list"
 	maxTagBytes     = 255 // "The name of a tag MUST NOT exceed 255 bytes."
@@ -69,10 +73,44 @@ func (s *Server) getAccountData(r *http.Request, sess *Session) (any, error) {
 		} else if err != nil {
 			return err
 		}
+		if isEmptyObject(ad.Content) {
+			// MSC3391: empty content is how a deletion is stored.
+			return errNotFound("Account data not found")
+		}
 		content = ad.Content
 		return nil
 	})
 	return content, err
+}
+
+// isEmptyObject tells whether raw is the JSON object {}.
+func isEmptyObject(raw json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(raw, &m) == nil && m != nil && len(m) == 0
+}
+
+// deleteAccountData: DELETE /_matrix/client/unstable/org.matrix.msc3391/user/{userId}/account_data/{type}
+// and DELETE …/user/{userId}/rooms/{roomId}/account_data/{type}
+//
+// MSC3391 makes a deletion the same as a PUT of {}: the entry is stored
+// empty at a new stream position, so incremental syncs tell clients to
+// drop it, while GET answers 404 and initial syncs leave it out.
+func (s *Server) deleteAccountData(r *http.Request, sess *Session) (any, error) {
+	roomID, err := userDataTarget(r, sess)
+	if err != nil {
+		return nil, err
+	}
+	evType := r.PathValue("type")
+	if serverManagedTypes[evType] {
+		return nil, newErr(http.StatusMethodNotAllowed, "M_BAD_JSON", "Cannot delete %s through this API", evType)
+	}
+	return empty{}, s.Store.Write(func(tx *store.Tx) error {
+		if ad, err := tx.AccountData(sess.UserID, roomID, evType); err != nil || isEmptyObject(ad.Content) {
+			return nil // nothing to delete: no new stream entry
+		}
+		s.putUserData(tx, sess.UserID, roomID, evType, json.RawMessage("{}"))
+		return nil
+	})
 }
 
 // putAccountData: PUT /user/{userId}/account_data/{type} and

@@ -98,7 +98,10 @@ func (s *Server) userDirectorySearch(r *http.Request, sess *Session) (any, error
 	}
 	var hits []*dirUser
 	for _, u := range users {
-		if matchesUser(u, terms) {
+		// Searchers do not find themselves through the rooms they are in
+		// (Synapse's shared-rooms table pairs distinct users only; Complement's
+		// TestRoomSpecificUsername* counts the results).
+		if u.UserID != sess.UserID && matchesUser(u, terms) {
 			hits = append(hits, u)
 		}
 	}
@@ -128,7 +131,8 @@ func (s *Server) userDirectorySearch(r *http.Request, sess *Session) (any, error
 }
 
 // addJoinedMembers adds the joined members of a room state to users, with
-// the profile their member event carries.
+// their global profile if local, else the profile their member event
+// carries.
 func (s *Server) addJoinedMembers(tx *store.Tx, st *room.State, shared bool, users map[string]*dirUser) {
 	st.Each(func(key, nid uint64) bool {
 		evType, stateKey, err := tx.StateKey(key)
@@ -150,6 +154,15 @@ func (s *Server) addJoinedMembers(tx *store.Tx, st *room.State, shared bool, use
 		u := users[stateKey]
 		if u == nil {
 			u = &dirUser{UserID: stateKey, DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
+			if s.isLocalUser(stateKey) {
+				// A member event may carry a per-room name meant for that
+				// room only; the directory shows a local user's global
+				// profile, as Synapse does (Complement's
+				// TestRoomSpecificUsername*).
+				if p, err := tx.User(localpart(stateKey)); err == nil {
+					u.DisplayName, u.AvatarURL = p.DisplayName, p.AvatarURL
+				}
+			}
 			users[stateKey] = u
 		}
 		u.shared = u.shared || shared

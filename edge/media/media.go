@@ -45,6 +45,10 @@ type Deps struct {
 	// FetchRemote sends a signed federation GET and returns the answer's
 	// body; nil leaves other servers' media 404.
 	FetchRemote func(ctx context.Context, server, path string) ([]byte, error)
+	// FetchRemoteLegacy is FetchRemote returning the answer's headers too,
+	// for the legacy /_matrix/media/v3/download of servers that predate
+	// the federation media endpoints; nil disables that fallback.
+	FetchRemoteLegacy func(ctx context.Context, server, path string) ([]byte, http.Header, error)
 	// LocationTLS verifies the servers a federation media answer's
 	// Location points to; nil means the system roots.
 	LocationTLS *tls.Config

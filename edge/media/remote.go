@@ -7,7 +7,9 @@ package media
 // media are fetched that way once and cached under (server, mediaId).
 // Thumbnails of another server's media are the origin's own, fetched once
 // per (server, mediaId, size, method) and cached; only when the origin
-// cannot thumbnail do we make one from the downloaded original.
+// cannot thumbnail do we make one from the downloaded original. A server
+// that does not know the federation endpoint is asked through the legacy
+// /_matrix/media/v3/download instead.
 
 import (
 	"bytes"
@@ -65,11 +67,16 @@ func (s *Service) remote(ctx context.Context, server, id string) (*record, error
 	}
 	ctx, cancel := context.WithTimeout(ctx, remoteFetchTimeout)
 	defer cancel()
+	var rec *record
 	body, err := s.FetchRemote(ctx, server, "/_matrix/federation/v1/media/download/"+url.PathEscape(id))
-	if err != nil {
+	switch {
+	case err != nil && unknownEndpoint(err) && s.FetchRemoteLegacy != nil:
+		rec, err = s.fetchLegacy(ctx, server, id)
+	case err != nil:
 		return nil, remoteError(err)
+	default:
+		rec, err = s.storeMultipart(ctx, body)
 	}
-	rec, err := s.storeMultipart(ctx, body)
 	if err != nil {
 		return nil, err
 	}
@@ -84,6 +91,49 @@ func (s *Service) remote(ctx context.Context, server, id string) (*record, error
 		return nil, err
 	}
 	return rec, nil
+}
+
+// unknownEndpoint tells whether a failed federation media request means
+// the remote server does not know the endpoint (it predates spec v1.11):
+// 404 or 405 that is not a Matrix error or is M_UNRECOGNIZED, or 400
+// M_UNRECOGNIZED or not a Matrix error at all. A 404 M_NOT_FOUND is an
+// answer about the media, not the endpoint.
+func unknownEndpoint(err error) bool {
+	var re *federation.RemoteError
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.Status {
+	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusBadRequest:
+		return re.Code == "" || re.Code == "M_UNRECOGNIZED"
+	}
+	return false
+}
+
+// fetchLegacy downloads server's media ID through the deprecated
+// GET /_matrix/media/v3/download/{serverName}/{mediaId} (allow_remote=false:
+// the origin must not go asking further) and stores its content.
+func (s *Service) fetchLegacy(ctx context.Context, server, id string) (*record, error) {
+	path := "/_matrix/media/v3/download/" + url.PathEscape(server) + "/" + url.PathEscape(id) + "?allow_remote=false"
+	body, hdr, err := s.FetchRemoteLegacy(ctx, server, path)
+	if err != nil {
+		return nil, remoteError(err)
+	}
+	ctype, name := hdr.Get("Content-Type"), ""
+	if ctype == "" {
+		ctype = "application/octet-stream"
+	}
+	if _, params, err := mime.ParseMediaType(hdr.Get("Content-Disposition")); err == nil {
+		name = params["filename"]
+	}
+	sha, size, err := s.files.store(bytes.NewReader(body), s.Config.Media.MaxUploadBytes)
+	if errors.Is(err, errTooLarge) {
+		return nil, errRemoteTooLarge()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &record{SHA256: sha, ContentType: ctype, FileName: name, Size: size, CreatedTS: time.Now().UnixMilli()}, nil
 }
 
 func (s *Service) cached(key string) (*record, error) { return s.cachedIn(nsRemote, key) }

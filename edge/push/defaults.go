@@ -22,6 +22,15 @@ const (
 	RuleMessage               = ".m.rule.message"
 	RuleEncrypted             = ".m.rule.encrypted"
 
+	// Poll rules of MSC3930 under its unstable prefix, as Synapse ships
+	// them: poll responses are silent, poll starts and ends notify like
+	// messages (with a sound in one-to-one rooms).
+	RulePollResponse      = ".org.matrix.msc3930.rule.poll_response"
+	RulePollStartOneToOne = ".org.matrix.msc3930.rule.poll_start_one_to_one"
+	RulePollEndOneToOne   = ".org.matrix.msc3930.rule.poll_end_one_to_one"
+	RulePollStart         = ".org.matrix.msc3930.rule.poll_start"
+	RulePollEnd           = ".org.matrix.msc3930.rule.poll_end"
+
 	// Legacy mention rules, removed from the spec in v1.17 (MSC4210); only
 	// present with DefaultOptions.LegacyMentions.
 	RuleContainsDisplayName = ".m.rule.contains_display_name"
@@ -115,6 +124,7 @@ func DefaultRulesetWith(userID, localpart string, opts DefaultOptions) *Ruleset 
 		rule(RuleSuppressEdits, []Condition{{
 			Kind: CondEventPropertyIs, Key: `content.m\.relates_to.rel_type`, Value: json.RawMessage(`"m.replace"`),
 		}}),
+		rule(RulePollResponse, []Condition{match("type", "org.matrix.msc3381.poll.response")}),
 	)
 
 	if opts.LegacyMentions && localpart != "" {
@@ -135,6 +145,15 @@ func DefaultRulesetWith(userID, localpart string, opts DefaultOptions) *Ruleset 
 		}, notify(), sound("default")),
 		rule(RuleMessage, []Condition{match("type", "m.room.message")}, notify()),
 		rule(RuleEncrypted, []Condition{match("type", "m.room.encrypted")}, notify()),
+		// The one-to-one poll rules come first: the first matching rule wins.
+		rule(RulePollStartOneToOne, []Condition{
+			{Kind: CondRoomMemberCount, Is: "2"}, match("type", "org.matrix.msc3381.poll.start"),
+		}, notify(), sound("default")),
+		rule(RulePollStart, []Condition{match("type", "org.matrix.msc3381.poll.start")}, notify()),
+		rule(RulePollEndOneToOne, []Condition{
+			{Kind: CondRoomMemberCount, Is: "2"}, match("type", "org.matrix.msc3381.poll.end"),
+		}, notify(), sound("default")),
+		rule(RulePollEnd, []Condition{match("type", "org.matrix.msc3381.poll.end")}, notify()),
 	}
 	return rs
 }

@@ -25,8 +25,10 @@ func ids(rules []PushRule) []string {
 func TestDefaultRulesetShape(t *testing.T) {
 	rs := DefaultRuleset(alice, "alice")
 	wantOverride := []string{RuleMaster, RuleSuppressNotices, RuleInviteForMe, RuleMemberEvent,
-		RuleIsUserMention, RuleIsRoomMention, RuleTombstone, RuleReaction, RuleRoomServerACL, RuleSuppressEdits}
-	wantUnderride := []string{RuleCall, RuleEncryptedRoomOneToOne, RuleRoomOneToOne, RuleMessage, RuleEncrypted}
+		RuleIsUserMention, RuleIsRoomMention, RuleTombstone, RuleReaction, RuleRoomServerACL, RuleSuppressEdits,
+		RulePollResponse}
+	wantUnderride := []string{RuleCall, RuleEncryptedRoomOneToOne, RuleRoomOneToOne, RuleMessage, RuleEncrypted,
+		RulePollStartOneToOne, RulePollStart, RulePollEndOneToOne, RulePollEnd}
 	if got := ids(rs.Override); !reflect.DeepEqual(got, wantOverride) {
 		t.Errorf("override = %v, want %v", got, wantOverride)
 	}
@@ -50,7 +52,7 @@ func TestDefaultRulesetShape(t *testing.T) {
 	legacy := DefaultRulesetWith(alice, "alice", DefaultOptions{LegacyMentions: true})
 	wantLegacy := []string{RuleMaster, RuleSuppressNotices, RuleInviteForMe, RuleMemberEvent,
 		RuleIsUserMention, RuleContainsDisplayName, RuleIsRoomMention, RuleRoomNotif,
-		RuleTombstone, RuleReaction, RuleRoomServerACL, RuleSuppressEdits}
+		RuleTombstone, RuleReaction, RuleRoomServerACL, RuleSuppressEdits, RulePollResponse}
 	if got := ids(legacy.Override); !reflect.DeepEqual(got, wantLegacy) {
 		t.Errorf("legacy override = %v", got)
 	}
@@ -235,8 +237,8 @@ func TestSetActionsOnDefault(t *testing.T) {
 	mustNil(t, r.SetActions(KindUnderride, RuleMessage, Actions{json.RawMessage(`"dont_notify"`)}))
 	acts, err := r.GetActions(KindUnderride, RuleMessage)
 	mustNil(t, err)
-	if string(mustJSON(acts)) != `[]` {
-		t.Errorf("dont_notify should be stripped, got %s", mustJSON(acts))
+	if string(mustJSON(acts)) != `["dont_notify"]` {
+		t.Errorf("dont_notify should be kept as set, got %s", mustJSON(acts))
 	}
 	ev := RawEvent(`{"type":"m.room.message","sender":"@bob:x","content":{"body":"x"}}`)
 	if acts, m := Evaluate(r.Ruleset(), ev, Context{MemberCount: 4}); !m || acts.Notify() {
@@ -533,5 +535,31 @@ func TestConditionJSONRoundTrip(t *testing.T) {
 	}
 	if _, err := LoadState([]byte(`{"user":3}`)); err == nil {
 		t.Errorf("corrupt blob accepted")
+	}
+}
+
+// The MSC3930 poll rules: responses never notify, starts and ends notify,
+// with a sound only in one-to-one rooms.
+func TestPollRules(t *testing.T) {
+	rs := DefaultRuleset(alice, "alice")
+	ev := func(typ string) RawEvent {
+		return RawEvent(`{"type":"` + typ + `","sender":"@bob:example.org","content":{}}`)
+	}
+	for _, tc := range []struct {
+		typ     string
+		members int
+		notify  bool
+		sound   string
+	}{
+		{"org.matrix.msc3381.poll.response", 2, false, ""},
+		{"org.matrix.msc3381.poll.start", 2, true, "default"},
+		{"org.matrix.msc3381.poll.start", 5, true, ""},
+		{"org.matrix.msc3381.poll.end", 2, true, "default"},
+		{"org.matrix.msc3381.poll.end", 5, true, ""},
+	} {
+		acts, matched := Evaluate(rs, ev(tc.typ), Context{MemberCount: tc.members})
+		if !matched || acts.Notify() != tc.notify || acts.Sound() != tc.sound {
+			t.Errorf("%s in a room of %d: matched=%v notify=%v sound=%q", tc.typ, tc.members, matched, acts.Notify(), acts.Sound())
+		}
 	}
 }

@@ -363,8 +363,10 @@ func historical(raw json.RawMessage) bool {
 	return r.Type == gjson.String && (r.Str == "dont_notify" || r.Str == "coalesce")
 }
 
-// validateActions checks actions from a client and strips the historical
-// ones, as the spec asks servers to do with arrays they encounter.
+// validateActions checks actions from a client. The historical ones
+// (dont_notify, coalesce) are kept as the client set them: clients read
+// their rules back (Element shows a muted room by its dont_notify rule, as
+// Complement's TestPushRuleCacheHealth checks), and Evaluate ignores them.
 func validateActions(a Actions) (Actions, error) {
 	out := Actions{}
 	for _, raw := range a {
@@ -374,7 +376,6 @@ func validateActions(a Actions) (Actions, error) {
 		r := gjson.ParseBytes(raw)
 		switch {
 		case historical(raw):
-			continue
 		case r.Type == gjson.String && r.Str == "notify":
 		case r.IsObject():
 			if t := r.Get("set_tweak"); t.Type != gjson.String {

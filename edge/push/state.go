@@ -318,3 +318,61 @@ func (r *Rules) modify(kind Kind, ruleID string, user func(*PushRule), def func(
 	r.State.Defaults[key] = ch
 	return nil
 }
+
+// CopyRoomRules gives newRoom a copy of the user's rules for oldRoom, as
+// Synapse does when a user joins the replacement of an upgraded room: the
+// room rule named after oldRoom, and override/underride rules that match
+// room_id == oldRoom, with the room ID replaced in rule ID and condition.
+// Each copy sits right after its original; a rule newRoom already has is
+// left alone (the user set it). It reports whether anything was added.
+func (r *Rules) CopyRoomRules(oldRoom, newRoom string) bool {
+	if oldRoom == "" || newRoom == "" || oldRoom == newRoom {
+		return false
+	}
+	changed := false
+	for _, k := range kinds {
+		list := r.State.User.list(k)
+		var out []PushRule
+		for _, rule := range *list {
+			out = append(out, rule)
+			cp, ok := copyForRoom(k, rule, oldRoom, newRoom)
+			if ok && indexOf(*list, cp.RuleID) < 0 {
+				out = append(out, cp)
+				changed = true
+			}
+		}
+		if changed {
+			*list = out
+		}
+	}
+	return changed
+}
+
+// copyForRoom returns rule moved to newRoom, if it concerns oldRoom.
+func copyForRoom(k Kind, rule PushRule, oldRoom, newRoom string) (PushRule, bool) {
+	switch k {
+	case KindRoom:
+		if rule.RuleID != oldRoom {
+			return PushRule{}, false
+		}
+		cp := rule.Clone()
+		cp.RuleID = newRoom
+		return cp, true
+	case KindOverride, KindUnderride:
+		cp := rule.Clone()
+		found := false
+		for i, c := range cp.Conditions {
+			if c.Kind == CondEventMatch && c.Key == "room_id" && c.Pattern != nil && *c.Pattern == oldRoom {
+				p := newRoom
+				cp.Conditions[i].Pattern = &p
+				found = true
+			}
+		}
+		cp.RuleID = strings.ReplaceAll(rule.RuleID, oldRoom, newRoom)
+		if !found || cp.RuleID == rule.RuleID {
+			return PushRule{}, false
+		}
+		return cp, true
+	}
+	return PushRule{}, false
+}

@@ -74,7 +74,7 @@ func joinAuthorisedSignature(rv id.RoomVersion) bool { return rv.RestrictedJoins
 
 // knownRoomVersion: a create event's content.room_version is one we
 // recognise (rule 1.3).
-func knownRoomVersion(v string) bool { return v != "" && id.RoomVersion(v).IsKnown() }
+func knownRoomVersion(v string) bool { return v != "" && Features(v).IsKnown() }
 
 // nums are the top-level rule indices of one room version: v1-v5 carry the
 // aliases rule 4, v12 inserts the room ID rule 2, v1/v2 have redaction rule 11.
@@ -225,7 +225,7 @@ func newAuth(ev *Event, getKey pdu.GetKeyFunc) (*auth, error) {
 	if ev == nil {
 		return nil, reject("event format", "no event")
 	}
-	rv := id.RoomVersion(ev.Version)
+	rv := Features(ev.Version)
 	if !rv.IsKnown() {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupported, ev.Version)
 	}
@@ -480,7 +480,17 @@ func (a *auth) checkState() error {
 		return reject(rule(n.required), "%s needs power level %v to send %s", ev.Sender, req, ev.Type)
 	}
 	if ev.StateKey != nil && strings.HasPrefix(*ev.StateKey, "@") && *ev.StateKey != ev.Sender {
-		return reject(rule(n.stateKey), "state_key %q belongs to another user", *ev.StateKey)
+		if !OwnedState(ev.Version) {
+			return reject(rule(n.stateKey), "state_key %q belongs to another user", *ev.StateKey)
+		}
+		// MSC3757: the key's owner, or a user above the owner's level.
+		owner, ok := StateKeyOwner(*ev.StateKey)
+		if !ok {
+			return reject(rule(n.stateKey), "state_key %q names no user", *ev.StateKey)
+		}
+		if owner != ev.Sender && !a.power(owner).less(sender) {
+			return reject(rule(n.stateKey), "state_key %q belongs to %s, whose power level is not below %s's", *ev.StateKey, owner, ev.Sender)
+		}
 	}
 	if ev.Type == "m.room.power_levels" {
 		return a.checkPowerLevels(sender)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	jsonv2 "encoding/json/v2"
 
@@ -38,12 +39,7 @@ type CreateOptions struct {
 var SupportedVersions = []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
 
 func supported(v string) bool {
-	for _, s := range SupportedVersions {
-		if s == v {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(SupportedVersions, v) || slices.Contains(UnstableVersions, v)
 }
 
 // CreateRoom creates a room and its initial state in the order the spec
@@ -52,7 +48,7 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 	if !supported(o.Version) {
 		return "", fmt.Errorf("%w: %q", ErrUnsupported, o.Version)
 	}
-	rv := id.RoomVersion(o.Version)
+	rv := Features(o.Version)
 	createContent := map[string]any{}
 	if len(o.CreationContent) > 0 {
 		if err := json.Unmarshal(o.CreationContent, &createContent); err != nil {
@@ -66,7 +62,21 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 		createContent["creator"] = o.Creator
 	}
 	if o.Preset == "trusted_private_chat" && rv.PrivilegedRoomCreators() && len(o.Invite) > 0 {
-		createContent["additional_creators"] = o.Invite
+		// Invitees join any additional_creators the client gave.
+		extra, _ := createContent["additional_creators"].([]any)
+		seen := map[string]bool{}
+		for _, u := range extra {
+			if s, ok := u.(string); ok {
+				seen[s] = true
+			}
+		}
+		for _, u := range o.Invite {
+			if !seen[u] {
+				seen[u] = true
+				extra = append(extra, u)
+			}
+		}
+		createContent["additional_creators"] = extra
 	}
 	// From v12 the room ID is the create event's hash: two identical create
 	// events in the same millisecond (one user creating rooms in parallel)
@@ -144,7 +154,9 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 		}
 	}
 	if o.Topic != "" {
-		if err := send("m.room.topic", "", map[string]any{"topic": o.Topic}); err != nil {
+		// With the rich m.topic form (v1.15) beside the plain one.
+		rich := map[string]any{"m.text": []map[string]string{{"body": o.Topic, "mimetype": "text/plain"}}}
+		if err := send("m.room.topic", "", map[string]any{"topic": o.Topic, "m.topic": rich}); err != nil {
 			return "", err
 		}
 	}
@@ -161,7 +173,7 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 }
 
 func (s *Service) buildCreate(version, creator string, content json.RawMessage, bumpMS int64) (*Event, error) {
-	rv := id.RoomVersion(version)
+	rv := Features(version)
 	sk := ""
 	ts := s.now().UnixMilli() + bumpMS
 	if rv.EventIDFormat() == id.EventIDFormatCustom {

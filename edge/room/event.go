@@ -105,7 +105,7 @@ func ParseEvent(version string, raw []byte, eventID string) (*Event, error) {
 		Content: w.Content, OriginServerTS: w.OriginServerTS, Depth: w.Depth,
 		Redacts: w.Redacts, Version: version, Raw: raw,
 	}
-	rv := id.RoomVersion(version)
+	rv := Features(version)
 	if rv.EventIDFormat() == id.EventIDFormatCustom {
 		var err error
 		if e.PrevEvents, err = parseV1Refs(w.PrevEvents); err != nil {
@@ -204,7 +204,7 @@ func (e *Event) PDU() (*pdu.PDU, error) {
 }
 
 func (e *Event) isV1() bool {
-	return id.RoomVersion(e.Version).EventIDFormat() == id.EventIDFormatCustom
+	return Features(e.Version).EventIDFormat() == id.EventIDFormatCustom
 }
 
 // wirePDU is the event in its room version's own wire type, for hashing
@@ -236,7 +236,7 @@ func (e *Event) VerifySignature(serverName string, getKey pdu.GetKeyFunc) error 
 	if err != nil {
 		return err
 	}
-	return p.VerifySignature(id.RoomVersion(e.Version), serverName, getKey)
+	return p.VerifySignature(Features(e.Version), serverName, getKey)
 }
 
 // ClientEvent is the client-server API's event format.

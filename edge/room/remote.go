@@ -94,7 +94,7 @@ func (s *Service) AuthStateFor(tx *store.Tx, ev *Event, st *State) (map[StateKey
 	if err := add("m.room.create", ""); err != nil {
 		return nil, err
 	}
-	for _, k := range p.AuthEventSelection(id.RoomVersion(ev.Version)) {
+	for _, k := range p.AuthEventSelection(Features(ev.Version)) {
 		if err := add(k.Type, k.StateKey); err != nil {
 			return nil, err
 		}
@@ -278,57 +278,66 @@ func (s *Service) mayRedact(tx *store.Tx, red, target *Event) (bool, error) {
 	return pl.UserLevel(red.Sender) >= pl.Redact(), nil
 }
 
-// CreateFromJoin creates a room this server learns of by joining it: the
-// auth chain and state (already verified by the caller) are stored as
-// outliers, and the returned state (stored as a snapshot) is the state
-// before the join, for PersistRemote.
-func (s *Service) CreateFromJoin(tx *store.Tx, version, roomID string, state, authChain []*Event) (*State, error) {
-	if !supported(version) {
-		return nil, fmt.Errorf("%w: %q", ErrUnsupported, version)
+// StoreJoinEvents stores events of a join's answer, as they arrive and
+// before the room exists, as outlier records of the room whose NID
+// tx.ReserveRoomNID gave; IndexJoinEvents indexes them once the answer
+// is checked, and DropJoinEvents deletes them if the join fails. It sets
+// each event's NID.
+func (s *Service) StoreJoinEvents(tx *store.Tx, roomNID uint64, evs []*Event) {
+	for _, ev := range evs {
+		se := &store.Event{EventID: ev.ID, RoomNID: roomNID, Flags: store.FlagOutlier, JSON: ev.Raw}
+		tx.AddEventRecord(se)
+		ev.NID = se.NID
 	}
-	r := &store.Room{RoomID: roomID, Version: version}
-	if err := tx.CreateRoom(r); err != nil {
-		return nil, err
+}
+
+// IndexJoinEvents indexes the IDs of events StoreJoinEvents stored (an
+// event this server already had keeps its NID) and returns the state
+// key NID of each state event of state. Everything goes in sorted:
+// bbolt splits its nodes only at commit, so a transaction inserting 100k
+// keys in hash order moves each node's contents on every insert.
+func (s *Service) IndexJoinEvents(tx *store.Tx, evs, state []*Event) (map[*Event]uint64, error) {
+	evs = slices.Clone(evs)
+	slices.SortFunc(evs, func(a, b *Event) int { return strings.Compare(a.ID, b.ID) })
+	for _, ev := range evs {
+		ev.NID = tx.IndexEvent(ev.ID, ev.NID)
 	}
-	stored := func(ev *Event) (uint64, error) {
-		if nid, err := tx.EventNID(ev.ID); err == nil {
-			return nid, nil
-		}
-		se := &store.Event{EventID: ev.ID, RoomNID: r.NID, Flags: store.FlagOutlier, JSON: ev.Raw}
-		if err := tx.PutEvent(se); err != nil {
-			return 0, err
-		}
-		return se.NID, nil
-	}
-	// Keys go in sorted: bbolt splits its nodes only at commit, so a
-	// transaction inserting 100k keys in hash order moves each node's
-	// contents on every insert (quadratic; 15 s of a 100k-member join).
-	all := make([]*Event, 0, len(authChain)+len(state))
-	all = append(append(all, authChain...), state...)
-	slices.SortFunc(all, func(a, b *Event) int { return strings.Compare(a.ID, b.ID) })
-	for _, ev := range all {
-		if _, err := stored(ev); err != nil {
-			return nil, err
-		}
-	}
-	byKey := slices.DeleteFunc(slices.Clone(state), func(ev *Event) bool { return !ev.IsState() })
-	slices.SortFunc(byKey, func(a, b *Event) int {
+	state = slices.Clone(state)
+	slices.SortFunc(state, func(a, b *Event) int {
 		return cmp.Or(strings.Compare(a.Type, b.Type), strings.Compare(*a.StateKey, *b.StateKey))
 	})
-	changes := make(map[uint64]uint64, len(byKey))
-	for _, ev := range byKey {
-		nid, err := stored(ev)
-		if err != nil {
-			return nil, err
-		}
+	keys := make(map[*Event]uint64, len(state))
+	for _, ev := range state {
 		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
 		if err != nil {
 			return nil, err
 		}
-		changes[key] = nid
-		r.Depth = max(r.Depth, ev.Depth)
+		keys[ev] = key
 	}
-	r.State = s.states.with(tx, &State{}, changes)
+	return keys, nil
+}
+
+// DropJoinEvents deletes the records StoreJoinEvents stored for a join
+// that failed.
+func (s *Service) DropJoinEvents(tx *store.Tx, evs []*Event) {
+	for _, ev := range evs {
+		tx.DeleteEventRecord(ev.NID)
+	}
+}
+
+// CreateJoinedRoom creates a room this server learns of by joining it,
+// from its state (state key NID → event NID, events stored by
+// StoreJoinEvents), and returns that state: the state before the join,
+// for PersistRemote.
+func (s *Service) CreateJoinedRoom(tx *store.Tx, version, roomID string, state map[uint64]uint64, depth int64) (*State, error) {
+	if !supported(version) {
+		return nil, fmt.Errorf("%w: %q", ErrUnsupported, version)
+	}
+	r := &store.Room{RoomID: roomID, Version: version, Depth: depth}
+	if err := tx.CreateRoom(r); err != nil {
+		return nil, err
+	}
+	r.State = s.states.with(tx, &State{}, state)
 	tx.PutRoom(r)
 	return s.states.load(tx, r.State)
 }
@@ -369,7 +378,7 @@ func (s *Service) Template(tx *store.Tx, roomID string, p Proto) (version string
 // adds this server's signature, keeping the others; a v1/v2 event without
 // an event ID gets one of ours. It returns the signed PDU and its ID.
 func (s *Service) SignPDU(version string, raw []byte) ([]byte, string, error) {
-	rv := id.RoomVersion(version)
+	rv := Features(version)
 	var p pdu.AnyPDU
 	if rv.EventIDFormat() == id.EventIDFormatCustom {
 		var v1 pdu.RoomV1PDU

@@ -223,7 +223,7 @@ func (s *Service) build(tx *store.Tx, r *store.Room, st *State, p Proto) (*Event
 	if len(p.Content) == 0 || p.Content[0] != '{' {
 		return nil, fmt.Errorf("%w: content must be a JSON object", ErrBadEvent)
 	}
-	rv := id.RoomVersion(r.Version)
+	rv := Features(r.Version)
 	probe := &pdu.PDU{Type: p.Type, StateKey: p.StateKey, Sender: id.UserID(p.Sender), Content: jsonValue(p.Content)}
 	var authIDs []string
 	for _, k := range probe.AuthEventSelection(rv) {
@@ -456,7 +456,7 @@ func Redact(ev *Event) ([]byte, error) {
 	if err := json.Unmarshal(ev.Raw, &m); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
-	rv := id.RoomVersion(ev.Version)
+	rv := Features(ev.Version)
 	keep := redactionKeepsTopLevel
 	if rv.UpdatedRedactionRules() {
 		keep = redactionKeepsTopLevelV11

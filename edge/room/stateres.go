@@ -64,7 +64,7 @@ func ResolveState(version string, sets []StateMap, fetch func(eventID string) (*
 
 // Resolve is ResolveState with the resolver's cache and bounds.
 func (r *Resolver) Resolve(version string, sets []StateMap) (StateMap, error) {
-	rv := id.RoomVersion(version)
+	rv := Features(version)
 	switch {
 	case !rv.IsKnown():
 		return nil, fmt.Errorf("%w: %q", ErrUnsupported, version)

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"maunium.net/go/mautrix/id"
-
 	"edge/edge/store"
 )
 
@@ -41,7 +39,7 @@ func (s *Service) Upgrade(tx *store.Tx, oldRoomID, sender, newVersion string, ad
 	if err := s.authorize(tx, probe); err != nil {
 		return "", err
 	}
-	rv := id.RoomVersion(newVersion)
+	rv := Features(newVersion)
 	createContent := map[string]any{}
 	if oldCreate, _ := s.StateEvent(tx, st, "m.room.create", ""); oldCreate != nil {
 		var c map[string]any
@@ -54,8 +52,9 @@ func (s *Service) Upgrade(tx *store.Tx, oldRoomID, sender, newVersion string, ad
 	}
 	// The predecessor names the old room's last event, which v12 made
 	// optional but older versions' clients use to stitch timelines.
+	// (MSC4291: a v12 room's predecessor names only the room.)
 	predecessor := map[string]any{"room_id": oldRoomID}
-	if len(old.Extremities) > 0 {
+	if len(old.Extremities) > 0 && !rv.RoomIDIsCreateEventID() {
 		if last, err := s.Event(tx, old.Extremities[0]); err == nil {
 			predecessor["event_id"] = last.ID
 		}

@@ -161,10 +161,11 @@ func (e *Engine) check(version, roomID string, raw []byte) (*room.Event, error) 
 	if len(raw) > room.MaxEventBytes {
 		return nil, room.ErrTooLarge
 	}
-	ev, err := room.ParseEvent(version, stripUnsigned(raw), "")
+	c, err := room.CheckPDU(version, raw)
 	if err != nil {
 		return nil, err
 	}
+	ev := c.Event
 	if ev.RoomID != roomID {
 		return ev, fmt.Errorf("%w: room_id %q", room.ErrBadEvent, ev.RoomID)
 	}
@@ -172,17 +173,17 @@ func (e *Engine) check(version, roomID string, raw []byte) (*room.Event, error) 
 		return ev, fmt.Errorf("%w: type, sender or depth invalid", room.ErrBadEvent)
 	}
 	servers := []string{domainOf(ev.Sender)}
-	if id.RoomVersion(version).EventIDFormat() == id.EventIDFormatCustom {
+	if room.Features(version).EventIDFormat() == id.EventIDFormatCustom {
 		if d := domainOf(ev.ID); d != servers[0] {
 			servers = append(servers, d)
 		}
 	}
 	for _, srv := range servers {
-		if err := ev.VerifySignature(srv, e.fed.Keyring.GetKey); err != nil {
+		if err := c.VerifySignature(srv, e.fed.Keyring.GetKey); err != nil {
 			return ev, fmt.Errorf("%w: %s: %v", ErrBadSignature, srv, err)
 		}
 	}
-	if !ev.VerifyContentHash() {
+	if !c.ContentHashOK {
 		redacted, err := room.Redact(ev)
 		if err != nil {
 			return ev, err

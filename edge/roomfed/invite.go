@@ -137,6 +137,12 @@ func (e *Engine) strippedState(tx *store.Tx, roomID, sender string) ([]json.RawM
 		if err != nil || ev == nil {
 			return err
 		}
+		if t == "m.room.create" {
+			// MSC4311: the create event goes whole, as a PDU, so the
+			// invitee can check it against the room ID.
+			out = append(out, json.RawMessage(ev.Raw))
+			return nil
+		}
 		raw, err := json.Marshal(map[string]any{"type": ev.Type, "state_key": *ev.StateKey, "sender": ev.Sender, "content": ev.Content})
 		out = append(out, raw)
 		return err
@@ -214,9 +220,17 @@ func (e *Engine) serveInvite(r *federation.Request, accept InviteAcceptor) (any,
 			StateKey *string         `json:"state_key"`
 			Sender   string          `json:"sender"`
 			Content  json.RawMessage `json:"content"`
+			// A full create event (MSC4311) keeps these for the client.
+			OriginServerTS int64  `json:"origin_server_ts,omitzero"`
+			RoomID         string `json:"room_id,omitzero"`
 		}
 		if json.Unmarshal(raw, &s) != nil || s.Type == "" || s.StateKey == nil || len(s.Content) == 0 || s.Content[0] != '{' {
 			continue // not a stripped state event: leave it out
+		}
+		if s.Type != "m.room.create" {
+			s.OriginServerTS, s.RoomID = 0, ""
+		} else if s.OriginServerTS != 0 {
+			s.RoomID = roomID // a v12 create PDU has none: its hash is the ID
 		}
 		clean, _ := json.Marshal(s)
 		stripped = append(stripped, clean)

@@ -1,16 +1,15 @@
 package roomfed
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
-	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"edge/edge/room"
@@ -41,15 +40,6 @@ func (e *Engine) Join(ctx context.Context, userID, roomID string, servers []stri
 		return fmt.Errorf("%w: no server to join %s through", room.ErrRoomNotFound, roomID)
 	}
 	return errors.Join(errs...)
-}
-
-type sendJoinResp struct {
-	State     []json.RawMessage `json:"state"`
-	AuthChain []json.RawMessage `json:"auth_chain"`
-	Event     json.RawMessage   `json:"event"`
-	// MembersOmitted and ServersInRoom answer omit_members (MSC3706).
-	MembersOmitted bool     `json:"members_omitted"`
-	ServersInRoom  []string `json:"servers_in_room"`
 }
 
 func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error {
@@ -107,36 +97,48 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 	if err != nil {
 		return err
 	}
-	var sj sendJoinResp
 	// Ask for a faster join: the members come later, in the background.
 	path = "/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(eventID)
 	if e.fasterJoins {
 		path += "?omit_members=true"
 	}
-	if err := e.fed.Client.Put(ctx, srv, path, json.RawMessage(signed), &sj); err != nil {
+	var roomNID uint64
+	if err := e.store.Write(func(tx *store.Tx) error { roomNID = tx.ReserveRoomNID(roomID); return nil }); err != nil {
+		return err
+	}
+	var ans *joinAnswer
+	start := time.Now()
+	err = e.fed.Client.DoStream(ctx, http.MethodPut, srv, path, json.RawMessage(signed), maxJoinAnswerBytes, func(r io.Reader) error {
+		var err error
+		ans, err = e.readJoin(ctx, version, roomID, roomNID, r)
+		return err
+	})
+	if err != nil {
 		return remoteErr(err)
 	}
 	join, err := room.ParseEvent(version, signed, eventID)
 	if err != nil {
 		return err
 	}
-	if len(sj.Event) > 0 {
+	if len(ans.Event) > 0 {
 		// The resident server's countersigned copy, when it is our event.
-		if ev, err := room.ParseEvent(version, stripUnsigned(sj.Event), ""); err == nil && ev.ID == eventID &&
-			ev.VerifyContentHash() && ev.VerifySignature(e.name, e.fed.Keyring.GetKey) == nil {
-			join = ev
+		if c, err := room.CheckPDU(version, ans.Event); err == nil && c.ID == eventID &&
+			c.ContentHashOK && c.VerifySignature(e.name, e.fed.Keyring.GetKey) == nil {
+			join = c.Event
 		}
 	}
-	state, chain, err := e.verifyJoinState(version, roomID, join, sj)
+	received := time.Now()
+	state, depth, rejected, err := e.verifyJoinAnswer(version, join, ans)
 	if err != nil {
+		e.dropJoin(ans)
 		return err
 	}
-	state = slices.DeleteFunc(state, func(ev *room.Event) bool { return ev.ID == eventID })
+	authorised := time.Now()
 	var partial *store.PartialState
-	if sj.MembersOmitted {
+	if ans.MembersOmitted {
 		// The answering server first: it holds our join for certain.
 		servers := []string{srv}
-		for _, s := range sj.ServersInRoom {
+		for _, s := range ans.ServersInRoom {
 			if s != e.name && !slices.Contains(servers, s) {
 				servers = append(servers, s)
 			}
@@ -144,7 +146,21 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		partial = &store.PartialState{RoomID: roomID, JoinEvent: eventID, Servers: servers, Since: nowMS()}
 	}
 	err = e.store.Write(func(tx *store.Tx) error {
-		before, err := e.rooms.CreateFromJoin(tx, version, roomID, state, chain)
+		keys, err := e.rooms.IndexJoinEvents(tx, ans.stored, state)
+		if err != nil {
+			return err
+		}
+		snapshot := make(map[uint64]uint64, len(state))
+		for _, ev := range state {
+			snapshot[keys[ev]] = ev.NID
+		}
+		for _, ev := range rejected {
+			if se, err := tx.Event(ev.NID); err == nil {
+				se.Flags |= store.FlagRejected
+				tx.UpdateEvent(se)
+			}
+		}
+		before, err := e.rooms.CreateJoinedRoom(tx, version, roomID, snapshot, depth)
 		if err != nil {
 			return err
 		}
@@ -162,70 +178,71 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		}
 		return e.rooms.PersistRemote(tx, join, before, 0)
 	})
-	if err == nil && partial != nil {
+	if err != nil {
+		e.dropJoin(ans)
+		return err
+	}
+	e.log.Info("joined a room", "room_id", roomID, "server", srv, "events", len(ans.events), "state", len(state),
+		"receive_check_store", received.Sub(start).Round(time.Millisecond), "authorise", authorised.Sub(received).Round(time.Millisecond),
+		"create", time.Since(authorised).Round(time.Millisecond))
+	if partial != nil {
 		PartialStats.Joins.Add(1)
 		e.log.Info("joined with partial state; fetching the members", "room_id", roomID, "server", srv,
-			"state", len(state), "servers_in_room", len(sj.ServersInRoom))
+			"state", len(state), "servers_in_room", len(ans.ServersInRoom))
 		e.startResync(roomID)
 	}
-	return err
+	return nil
 }
 
-// verifyJoinState checks the state and auth chain of a send_join answer:
-// every event's format, signature and content hash (redacted on
-// mismatch), and its auth against its auth_events within the answer.
-// Events failing a check are dropped, and with them the events they
-// authorise (as Synapse does: a resident server's bad side events must
-// not make the room unjoinable). What cannot be dropped: the room's
-// create event, of the expected version, and the join's own auth events.
-func (e *Engine) verifyJoinState(version, roomID string, join *room.Event, sj sendJoinResp) (state, chain []*room.Event, err error) {
-	all := map[string]*room.Event{}
-	parse := func(list []json.RawMessage) []*room.Event {
-		out := make([]*room.Event, 0, len(list))
-		for _, ev := range e.checkAll(version, roomID, list) {
-			if all[ev.ID] == nil {
-				all[ev.ID] = ev
-			}
-			out = append(out, all[ev.ID])
-		}
-		return out
-	}
-	chain = parse(sj.AuthChain)
-	state = parse(sj.State)
+// verifyJoinAnswer authorises the checked events of a send_join answer
+// against their auth_events within the answer. Events failing are
+// rejected, and with them the events they authorise (as Synapse does: a
+// resident server's bad side events must not make the room unjoinable).
+// What cannot be rejected: the room's create event, of the expected
+// version, and the join's own auth events. It returns the state (state
+// // events without the join) with its greatest depth, and the rejected
+// events.
+func (e *Engine) verifyJoinAnswer(version string, join *room.Event, ans *joinAnswer) (state []*room.Event, depth int64, rejectedEvs []*room.Event, err error) {
 	// Authorise oldest first so each event's auth events were judged.
-	ordered := make([]*room.Event, 0, len(all))
-	for _, ev := range all {
-		ordered = append(ordered, ev)
+	ordered := make([]*joinEvent, 0, len(ans.events))
+	for _, id := range ans.order {
+		ordered = append(ordered, ans.events[id])
 	}
-	slices.SortFunc(ordered, func(a, b *room.Event) int { return int(min(max(a.Depth-b.Depth, -1), 1)) })
+	slices.SortStableFunc(ordered, func(a, b *joinEvent) int { return cmp.Compare(a.Depth, b.Depth) })
 	rejected := map[string]bool{}
 	lookup := func(eid string) (*room.Event, error) {
-		if ev := all[eid]; ev != nil && !rejected[eid] {
-			return ev, nil
+		if je := ans.events[eid]; je != nil && !rejected[eid] {
+			return je.Event, nil
 		}
 		return nil, room.ErrEventNotFound
 	}
-	for _, ev := range ordered {
-		if err := room.Authorize(ev, lookup, e.fed.Keyring.GetKey); err != nil {
-			e.log.Info("send_join state event fails auth", "event_id", ev.ID, "err", err)
-			rejected[ev.ID] = true
+	for _, je := range ordered {
+		if err := room.Authorize(je.Event, lookup, e.fed.Keyring.GetKey); err != nil {
+			e.log.Info("send_join state event fails auth", "event_id", je.ID, "err", err)
+			rejected[je.ID] = true
+			rejectedEvs = append(rejectedEvs, je.Event)
 		}
 	}
-	state = slices.DeleteFunc(state, func(ev *room.Event) bool { return rejected[ev.ID] })
-	chain = slices.DeleteFunc(chain, func(ev *room.Event) bool { return rejected[ev.ID] })
 	for _, aid := range join.AuthEvents {
 		if _, err := lookup(aid); err != nil {
-			return nil, nil, fmt.Errorf("%w: send_join answer lacks a valid %s, an auth event of the join", room.ErrBadEvent, aid)
+			return nil, 0, nil, fmt.Errorf("%w: send_join answer lacks a valid %s, an auth event of the join", room.ErrBadEvent, aid)
 		}
 	}
 	var create *room.Event
-	for _, ev := range state {
-		if ev.Type == "m.room.create" && ev.StateKey != nil && *ev.StateKey == "" {
-			create = ev
+	state = make([]*room.Event, 0, len(ans.events))
+	for _, je := range ordered {
+		// The answer may list the join itself: it goes on top of the state.
+		if !je.state || !je.IsState() || rejected[je.ID] || je.ID == join.ID {
+			continue
 		}
+		if je.Type == "m.room.create" && *je.StateKey == "" {
+			create = je.Event
+		}
+		state = append(state, je.Event)
+		depth = max(depth, je.Depth)
 	}
 	if create == nil {
-		return nil, nil, fmt.Errorf("%w: send_join state has no valid create event", room.ErrBadEvent)
+		return nil, 0, nil, fmt.Errorf("%w: send_join state has no valid create event", room.ErrBadEvent)
 	}
 	var cc struct {
 		Version string `json:"room_version"`
@@ -235,41 +252,9 @@ func (e *Engine) verifyJoinState(version, roomID string, join *room.Event, sj se
 		cc.Version = "1"
 	}
 	if cc.Version != version {
-		return nil, nil, fmt.Errorf("%w: create event says room version %q, make_join said %q", room.ErrBadEvent, cc.Version, version)
+		return nil, 0, nil, fmt.Errorf("%w: create event says room version %q, make_join said %q", room.ErrBadEvent, cc.Version, version)
 	}
-	return state, chain, nil
-}
-
-// checkAll runs check on every event on every core (a join into a big
-// room is bound by the signatures to verify, one per event) and returns
-// those passing, in order; the others are logged and left out.
-func (e *Engine) checkAll(version, roomID string, list []json.RawMessage) []*room.Event {
-	out := make([]*room.Event, len(list))
-	errs := make([]error, len(list))
-	workers := min(runtime.GOMAXPROCS(0), max(1, len(list)/64))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < len(list); i = int(next.Add(1) - 1) {
-				out[i], errs[i] = e.check(version, roomID, list[i])
-			}
-		})
-	}
-	wg.Wait()
-	kept := out[:0]
-	for i, ev := range out {
-		if errs[i] != nil || ev == nil {
-			eventID := ""
-			if ev != nil {
-				eventID = ev.ID
-			}
-			e.log.Info("send_join answer holds an invalid event; dropped", "event_id", eventID, "err", errs[i])
-			continue
-		}
-		kept = append(kept, ev)
-	}
-	return kept
+	return state, depth, rejectedEvs, nil
 }
 
 // remoteErr maps a resident server's refusal to the room layer's errors,

@@ -13,8 +13,6 @@ import (
 	"slices"
 	"time"
 
-	"maunium.net/go/mautrix/id"
-
 	"edge/edge/room"
 	"edge/edge/store"
 	"edge/federation"
@@ -41,7 +39,7 @@ func (e *Engine) serveMakeKnock(r *federation.Request) (any, error) {
 	if !slices.Contains(vers, version) {
 		return nil, fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+version)
 	}
-	if !id.RoomVersion(version).Knocks() {
+	if !room.Features(version).Knocks() {
 		return nil, errForbidden("room version " + version + " does not support knocking")
 	}
 	return e.makeMembership(r, "knock", nil)
@@ -64,7 +62,7 @@ func (e *Engine) serveSendKnock(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, errNotFound("unknown room")
 	}
-	if !id.RoomVersion(version).Knocks() {
+	if !room.Features(version).Knocks() {
 		return nil, errForbidden("room version " + version + " does not support knocking")
 	}
 	ev, err := e.sentMembership(r, version, roomID, eventID, "knock")
@@ -151,7 +149,7 @@ func (e *Engine) knockVia(ctx context.Context, srv, userID, roomID, reason strin
 	if err := e.fed.Client.Get(ctx, srv, path, &mk); err != nil {
 		return "", nil, nil, remoteErr(err)
 	}
-	if !slices.Contains(room.SupportedVersions, mk.RoomVersion) || !id.RoomVersion(mk.RoomVersion).Knocks() {
+	if !slices.Contains(room.SupportedVersions, mk.RoomVersion) || !room.Features(mk.RoomVersion).Knocks() {
 		return "", nil, nil, fmt.Errorf("%w: %q", room.ErrUnsupported, mk.RoomVersion)
 	}
 	var tmpl map[string]json.RawMessage
@@ -202,6 +200,7 @@ func (e *Engine) strippedKnockState(version, roomID string, list []json.RawMessa
 			Sender     string          `json:"sender"`
 			Content    json.RawMessage `json:"content"`
 			Signatures json.RawMessage `json:"signatures,omitzero"`
+			TS         int64           `json:"origin_server_ts,omitzero"`
 		}
 		if json.Unmarshal(raw, &s) != nil || s.Type == "" || s.StateKey == nil || len(s.Content) == 0 || s.Content[0] != '{' {
 			continue
@@ -213,7 +212,12 @@ func (e *Engine) strippedKnockState(version, roomID string, list []json.RawMessa
 				continue
 			}
 		}
-		clean, _ := json.Marshal(map[string]any{"type": s.Type, "state_key": *s.StateKey, "sender": s.Sender, "content": s.Content})
+		m := map[string]any{"type": s.Type, "state_key": *s.StateKey, "sender": s.Sender, "content": s.Content}
+		if s.Type == "m.room.create" && s.TS != 0 {
+			// MSC4311: the client gets the create event whole.
+			m["origin_server_ts"], m["room_id"] = s.TS, roomID
+		}
+		clean, _ := json.Marshal(m)
 		out = append(out, clean)
 	}
 	return out

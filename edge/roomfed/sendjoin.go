@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 
@@ -115,34 +116,11 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var resp map[string]any
+	var resp any
 	err = e.store.Write(func(tx *store.Tx) error {
 		stored, servers, err := e.relaySent(tx, eventID, r.Origin, "join", !known)
 		if err != nil {
 			return err
-		}
-		st, err := e.rooms.State(tx, stored.StateBefore)
-		if err != nil {
-			return err
-		}
-		state, err := e.rooms.StateEvents(tx, st)
-		if err != nil {
-			return err
-		}
-		if omit {
-			state = omitMembers(state, stored.StateKey)
-		}
-		chain, err := e.rooms.AuthChain(tx, append(slices.Clone(state), stored))
-		if err != nil {
-			return err
-		}
-		if omit {
-			// The spec lets events already in state go from the chain.
-			inState := make(map[string]bool, len(state))
-			for _, s := range state {
-				inState[s.ID] = true
-			}
-			chain = slices.DeleteFunc(chain, func(c *room.Event) bool { return inState[c.ID] })
 		}
 		servers[e.name] = true
 		list := make([]string, 0, len(servers))
@@ -150,9 +128,36 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 			list = append(list, s)
 		}
 		slices.Sort(list)
+		st, err := e.rooms.State(tx, stored.StateBefore)
+		if err != nil {
+			return err
+		}
+		if !omit {
+			// The full state: streamed from the store after this
+			// transaction, not built here.
+			a := &sendJoinStream{e: e, version: version, event: stored.Raw, servers: list, authEvents: stored.AuthEvents}
+			st.Each(func(_, nid uint64) bool { a.state = append(a.state, nid); return true })
+			resp = a
+			return nil
+		}
+		state, err := e.rooms.StateEvents(tx, st)
+		if err != nil {
+			return err
+		}
+		state = omitMembers(state, stored.StateKey)
+		chain, err := e.rooms.AuthChain(tx, append(slices.Clone(state), stored))
+		if err != nil {
+			return err
+		}
+		// The spec lets events already in state go from the chain.
+		inState := make(map[string]bool, len(state))
+		for _, s := range state {
+			inState[s.ID] = true
+		}
+		chain = slices.DeleteFunc(chain, func(c *room.Event) bool { return inState[c.ID] })
 		resp = map[string]any{
 			"origin": e.name, "event": json.RawMessage(stored.Raw), "state": raws(state),
-			"auth_chain": raws(chain), "members_omitted": omit, "servers_in_room": list,
+			"auth_chain": raws(chain), "members_omitted": true, "servers_in_room": list,
 		}
 		return nil
 	})
@@ -163,6 +168,100 @@ func (e *Engine) serveSendJoin(r *federation.Request) (any, error) {
 		e.log.Debug("send_join answered with members omitted", "room_id", roomID, "origin", r.Origin)
 	}
 	return resp, nil
+}
+
+// sendJoinStream is a send_join answer with the full state, written from
+// the store as it goes: a big room's answer (100k events) is never held
+// whole, and the joining server checks its first events while the rest
+// are still being read. The auth chain is walked as the state is written,
+// reading only each event's auth_events.
+type sendJoinStream struct {
+	e          *Engine
+	version    string
+	event      []byte
+	servers    []string
+	authEvents []string // the join's
+	state      []uint64 // event NIDs
+}
+
+// WriteJSON implements federation.StreamedJSON.
+func (a *sendJoinStream) WriteJSON(w io.Writer) error {
+	head, err := json.Marshal(map[string]any{"origin": a.e.name, "event": json.RawMessage(a.event), "members_omitted": false, "servers_in_room": a.servers})
+	if err != nil {
+		return err
+	}
+	return a.e.store.View(func(tx *store.Tx) error {
+		bw := &listWriter{w: w}
+		bw.raw(head[:len(head)-1])
+		bw.raw([]byte(`,"state":[`))
+		queue := slices.Clone(a.authEvents)
+		for _, nid := range a.state {
+			se, err := tx.Event(nid)
+			if err != nil {
+				return err
+			}
+			bw.item(se.JSON)
+			ids, err := room.AuthEventIDs(a.version, se.JSON)
+			if err != nil {
+				return err
+			}
+			queue = append(queue, ids...)
+		}
+		bw.end()
+		bw.raw([]byte(`,"auth_chain":[`))
+		seen := map[string]bool{}
+		for len(queue) > 0 {
+			eid := queue[len(queue)-1]
+			queue = queue[:len(queue)-1]
+			if seen[eid] {
+				continue
+			}
+			seen[eid] = true
+			se, err := tx.EventByID(eid)
+			if errors.Is(err, store.ErrNotFound) {
+				continue // not ours to give: the chain is what we hold
+			} else if err != nil {
+				return err
+			}
+			bw.item(se.JSON)
+			ids, err := room.AuthEventIDs(a.version, se.JSON)
+			if err != nil {
+				return err
+			}
+			queue = append(queue, ids...)
+		}
+		bw.end()
+		bw.raw([]byte(`}`))
+		return bw.err
+	})
+}
+
+// listWriter writes a JSON array's items with their commas, keeping the
+// first write error.
+type listWriter struct {
+	w   io.Writer
+	n   int
+	err error
+}
+
+func (l *listWriter) raw(b []byte) {
+	if l.err == nil {
+		_, l.err = l.w.Write(b)
+	}
+}
+
+func (l *listWriter) item(b []byte) {
+	if l.n > 0 {
+		l.raw([]byte{','})
+	}
+	l.n++
+	l.raw(b)
+}
+
+// end closes the array and starts the count again for the next.
+func (l *listWriter) end() {
+	l.raw([]byte{']'})
+	l.n = 0
 }
 
 // omitMembers drops the member events from a state, keeping those of the

@@ -3,6 +3,7 @@ package roomfed
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 
@@ -24,6 +25,7 @@ func (e *Engine) routes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}", e.serveEventAuth)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/make_knock/{roomId}/{userId}", e.serveMakeKnock)
 	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}", e.serveSendKnock)
+	e.fed.HandleRoom("GET /_matrix/federation/v1/hierarchy/{roomId}", e.serveHierarchy)
 }
 
 // v1Answer serves a deprecated v1 send_join or send_leave with its v2
@@ -35,8 +37,25 @@ func v1Answer(h func(*federation.Request) (any, error)) func(*federation.Request
 		if err != nil {
 			return nil, err
 		}
+		if sj, ok := body.(federation.StreamedJSON); ok {
+			return v1Stream{sj}, nil
+		}
 		return []any{http.StatusOK, body}, nil
 	}
+}
+
+// v1Stream wraps a streamed v2 answer as [200, body].
+type v1Stream struct{ inner federation.StreamedJSON }
+
+func (v v1Stream) WriteJSON(w io.Writer) error {
+	if _, err := io.WriteString(w, "[200,"); err != nil {
+		return err
+	}
+	if err := v.inner.WriteJSON(w); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "]")
+	return err
 }
 
 // visibleTo loads the room and checks that server may ask about it at

@@ -82,6 +82,38 @@ func (t *Tx) PutEvent(e *Event) error {
 	return nil
 }
 
+// AddEventRecord stores an event's record under a new NID without
+// indexing its ID. A big join's answer is stored this way as it arrives:
+// NIDs are sequential, so chunks append to the records, where indexing
+// 100k hash-ordered IDs chunk by chunk would rewrite most of the index
+// on every commit. IndexEvent then indexes them in one sorted pass.
+func (t *Tx) AddEventRecord(e *Event) {
+	e.NID = t.nextNID()
+	must(t.tx.Bucket(bEvents).Put(u64(e.NID), encodeEvent(e)))
+}
+
+// IndexEvent indexes the ID of a record stored by AddEventRecord and
+// returns the event's NID: nid, or the NID of a record already indexed
+// under that ID, in which case the record at nid is deleted.
+func (t *Tx) IndexEvent(eventID string, nid uint64) uint64 {
+	ids := t.tx.Bucket(bEventIDs)
+	if v := ids.Get([]byte(eventID)); v != nil {
+		if old := getU64(v); old != nid {
+			t.DeleteEventRecord(nid)
+			return old
+		}
+		return nid
+	}
+	must(ids.Put([]byte(eventID), u64(nid)))
+	return nid
+}
+
+// DeleteEventRecord deletes a record that AddEventRecord stored and no
+// index names (a join that failed).
+func (t *Tx) DeleteEventRecord(nid uint64) {
+	must(t.tx.Bucket(bEvents).Delete(u64(nid)))
+}
+
 // UpdateEvent rewrites an existing event's record (redaction, flags).
 func (t *Tx) UpdateEvent(e *Event) {
 	must(t.tx.Bucket(bEvents).Put(u64(e.NID), encodeEvent(e)))
@@ -202,16 +234,42 @@ type Room struct {
 	LastPos     uint64   `json:"last_pos"`    // stream position of the newest timeline event
 }
 
-// CreateRoom stores a new room, assigning its NID.
+// CreateRoom stores a new room, assigning its NID (the one reserved for
+// it, if any).
 func (t *Tx) CreateRoom(r *Room) error {
 	b := t.tx.Bucket(bRooms)
 	if b.Get([]byte(r.RoomID)) != nil {
 		return ErrExists
 	}
-	r.NID = t.nextNID()
-	must(t.tx.Bucket(bRoomNIDs).Put(u64(r.NID), []byte(r.RoomID)))
+	if v, err := t.GetKV(nsReservedRoomNID, r.RoomID); err == nil {
+		r.NID = getU64(v)
+		t.DeleteKV(nsReservedRoomNID, r.RoomID)
+	} else {
+		r.NID = t.nextNID()
+		must(t.tx.Bucket(bRoomNIDs).Put(u64(r.NID), []byte(r.RoomID)))
+	}
 	putJSON(b, []byte(r.RoomID), r)
 	return nil
+}
+
+// nsReservedRoomNID maps a room not created yet to the NID reserved for it.
+const nsReservedRoomNID = "room_nid_reserved"
+
+// ReserveRoomNID returns the NID the room has or will have: a join's
+// answer is stored in chunks as it arrives, before the room is created,
+// and its events carry their room's NID. A join that fails leaves the
+// reservation (and the events) for the next attempt to reuse.
+func (t *Tx) ReserveRoomNID(roomID string) uint64 {
+	if r, err := t.Room(roomID); err == nil {
+		return r.NID
+	}
+	if v, err := t.GetKV(nsReservedRoomNID, roomID); err == nil {
+		return getU64(v)
+	}
+	nid := t.nextNID()
+	must(t.tx.Bucket(bRoomNIDs).Put(u64(nid), []byte(roomID)))
+	t.PutKV(nsReservedRoomNID, roomID, u64(nid))
+	return nid
 }
 
 // PutRoom updates a room.

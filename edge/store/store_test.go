@@ -307,3 +307,67 @@ func TestAccountDataAndReceiptStreams(t *testing.T) {
 		return nil
 	})
 }
+
+// TestJoinRecords: a join's events are stored as records under a room
+// NID reserved before the room exists, indexed at the end (an event
+// already known keeps its NID, the duplicate record goes), or deleted if
+// the join fails; the room, once created, takes the reserved NID.
+func TestJoinRecords(t *testing.T) {
+	s, _ := openTemp(t)
+	var roomNID, known, dup, fresh, dropped uint64
+	_ = s.Write(func(tx *Tx) error {
+		old := &Event{EventID: "$known", JSON: []byte(`{}`)}
+		if err := tx.PutEvent(old); err != nil {
+			return err
+		}
+		known = old.NID
+		roomNID = tx.ReserveRoomNID("!r:x")
+		if again := tx.ReserveRoomNID("!r:x"); again != roomNID {
+			t.Errorf("reserved twice: %d then %d", roomNID, again)
+		}
+		for _, e := range []*Event{{EventID: "$known"}, {EventID: "$fresh"}, {EventID: "$dropped"}} {
+			e.RoomNID, e.Flags, e.JSON = roomNID, FlagOutlier, []byte(`{"a":1}`)
+			tx.AddEventRecord(e)
+			switch e.EventID {
+			case "$known":
+				dup = e.NID
+			case "$fresh":
+				fresh = e.NID
+			default:
+				dropped = e.NID
+			}
+		}
+		return nil
+	})
+	_ = s.Write(func(tx *Tx) error {
+		if _, err := tx.EventNID("$fresh"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("an unindexed record is found by ID: %v", err)
+		}
+		if got := tx.IndexEvent("$known", dup); got != known {
+			t.Errorf("indexing a known event gave NID %d, want its own %d", got, known)
+		}
+		if got := tx.IndexEvent("$fresh", fresh); got != fresh {
+			t.Errorf("indexing a new event gave NID %d, want %d", got, fresh)
+		}
+		tx.DeleteEventRecord(dropped)
+		r := &Room{RoomID: "!r:x", Version: "10"}
+		if err := tx.CreateRoom(r); err != nil || r.NID != roomNID {
+			t.Errorf("room created with NID %d (%v), want the reserved %d", r.NID, err, roomNID)
+		}
+		return nil
+	})
+	_ = s.View(func(tx *Tx) error {
+		for nid, want := range map[uint64]bool{known: true, dup: false, fresh: true, dropped: false} {
+			if _, err := tx.Event(nid); (err == nil) != want {
+				t.Errorf("record %d present = %v, want %v", nid, err == nil, want)
+			}
+		}
+		if e, err := tx.EventByID("$fresh"); err != nil || e.RoomNID != roomNID || e.Flags != FlagOutlier {
+			t.Errorf("$fresh = %+v, %v", e, err)
+		}
+		if id, err := tx.RoomID(roomNID); err != nil || id != "!r:x" {
+			t.Errorf("room NID %d names %q, %v", roomNID, id, err)
+		}
+		return nil
+	})
+}

@@ -12,6 +12,10 @@ type AccountData struct {
 	Type    string          `json:"type"`
 	Content json.RawMessage `json:"content"`
 	Pos     uint64          `json:"pos"`
+	// Deleted marks an entry removed by DeleteAccountData: lookups report
+	// ErrNotFound; streams carry it with empty content, which is how
+	// MSC3391 says a deletion reaches clients.
+	Deleted bool `json:"deleted,omitempty"`
 }
 
 // PutAccountData stores an entry at a new stream position and returns it.
@@ -23,17 +27,34 @@ func (t *Tx) PutAccountData(userID, roomID, evType string, content json.RawMessa
 	return pos
 }
 
+// DeleteAccountData removes an entry, leaving a tombstone at a new stream
+// position; deleting a missing entry does nothing.
+func (t *Tx) DeleteAccountData(userID, roomID, evType string) {
+	if _, err := t.AccountData(userID, roomID, evType); err != nil {
+		return
+	}
+	pos := t.NextPos()
+	putJSON(t.tx.Bucket(bAccountData), join(userID, roomID, evType),
+		&AccountData{RoomID: roomID, Type: evType, Content: json.RawMessage("{}"), Pos: pos, Deleted: true})
+	must(t.tx.Bucket(bAccountStream).Put(append(prefix(userID), u64(pos)...), join(roomID, evType)))
+}
+
 // AccountData loads one entry.
 func (t *Tx) AccountData(userID, roomID, evType string) (*AccountData, error) {
 	var a AccountData
 	if err := getJSON(t.tx.Bucket(bAccountData).Get(join(userID, roomID, evType)), &a); err != nil {
 		return nil, err
 	}
+	if a.Deleted {
+		return nil, ErrNotFound
+	}
 	return &a, nil
 }
 
 // AccountDataSince lists entries changed after since (all when since is 0),
-// each once, at its newest value.
+// each once, at its newest value. An entry whose content is {} was deleted
+// (MSC3391): the full list (since 0) leaves it out; a list of changes
+// keeps it, so a client that had it learns it is gone.
 func (t *Tx) AccountDataSince(userID string, since uint64) ([]*AccountData, error) {
 	var out []*AccountData
 	if since == 0 {
@@ -43,6 +64,9 @@ func (t *Tx) AccountDataSince(userID string, since uint64) ([]*AccountData, erro
 			var a AccountData
 			if err := json.Unmarshal(v, &a); err != nil {
 				return nil, err
+			}
+			if isEmptyObject(a.Content) {
+				continue
 			}
 			out = append(out, &a)
 		}
@@ -243,4 +267,10 @@ func (t *Tx) ScanKV(namespace, keyPrefix string, fn func(key string, value []byt
 			return
 		}
 	}
+}
+
+// isEmptyObject tells whether raw is the JSON object {}.
+func isEmptyObject(raw json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(raw, &m) == nil && m != nil && len(m) == 0
 }

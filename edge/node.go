@@ -16,6 +16,7 @@ import (
 
 	"github.com/quic-go/quic-go/http3"
 
+	"edge/edge/appservice"
 	"edge/edge/client"
 	"edge/edge/config"
 	"edge/edge/notify"
@@ -50,6 +51,8 @@ type Node struct {
 
 	wellKnown http.Handler
 	push      *pushgw.Pusher
+	// appServices pushes events to application services (nil: none).
+	appServices *appservice.Pusher
 }
 
 // Open builds a node from its configuration.
@@ -77,7 +80,14 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 		})
 	n.Rooms.OnEvent = n.withPushGateway(n.onEvent)
 	n.Client = client.New(client.Deps{Config: cfg, Store: st, Rooms: n.Rooms, Notifier: n.Notifier, Typing: n.Typing, Log: log})
+	if err := n.attachAppServices(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if err := n.openFederation(); err != nil {
+		if n.appServices != nil {
+			n.appServices.Close()
+		}
 		st.Close()
 		return nil, err
 	}
@@ -453,6 +463,9 @@ var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 func (n *Node) Close() error {
 	if n.push != nil {
 		n.push.Close() // stop deliveries before the store they read goes away
+	}
+	if n.appServices != nil {
+		n.appServices.Close()
 	}
 	n.Fed.Close()
 	return n.Store.Close()

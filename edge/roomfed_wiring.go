@@ -13,6 +13,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteJoin = eng.Join
 	n.Client.RemoteKnock = eng.Knock
 	n.Client.RemoteBackfill = eng.Backfill
+	n.Client.RemoteTimestamp = eng.RemoteTimestamp
 	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.RemoteHierarchy = eng.Hierarchy
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"edge/edge/appservice"
 	"edge/edge/notify"
 	"edge/edge/store"
 )
@@ -46,6 +47,9 @@ func (s *Server) registerAvailable(r *http.Request) (any, error) {
 	if err := s.validateLocalpart(lp); err != nil {
 		return nil, err
 	}
+	if err := s.checkExclusiveUser(s.userID(lp), nil); err != nil {
+		return nil, err
+	}
 	var taken bool
 	_ = s.Store.View(func(tx *store.Tx) error {
 		_, err := tx.User(lp)
@@ -59,6 +63,7 @@ func (s *Server) registerAvailable(r *http.Request) (any, error) {
 }
 
 type registerRequest struct {
+	Type                     string   `json:"type"`
 	Username                 string   `json:"username"`
 	Password                 string   `json:"password"`
 	DeviceID                 string   `json:"device_id"`
@@ -98,8 +103,23 @@ func (s *Server) register(r *http.Request) (any, error) {
 	} else if kind != "" && kind != "user" {
 		return nil, errInvalidParam("Unknown kind %q", kind)
 	}
+	// An application service registers users of its namespaces with its
+	// as_token and no UIA (spec: m.login.application_service).
+	var as *appservice.Registration
+	if req.Type == "m.login.application_service" {
+		sess, err := s.authenticate(r)
+		if err != nil {
+			return nil, err
+		}
+		if as = sess.AppService; as == nil {
+			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Registering as m.login.application_service needs an as_token")
+		}
+		if kind == "guest" {
+			return nil, errInvalidParam("Application services cannot register guests")
+		}
+	}
 	flows := s.registrationFlows()
-	if len(flows) == 0 && kind != "guest" {
+	if len(flows) == 0 && kind != "guest" && as == nil {
 		return nil, errForbidden("Registration is disabled")
 	}
 	lp := strings.ToLower(req.Username)
@@ -115,7 +135,13 @@ func (s *Server) register(r *http.Request) (any, error) {
 	if err := s.validateLocalpart(lp); err != nil {
 		return nil, err
 	}
-	if kind != "guest" {
+	if as != nil && !as.OwnsUser(s.userID(lp)) {
+		return nil, newErr(http.StatusBadRequest, "M_EXCLUSIVE", "User ID is not in the application service's namespaces")
+	}
+	if err := s.checkExclusiveUser(s.userID(lp), as); err != nil {
+		return nil, err
+	}
+	if kind != "guest" && as == nil {
 		if err := s.checkPasswordStrength(req.Password); err != nil {
 			return nil, err
 		}
@@ -129,7 +155,7 @@ func (s *Server) register(r *http.Request) (any, error) {
 	if taken {
 		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
 	}
-	if kind != "guest" {
+	if kind != "guest" && as == nil {
 		params := map[string]any{}
 		err := s.uiaCheck(req.Auth, "", flows, params, func(a *uiaAuth) error {
 			if a.Type == "m.login.registration_token" {
@@ -164,6 +190,13 @@ func (s *Server) register(r *http.Request) (any, error) {
 		}
 		token, deviceID := s.newDevice(tx, userID, req.DeviceID, req.InitialDeviceDisplayName, r)
 		resp["access_token"], resp["device_id"] = token, deviceID
+		if req.RefreshToken {
+			refresh, ms, err := s.issueRefresh(tx, userID, deviceID, token)
+			if err != nil {
+				return err
+			}
+			resp["refresh_token"], resp["expires_in_ms"] = refresh, ms
+		}
 		return nil
 	})
 	if errors.Is(err, store.ErrExists) {
@@ -216,6 +249,11 @@ func (s *Server) newDevice(tx *store.Tx, userID, deviceID, displayName string, r
 	}
 	if err == nil {
 		tx.DeleteSession(d.TokenHash)
+		if d.RefreshHash != "" {
+			// A new login on the device ends its old refresh token too.
+			tx.DeleteSession(d.RefreshHash)
+			d.RefreshHash = ""
+		}
 		if displayName != "" {
 			d.DisplayName = displayName
 		}
@@ -250,7 +288,11 @@ func (s *Server) tokenValidity(r *http.Request) (any, error) {
 
 // loginFlows: GET /login
 func (s *Server) loginFlows(r *http.Request) (any, error) {
-	return map[string]any{"flows": []map[string]any{{"type": "m.login.password"}}}, nil
+	flows := []map[string]any{{"type": "m.login.password"}}
+	if s.AppServices != nil && len(s.AppServices.Regs) > 0 {
+		flows = append(flows, map[string]any{"type": "m.login.application_service"})
+	}
+	return map[string]any{"flows": flows}, nil
 }
 
 type loginRequest struct {
@@ -263,6 +305,7 @@ type loginRequest struct {
 	Password                 string `json:"password"`
 	DeviceID                 string `json:"device_id"`
 	InitialDeviceDisplayName string `json:"initial_device_display_name"`
+	RefreshToken             bool   `json:"refresh_token"`
 }
 
 // login: POST /login
@@ -274,7 +317,20 @@ func (s *Server) login(r *http.Request) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	if req.Type != "m.login.password" {
+	// An application service logs its users in with its as_token (a
+	// device for, e.g., end-to-end encryption).
+	var as *appservice.Registration
+	switch req.Type {
+	case "m.login.password":
+	case "m.login.application_service":
+		sess, err := s.authenticate(r)
+		if err != nil {
+			return nil, err
+		}
+		if as = sess.AppService; as == nil {
+			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "m.login.application_service needs an as_token")
+		}
+	default:
 		return nil, newErr(http.StatusBadRequest, "M_UNKNOWN", "Unsupported login type %q", req.Type)
 	}
 	who := req.User
@@ -294,12 +350,23 @@ func (s *Server) login(r *http.Request) (any, error) {
 	var resp map[string]any
 	err := s.Store.Write(func(tx *store.Tx) error {
 		u, err := tx.User(lp)
-		if err != nil || u.Deactivated || !checkPassword(u.PasswordHash, req.Password) {
+		if as != nil {
+			if err != nil || u.Deactivated || !as.OwnsUser(s.userID(lp)) {
+				return errForbidden("The application service cannot log in as this user")
+			}
+		} else if err != nil || u.Deactivated || !checkPassword(u.PasswordHash, req.Password) {
 			return errForbidden("Invalid username or password")
 		}
 		userID := s.userID(lp)
 		token, deviceID := s.newDevice(tx, userID, req.DeviceID, req.InitialDeviceDisplayName, r)
 		resp = map[string]any{"user_id": userID, "access_token": token, "device_id": deviceID, "home_server": s.Config.ServerName}
+		if req.RefreshToken {
+			refresh, ms, err := s.issueRefresh(tx, userID, deviceID, token)
+			if err != nil {
+				return err
+			}
+			resp["refresh_token"], resp["expires_in_ms"] = refresh, ms
+		}
 		if s.Config.PublicBaseURL != "" {
 			resp["well_known"] = map[string]any{"m.homeserver": map[string]string{"base_url": s.Config.PublicBaseURL}}
 		}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"edge/edge/appservice"
 	"edge/edge/store"
 )
 
@@ -21,6 +22,8 @@ type Session struct {
 	DeviceID string
 	Admin    bool
 	Token    string
+	// AppService is set when an application service's as_token made the request.
+	AppService *appservice.Registration
 }
 
 // authenticate resolves the request's access token.
@@ -34,13 +37,21 @@ func (s *Server) authenticate(r *http.Request) (*Session, error) {
 	if token == "" {
 		return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Missing access token")
 	}
+	if as := s.AppServices.ByToken(token); as != nil {
+		return s.appServiceSession(r, as, token)
+	}
 	var sess *Session
+	expired := false
 	err := s.Store.View(func(tx *store.Tx) error {
 		st, err := tx.Session(hashToken(token))
 		if err != nil {
 			return err
 		}
-		if st.Refresh || (st.ExpiresTS != 0 && time.Now().UnixMilli() >= st.ExpiresTS) {
+		if st.Refresh {
+			return store.ErrNotFound
+		}
+		if st.ExpiresTS != 0 && time.Now().UnixMilli() >= st.ExpiresTS {
+			expired = true
 			return store.ErrNotFound
 		}
 		u, err := tx.User(localpart(st.UserID))
@@ -55,7 +66,9 @@ func (s *Server) authenticate(r *http.Request) (*Session, error) {
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		e := newErr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown access token")
-		e.Extra = map[string]any{"soft_logout": false}
+		// An expired token (one that came with a refresh token) is a soft
+		// logout: the client refreshes it rather than logging in again.
+		e.Extra = map[string]any{"soft_logout": expired}
 		return nil, e
 	}
 	return sess, err

@@ -93,6 +93,9 @@ func (s *Server) putAlias(r *http.Request, sess *Session) (any, error) {
 	if server != s.Config.ServerName {
 		return nil, errInvalidParam("Room aliases can only be created on %s", s.Config.ServerName)
 	}
+	if err := s.checkExclusiveAlias(alias, sess.AppService); err != nil {
+		return nil, err
+	}
 	var req struct {
 		RoomID *string `json:"room_id"`
 	}
@@ -138,7 +141,14 @@ func (s *Server) getAlias(r *http.Request) (any, error) {
 	}
 	// Ours first, then every other server in the room (with, while the
 	// room has partial state, those its join named), as over federation.
-	return s.localAlias(alias)
+	resp, err := s.localAlias(alias)
+	// An alias in an application service's namespace may be made on
+	// demand: ask the AS, then look again (spec: querying room aliases).
+	var me *Error
+	if errors.As(err, &me) && me.Code == "M_NOT_FOUND" && s.AppServices.QueryAlias(r.Context(), alias) {
+		resp, err = s.localAlias(alias)
+	}
+	return resp, err
 }
 
 // deleteAlias: DELETE /directory/room/{roomAlias}

@@ -46,7 +46,7 @@ func (s *Server) sendMessage(r *http.Request, sess *Session) (any, error) {
 	if delayed {
 		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, Content: content}, delay, txnID)
 	}
-	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content}, txnID)
+	return s.sendEvent(sess, roomID, room.Proto{Type: evType, Sender: sess.UserID, Content: content, TS: appServiceTS(r, sess)}, txnID)
 }
 
 // sendEvent sends a message-like event idempotently per device and txnId.
@@ -61,7 +61,7 @@ func (s *Server) sendEvent(sess *Session, roomID string, p room.Proto, txnID str
 	if eventID != "" {
 		return map[string]string{"event_id": eventID}, nil
 	}
-	if err := check(s.limits.send, sess.UserID); err != nil {
+	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
 	err := s.Store.Write(func(tx *store.Tx) error {
@@ -148,9 +148,10 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 	} else if delayed {
 		return s.scheduleDelayed(sess, roomID, room.Proto{Type: evType, StateKey: &stateKey, Content: content}, delay, "")
 	}
-	if err := check(s.limits.send, sess.UserID); err != nil {
+	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
+	ts := appServiceTS(r, sess)
 	var eventID string
 	err = s.Store.Write(func(tx *store.Tx) error {
 		r, st, err := s.requireJoined(tx, roomID, sess.UserID)
@@ -180,7 +181,7 @@ func (s *Server) putState(r *http.Request, sess *Session) (any, error) {
 				return err
 			}
 		}
-		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: body})
+		ev, err := s.Rooms.Send(tx, roomID, room.Proto{Type: evType, StateKey: &stateKey, Sender: sess.UserID, Content: body, TS: ts})
 		if err != nil {
 			return err
 		}

@@ -311,7 +311,11 @@ func (s *Server) eventContext(r *http.Request, sess *Session) (any, error) {
 	var resp map[string]any
 	err = s.Store.View(func(tx *store.Tx) error {
 		ev, err := s.Rooms.EventByID(tx, r.PathValue("eventId"))
-		if err != nil || ev.RoomID != roomID || ev.Pos == 0 {
+		if err != nil || ev.RoomID != roomID {
+			return errNotFound("Event not found")
+		}
+		seq, backfilled := tx.BackfillSeq(ev.NID)
+		if ev.Pos == 0 && !backfilled {
 			return errNotFound("Event not found")
 		}
 		vis := s.newVisibility(tx, roomID, sess.UserID)
@@ -320,6 +324,10 @@ func (s *Server) eventContext(r *http.Request, sess *Session) (any, error) {
 		}
 		rm, err := tx.Room(roomID)
 		if err != nil {
+			return err
+		}
+		if ev.Pos == 0 {
+			resp, err = s.contextBackfilled(tx, rm, ev, seq, limit, f, vis, sess)
 			return err
 		}
 		// collect walks up to n visible events from from; the tokens go just

@@ -84,8 +84,11 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 			return nil, errInvalidParam("room_alias_name must be a localpart")
 		}
 		alias = "#" + req.RoomAliasName + ":" + s.Config.ServerName
+		if err := s.checkExclusiveAlias(alias, sess.AppService); err != nil {
+			return nil, err
+		}
 	}
-	if err := check(s.limits.send, sess.UserID); err != nil {
+	if err := s.checkSend(sess); err != nil {
 		return nil, err
 	}
 	// Users of other servers are invited through theirs (federation
@@ -466,7 +469,12 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 			return err
 		}
 		switch s.membershipIn(tx, st, sess.UserID) {
-		case "join", "invite", "knock":
+		case "invite":
+			// Server notices may not be refused, only left once read (Synapse).
+			if isNoticeRoom(tx, sess.UserID, roomID) {
+				return newErr(http.StatusForbidden, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM", "You cannot reject this invite")
+			}
+		case "join", "knock":
 		case "leave", "ban":
 			return nil // already out: leaving again is a no-op, as Synapse does
 		default:

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"edge/edge/appservice"
 	"edge/edge/config"
 	"edge/edge/notify"
 	"edge/edge/room"
@@ -65,6 +66,11 @@ type Server struct {
 	// a room from other servers, returning how many events it added (see
 	// messages.go); nil: /messages stops at the oldest event held.
 	RemoteBackfill func(ctx context.Context, roomID string, limit int) (int, error)
+	// RemoteTimestamp answers timestamp_to_event from other servers when
+	// this one lacks part of a room's history (nil: local only).
+	RemoteTimestamp RemoteTimestampFunc
+	// AppServices are the node's application services (nil: none).
+	AppServices *appservice.Set
 	// RemoteHierarchy asks other servers (via first) for the federation
 	// hierarchy of a room this server is not in (see hierarchy.go); nil:
 	// such rooms are left out.
@@ -99,6 +105,7 @@ func New(d Deps) *Server {
 		s.routesPush, s.routesAdminRegister, s.routesKeys,
 		s.routesRelations, s.routesSearch, s.routesUserDirectory, s.routesVoIP, s.routesOpenID,
 		s.routesKnock, s.routesDelayed, s.routesHierarchy, s.routesThreadSubscriptions,
+		s.routesRefresh, s.routesTimestamp, s.routesServerNotices,
 	} {
 		register()
 	}

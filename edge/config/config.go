@@ -67,6 +67,10 @@ type Config struct {
 	UserDirectory UserDirectory `yaml:"user_directory"`
 	TLS           TLS           `yaml:"tls"`
 	Log           Log           `yaml:"log"`
+	// AppServices are application service registration files (paths or
+	// globs, relative to this file's directory).
+	AppServices   []string      `yaml:"appservices"`
+	ServerNotices ServerNotices `yaml:"server_notices"`
 
 	// Dir is the directory of the loaded file; relative paths resolve against it.
 	Dir string `yaml:"-"`
@@ -86,6 +90,10 @@ type Registration struct {
 	GuestAccess bool `yaml:"guest_access"`
 	// MinPasswordLength rejects shorter passwords with M_WEAK_PASSWORD.
 	MinPasswordLength int `yaml:"min_password_length"`
+	// RefreshableTokenLifetime is how long an access token lives when its
+	// client asked for a refresh token (0: 5 minutes, as Synapse). Tokens
+	// of clients that did not ask never expire.
+	RefreshableTokenLifetime time.Duration `yaml:"refreshable_access_token_lifetime"`
 }
 
 // RateLimits are token buckets per client IP (login, register) or per user
@@ -121,6 +129,14 @@ type Limits struct {
 type Rooms struct {
 	// DefaultVersion is used by createRoom when the client names none.
 	DefaultVersion string `yaml:"default_version"`
+}
+
+// ServerNotices configures the admin API's server notices: messages from
+// a system user in a per-user room. Empty localpart: off.
+type ServerNotices struct {
+	SystemMXIDLocalpart   string `yaml:"system_mxid_localpart"`
+	SystemMXIDDisplayName string `yaml:"system_mxid_display_name"`
+	RoomName              string `yaml:"room_name"`
 }
 
 // Log selects the log level: debug, info, warn or error.
@@ -310,6 +326,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.VoIP.validate(); err != nil {
 		return err
+	}
+	if c.Registration.RefreshableTokenLifetime < 0 {
+		return &FieldError{"registration.refreshable_access_token_lifetime", "must not be negative"}
 	}
 	if c.Registration.MinPasswordLength < 0 {
 		return &FieldError{"registration.min_password_length", "must not be negative"}

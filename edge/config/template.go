@@ -124,6 +124,9 @@ registration:
   shared_secret: %[20]q
   guest_access: %[21]t
   min_password_length: %[7]d
+  # Lifetime of access tokens issued with a refresh token (0s: 5m).
+  # Tokens of clients that ask for no refresh token never expire.
+  refreshable_access_token_lifetime: %[37]s
 
 # Token buckets: per client IP for login and register, per user for sends.
 # A rate of 0 switches that limit off.
@@ -157,7 +160,8 @@ log:
 %[28]s
 %[29]s
 %[30]s
-%[35]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
+%[35]s
+%[38]s`, c.ServerName, c.SigningKeyPath, c.DatabasePath, c.Listen, c.PublicBaseURL,
 		c.Registration.Enabled, c.Registration.MinPasswordLength,
 		c.RateLimits.LoginPerSecond, c.RateLimits.LoginBurst,
 		c.RateLimits.RegisterPerSecond, c.RateLimits.RegisterBurst,
@@ -168,7 +172,8 @@ log:
 		federationSection(c.Federation), c.WellKnownServer,
 		c.FederationListen, c.TLSCertFile, c.TLSKeyFile, c.MetricsListen, mediaSection(c.Media),
 		voipSection(c.VoIP, c.UserDirectory), pushSection(c.Push),
-		c.Limits.StateCacheEntries, c.Limits.AuthChainCacheEntries, c.Limits.ResolutionCacheSize, c.AdminListen, tlsSection(c.TLS), c.SigningKeyGenerate)
+		c.Limits.StateCacheEntries, c.Limits.AuthChainCacheEntries, c.Limits.ResolutionCacheSize, c.AdminListen, tlsSection(c.TLS), c.SigningKeyGenerate,
+		c.Registration.RefreshableTokenLifetime.String(), appServiceSection(c))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
@@ -178,4 +183,23 @@ log:
 		return err
 	}
 	return f.Close()
+}
+
+// appServiceSection writes the application services and server notices.
+func appServiceSection(c *Config) string {
+	list := "" // (null, not [], so a written file reads back as it was)
+	if len(c.AppServices) > 0 {
+		list = yamlList(c.AppServices)
+	}
+	return fmt.Sprintf(`# Application service (bridge) registration files: paths or globs,
+# relative to this file's directory.
+appservices: %s
+
+# Server notices (POST /_synapse/admin/v1/send_server_notice): messages
+# from this system user in a room per user. Empty localpart: off.
+server_notices:
+  system_mxid_localpart: %q
+  system_mxid_display_name: %q
+  room_name: %q
+`, list, c.ServerNotices.SystemMXIDLocalpart, c.ServerNotices.SystemMXIDDisplayName, c.ServerNotices.RoomName)
 }

@@ -89,6 +89,8 @@ type Proto struct {
 	Sender   string
 	Content  json.RawMessage
 	Redacts  string
+	// TS overrides origin_server_ts (application services' ?ts=); 0: now.
+	TS int64
 }
 
 // Event loads a stored event by NID through the cache.
@@ -249,6 +251,9 @@ func (s *Service) build(tx *store.Tx, r *store.Room, st *State, p Proto) (*Event
 	// going deeper would make every later event of the room unsignable.
 	depth = min(depth+1, maxDepth)
 	ts := s.now().UnixMilli()
+	if p.TS > 0 {
+		ts = p.TS
+	}
 	var redacts *id.EventID
 	content := p.Content
 	if p.Redacts != "" {

@@ -21,6 +21,7 @@ func (e *Engine) routes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/state/{roomId}", e.serveState)
 	e.fed.HandleRoom("POST /_matrix/federation/v1/get_missing_events/{roomId}", e.serveMissing)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/backfill/{roomId}", e.serveBackfill)
+	e.fed.HandleRoom("GET /_matrix/federation/v1/timestamp_to_event/{roomId}", e.serveTimestamp)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}", e.serveEventAuth)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/make_knock/{roomId}/{userId}", e.serveMakeKnock)
 	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}", e.serveSendKnock)

@@ -1,0 +1,85 @@
+package client
+
+import (
+	"net/http"
+	"strconv"
+
+	"edge/edge/appservice"
+	"edge/edge/store"
+)
+
+// appServiceSession authenticates an application service by its
+// as_token: it acts as its sender, or as ?user_id= when that user is in
+// its namespaces and exists (spec: identity assertion).
+func (s *Server) appServiceSession(r *http.Request, as *appservice.Registration, token string) (*Session, error) {
+	q := r.URL.Query()
+	userID := q.Get("user_id")
+	if userID == "" {
+		userID = as.Sender
+	}
+	if !s.isLocalUser(userID) || !as.OwnsUser(userID) {
+		return nil, errForbidden("Application service cannot masquerade as this user")
+	}
+	sess := &Session{UserID: userID, Token: token, AppService: as}
+	err := s.Store.View(func(tx *store.Tx) error {
+		u, err := tx.User(localpart(userID))
+		if err != nil || u.Deactivated {
+			return errForbidden("Application service has not registered this user")
+		}
+		// Device masquerading (MSC3202): only one of the user's devices.
+		dev := q.Get("device_id")
+		if dev == "" {
+			dev = q.Get("org.matrix.msc3202.device_id")
+		}
+		if dev != "" {
+			if _, err := tx.Device(userID, dev); err != nil {
+				return errForbidden("Unknown device for this user")
+			}
+			sess.DeviceID = dev
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return sess, nil
+}
+
+// appServiceTS is the origin_server_ts an application service asked for
+// with ?ts= (timestamp massaging, for bridging history); 0 otherwise.
+func appServiceTS(r *http.Request, sess *Session) int64 {
+	if sess.AppService == nil {
+		return 0
+	}
+	ts, err := strconv.ParseInt(r.URL.Query().Get("ts"), 10, 64)
+	if err != nil || ts <= 0 {
+		return 0
+	}
+	return ts
+}
+
+// checkExclusiveUser refuses a user ID an application service claims
+// exclusively to anyone but that service (M_EXCLUSIVE).
+func (s *Server) checkExclusiveUser(userID string, as *appservice.Registration) error {
+	if owner := s.AppServices.ExclusiveUser(userID); owner != nil && owner != as {
+		return newErr(http.StatusBadRequest, "M_EXCLUSIVE", "User ID is reserved by an application service")
+	}
+	return nil
+}
+
+// checkExclusiveAlias is checkExclusiveUser for room aliases.
+func (s *Server) checkExclusiveAlias(alias string, as *appservice.Registration) error {
+	if owner := s.AppServices.ExclusiveAlias(alias); owner != nil && owner != as {
+		return newErr(http.StatusBadRequest, "M_EXCLUSIVE", "Room alias is reserved by an application service")
+	}
+	return nil
+}
+
+// checkSend applies the per-user send limit, which an application service
+// registered with rate_limited: false is exempt from.
+func (s *Server) checkSend(sess *Session) error {
+	if as := sess.AppService; as != nil && as.RateLimited != nil && !*as.RateLimited {
+		return nil
+	}
+	return check(s.limits.send, sess.UserID)
+}

@@ -210,7 +210,10 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState bo
 					news = true
 				}
 			case "leave", "ban":
-				if m.Forgotten || (!hasSince && !f.IncludeLeave()) || (!changed && !(fullState && f.IncludeLeave())) {
+				// An initial sync without include_leave still shows a room
+				// the user was banned or kicked from (as Synapse does;
+				// Complement's TestUnbanViaInvite), not one they left.
+				if m.Forgotten || (!hasSince && !f.IncludeLeave() && !s.removedByOther(tx, sess.UserID, m)) || (!changed && !(fullState && f.IncludeLeave())) {
 					continue
 				}
 				lr, err := s.syncLeft(tx, sess, m, since, hasSince, f)
@@ -458,6 +461,15 @@ func (s *Server) stateDiff(tx *store.Tx, from, to *room.State) ([]*room.Event, e
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
 	return out, err
+}
+
+// removedByOther: the user's leave or ban in m was sent by someone else.
+func (s *Server) removedByOther(tx *store.Tx, userID string, m *store.Membership) bool {
+	if m.Membership == "ban" {
+		return true
+	}
+	ev, err := s.Rooms.Event(tx, m.Event)
+	return err == nil && ev.Sender != userID
 }
 
 // syncLeft builds a left room's section: its timeline up to the leave.

@@ -1,0 +1,199 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"edge/edge/config"
+	"edge/edge/store"
+)
+
+// TestRoomFedCreateRoomInvitesRemote: a remote user named in createRoom's
+// invite list is invited through their server (which must sign the
+// invite), so the invite reaches their /sync with the room's name in its
+// invite_state and is_direct kept (Complement's TestFederationRoomsInvite).
+func TestRoomFedCreateRoomInvitesRemote(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{
+		Preset: "private_chat", Name: "invites room", Invite: []id.UserID{bob.UserID}, IsDirect: true,
+	})
+	resp := rfRoomsSync(t, bob, "", "the createRoom invite", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[roomID] != nil })
+	inv := resp.Rooms.Invite[roomID].State.Events
+	if name := rfStripped(inv, "m.room.name", ""); name == nil || name.Content.Raw["name"] != "invites room" {
+		t.Fatalf("invite_state lacks the room's name: %v", name)
+	}
+	self := rfStripped(inv, "m.room.member", bob.UserID.String())
+	if self == nil || self.Content.Raw["membership"] != "invite" || self.Content.Raw["is_direct"] != true {
+		t.Fatalf("bob's own member event in invite_state: %+v, want an invite with is_direct", self)
+	}
+	// The invite is a real one: bob can join with it.
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins with the createRoom invite: %v", err)
+	}
+	if m := rfMembership(t, alice, roomID, bob.UserID); m != "join" {
+		t.Fatalf("bob's membership on A after joining: %q", m)
+	}
+}
+
+// TestRoomFedBanInInitialSync: an initial /sync without include_leave
+// still lists a room the user was banned or kicked from over federation
+// under leave (Synapse does; Complement's TestUnbanViaInvite waits for the
+// ban so), but not a room the user left of their own accord.
+func TestRoomFedBanInInitialSync(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	left := mustCreateRoom(t, alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.c.JoinRoom(ctx, left.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.c.LeaveRoom(ctx, left); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.BanUser(ctx, roomID, &mautrix.ReqBanUser{UserID: bob.c.UserID, Reason: "out"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10e9, "B applies the ban", func() bool {
+		var m *store.Membership
+		_ = b.Store.View(func(tx *store.Tx) error { m, _ = tx.Membership(bob.c.UserID.String(), roomID.String()); return nil })
+		return m != nil && m.Membership == "ban"
+	})
+	r := rfRoomsSync(t, bob.c, "", "an initial sync", func(*mautrix.RespSync) bool { return true })
+	lr := r.Rooms.Leave[roomID]
+	if lr == nil {
+		t.Fatalf("the room bob was banned from is not under leave in his initial sync: %v", r.Rooms.Leave)
+	}
+	found := false
+	for _, ev := range lr.Timeline.Events {
+		found = found || (ev.Type == event.StateMember && ev.GetStateKey() == bob.c.UserID.String() && ev.Content.Raw["membership"] == "ban")
+	}
+	if !found {
+		t.Fatal("the ban is not in the left room's timeline")
+	}
+	if r.Rooms.Leave[left] != nil {
+		t.Fatal("a room bob left himself shows under leave without include_leave")
+	}
+	if r.Rooms.Join[roomID] != nil {
+		t.Fatal("the room bob was banned from is still under join")
+	}
+}
+
+// TestRoomFedFloatRefused: in room versions whose canonical JSON forbids
+// floats (v6+), an event holding one, hashed and signed as an older room
+// version would, is refused outright when get_missing_events brings it:
+// not stored (nor kept redacted, as a content-hash failure would be), so
+// the event built on it has a missing prev event and is refused too
+// (Complement's TestOutboundFederationIgnoresMissingEventWithBadJSONForRoomVersion6).
+// An integer up to 2^53-1 is fine.
+func TestRoomFedFloatRefused(t *testing.T) {
+	ca := newRFCA(t)
+	// B answers get_missing_events with the bad event once it is made.
+	var bad atomic.Value
+	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if pdu, ok := bad.Load().(json.RawMessage); ok && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/get_missing_events/") {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write([]byte(`{"events":[` + string(pdu) + `]}`))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	a := startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10"})
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "A has bob's join", func() bool { return rfMembership(t, alice, roomID, bob.UserID) == "join" })
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	bobID := bob.UserID.String()
+
+	for _, c := range []struct {
+		name string
+		val  json.Number
+	}{{"a float", "1.1"}, {"an integer past 2^53", "9007199254740993"}} {
+		// F carries the value; G, a valid message, follows F, which A lacks.
+		var m map[string]any
+		tmpl, _ := h.forge(hostileMessage(bobID, "x"), nil)
+		dec := json.NewDecoder(bytes.NewReader(tmpl))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		depth, _ := m["depth"].(json.Number).Int64()
+		m["content"] = map[string]any{"msgtype": "m.text", "body": "bad", "bad_val": c.val}
+		f, fID := rfSignLoose(t, m, b.Name, b.Keys[0])
+		bad.Store(f)
+		g, gID := h.forge(hostileMessage(bobID, "after "+c.name), func(m map[string]any) {
+			m["prev_events"], m["depth"] = []string{fID}, depth+1
+		})
+		if verdict := h.send(g, gID); verdict == "" {
+			t.Errorf("%s: the event after one A cannot have was accepted", c.name)
+		}
+		if _, ok := rfStoredFlags(a, fID); ok {
+			t.Errorf("%s: A stored the event holding %s", c.name, c.val)
+		}
+	}
+	pdu, evID := h.forge(hostileMessage(bobID, "x"), func(m map[string]any) {
+		m["content"] = map[string]any{"msgtype": "m.text", "body": "ok", "val": json.Number("9007199254740991")}
+	})
+	if verdict := h.send(pdu, evID); verdict != "" {
+		t.Fatalf("a PDU with 2^53-1 was refused: %q", verdict)
+	}
+}
+
+// rfSignLoose hashes and signs a v3+ PDU with key as server, with a JSON
+// encoding that lets floats through (keys sorted, numbers as written; the
+// test's strings need no escaping), and returns it with its event ID.
+func rfSignLoose(t *testing.T, m map[string]any, server string, key config.SigningKey) (json.RawMessage, string) {
+	t.Helper()
+	enc := func(v any) []byte { return rfLooseJSON(t, v) }
+	delete(m, "signatures")
+	delete(m, "unsigned")
+	delete(m, "hashes")
+	sum := sha256.Sum256(enc(m))
+	m["hashes"] = map[string]any{"sha256": base64.RawStdEncoding.EncodeToString(sum[:])}
+	// The redacted form (a message keeps no content) is what is signed
+	// and what the event ID hashes.
+	red := map[string]any{}
+	for _, k := range []string{"auth_events", "depth", "hashes", "origin", "origin_server_ts", "prev_events", "room_id", "sender", "type"} {
+		if v, ok := m[k]; ok {
+			red[k] = v
+		}
+	}
+	red["content"] = map[string]any{}
+	sig := ed25519.Sign(key.Priv, enc(red))
+	m["signatures"] = map[string]any{server: map[string]any{key.ID: base64.RawStdEncoding.EncodeToString(sig)}}
+	ref := sha256.Sum256(enc(red))
+	return enc(m), "$" + base64.RawURLEncoding.EncodeToString(ref[:])
+}
+
+// rfLooseJSON encodes v with sorted keys and numbers as written.
+func rfLooseJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	e := json.NewEncoder(&buf)
+	e.SetEscapeHTML(false)
+	if err := e.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.TrimRight(buf.Bytes(), "\n")
+}
+

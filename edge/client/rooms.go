@@ -88,6 +88,15 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	if err := check(s.limits.send, sess.UserID); err != nil {
 		return nil, err
 	}
+	// A remote invitee's server must sign its user's invite, so those
+	// invites go out through /invite once the room exists.
+	var remoteInvitees []string
+	deferInvite := func(u string) bool { return !s.isLocalUser(u) && s.remoteMembership().Invite != nil }
+	for _, u := range req.Invite {
+		if deferInvite(u) {
+			remoteInvitees = append(remoteInvitees, u)
+		}
+	}
 	var roomID string
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if alias != "" {
@@ -100,7 +109,7 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 			Creator: sess.UserID, Version: req.RoomVersion, Preset: req.Preset,
 			CreationContent: req.CreationContent, PowerLevelsOverride: req.PowerLevelContentOverride,
 			Alias: alias, Name: req.Name, Topic: req.Topic, Invite: req.Invite, IsDirect: req.IsDirect,
-			InitialState: req.InitialState,
+			InitialState: req.InitialState, DeferInvite: deferInvite,
 		})
 		if err != nil {
 			return err
@@ -118,6 +127,15 @@ func (s *Server) createRoom(r *http.Request, sess *Session) (any, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for _, u := range remoteInvitees {
+		content := map[string]any{"membership": "invite"}
+		if req.IsDirect {
+			content["is_direct"] = true
+		}
+		// The room exists whatever one server answers: a failed invite is
+		// logged (by sendRemoteInvite) and the others still go out.
+		_ = s.sendRemoteInvite(r.Context(), roomID, sess.UserID, u, content)
 	}
 	return map[string]string{"room_id": roomID}, nil
 }

@@ -30,8 +30,11 @@ type CreateOptions struct {
 	Alias               string // full alias, already reserved by the caller
 	Name, Topic         string
 	Invite              []string
-	IsDirect            bool
-	InitialState        []StateEvent
+	// DeferInvite names invitees CreateRoom sends no invite for: remote
+	// users, whom the caller invites through their own server afterwards.
+	DeferInvite  func(userID string) bool
+	IsDirect     bool
+	InitialState []StateEvent
 }
 
 // SupportedVersions lists the room versions this node creates and joins.
@@ -149,6 +152,9 @@ func (s *Service) CreateRoom(tx *store.Tx, o CreateOptions) (string, error) {
 		}
 	}
 	for _, invitee := range o.Invite {
+		if o.DeferInvite != nil && o.DeferInvite(invitee) {
+			continue
+		}
 		content := map[string]any{"membership": "invite"}
 		if o.IsDirect {
 			content["is_direct"] = true

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -270,4 +272,32 @@ func (e *Event) unsignedField(name string) json.RawMessage {
 		return nil
 	}
 	return w.Unsigned[name]
+}
+
+// CheckNumbers refuses, for room versions whose canonical JSON forbids
+// them (v6+), an event holding a float or an integer outside
+// [-(2^53)+1, 2^53-1] anywhere in its JSON: such an event has no canonical
+// form, so it is refused outright rather than redacted.
+func CheckNumbers(version string, raw []byte) error {
+	if !id.RoomVersion(version).ForbidFloatsAndBigInts() {
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("%w: %v", ErrBadEvent, err)
+		}
+		n, ok := tok.(json.Number)
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseInt(string(n), 10, 64)
+		if err != nil || v > 1<<53-1 || v < -(1<<53-1) {
+			return fmt.Errorf("%w: number %s is not a safe integer", ErrBadEvent, n)
+		}
+	}
 }

@@ -161,9 +161,13 @@ func (e *Engine) check(version, roomID string, raw []byte) (*room.Event, error) 
 	if len(raw) > room.MaxEventBytes {
 		return nil, room.ErrTooLarge
 	}
-	ev, err := room.ParseEvent(version, stripUnsigned(raw), "")
+	raw = stripUnsigned(raw)
+	ev, err := room.ParseEvent(version, raw, "")
 	if err != nil {
 		return nil, err
+	}
+	if err := room.CheckNumbers(version, raw); err != nil {
+		return ev, err
 	}
 	if ev.RoomID != roomID {
 		return ev, fmt.Errorf("%w: room_id %q", room.ErrBadEvent, ev.RoomID)

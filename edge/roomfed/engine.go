@@ -147,6 +147,14 @@ func fedErr(status int, code, msg string) *federation.Error {
 	return &federation.Error{Status: status, Code: code, Message: msg}
 }
 
+// errIncompatible answers a server that does not support the room's
+// version, naming it (room_version, as the spec's make_join answer has it).
+func errIncompatible(version, msg string) *federation.Error {
+	e := fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", msg)
+	e.RoomVersion = version
+	return e
+}
+
 // errNotFound is the federation answer for unknown rooms and events.
 func errNotFound(msg string) *federation.Error {
 	return fedErr(http.StatusNotFound, "M_NOT_FOUND", msg)

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"slices"
 
 	"edge/edge/room"
@@ -62,7 +61,7 @@ func (e *Engine) makeMembership(r *federation.Request, membership string, versio
 				return err
 			}
 			if !slices.Contains(versions, rm.Version) {
-				return fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+rm.Version)
+				return errIncompatible(rm.Version, "the room's version is "+rm.Version)
 			}
 		}
 		var err error

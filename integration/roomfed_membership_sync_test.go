@@ -196,4 +196,3 @@ func rfLooseJSON(t *testing.T, v any) []byte {
 	}
 	return bytes.TrimRight(buf.Bytes(), "\n")
 }
-

@@ -82,6 +82,21 @@ func (s *Server) messages(r *http.Request, sess *Session) (any, error) {
 	return resp, err
 }
 
+// gapBefore reports whether history is missing just before ev: one of its
+// prev events is unknown, or known only as an outlier (fetched with its
+// state to close a gap, or part of a join's state), so not in the
+// timeline. Rejected and soft-failed prev events are no gap: they were
+// received in order and only kept out of the timeline.
+func gapBefore(tx *store.Tx, ev *room.Event) bool {
+	for _, p := range ev.PrevEvents {
+		se, err := tx.EventByID(p)
+		if err != nil || (se.Pos == 0 && se.Flags&store.FlagOutlier != 0) {
+			return true
+		}
+	}
+	return false
+}
+
 // parseBackfillToken reads a b<N> token.
 func parseBackfillToken(t string) (uint64, bool) {
 	if len(t) < 2 || t[0] != 'b' {

@@ -411,6 +411,13 @@ func (s *Server) collectTimeline(tx *store.Tx, sess *Session, r *store.Room, low
 		if vis.canSee(ev) && tf.Match(eventView(ev)) {
 			evs = append(evs, ev)
 		}
+		// History missing before this event (a gap get_missing_events
+		// could not close): what came before it is not continuous with it,
+		// so the timeline stops here, limited (as Synapse does).
+		if gapBefore(tx, ev) {
+			limited = true
+			return false
+		}
 		return true
 	})
 	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {

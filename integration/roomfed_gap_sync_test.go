@@ -1,0 +1,89 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"edge/edge/room"
+	"edge/edge/store"
+)
+
+// rfMakeGap has B store n messages of bob's without sending them to A
+// and returns the last one, which A has yet to receive.
+func rfMakeGap(t *testing.T, b *rfNode, roomID id.RoomID, bob id.UserID, n int) (json.RawMessage, string) {
+	t.Helper()
+	hook := b.Rooms.InTx
+	b.Rooms.InTx = nil // B stores without queueing to A
+	defer func() { b.Rooms.InTx = hook }()
+	var last json.RawMessage
+	var lastID string
+	err := b.Store.Write(func(tx *store.Tx) error {
+		for i := range n {
+			content, _ := json.Marshal(map[string]string{"msgtype": "m.text", "body": fmt.Sprint("unseen ", i)})
+			ev, err := b.Rooms.Send(tx, roomID.String(), room.Proto{Type: "m.room.message", Sender: bob.String(), Content: content})
+			if err != nil {
+				return err
+			}
+			last, lastID = ev.Raw, ev.ID
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return last, lastID
+}
+
+// TestRoomFedGapLimitsSync: an event arriving after a gap that
+// get_missing_events cannot close (A takes the state at the missing prev
+// event instead) starts a limited timeline in /sync: the events before
+// the gap are not shown as if continuous with it (Complement's
+// TestSyncTimelineGap).
+func TestRoomFedGapLimitsSync(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	first, err := alice.c.SyncRequest(ctx, 0, "", rfSyncFilter, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.SendText(ctx, roomID, "before the gap"); err != nil {
+		t.Fatal(err)
+	}
+	last, lastID := rfMakeGap(t, b, roomID, bob.c.UserID, 50)
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	if verdict := h.send(last, lastID); verdict != "" {
+		t.Fatalf("the event after the gap: %q", verdict)
+	}
+	check := func(what string, tl mautrix.SyncTimeline) {
+		t.Helper()
+		if !tl.Limited {
+			t.Errorf("%s: the timeline across the gap is not limited", what)
+		}
+		if n := len(tl.Events); n == 0 || tl.Events[n-1].ID.String() != lastID {
+			t.Fatalf("%s: the timeline does not end with the event after the gap", what)
+		}
+		for _, ev := range tl.Events {
+			if ev.Sender == alice.c.UserID {
+				t.Errorf("%s: alice's message from before the gap is in the timeline after it", what)
+			}
+		}
+		if tl.PrevBatch == "" {
+			t.Errorf("%s: no prev_batch to page back from", what)
+		}
+	}
+	resp, err := alice.c.SyncRequest(ctx, 0, first.NextBatch, rfSyncFilter, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("incremental sync", resp.Rooms.Join[roomID].Timeline)
+	full, err := alice.c.SyncRequest(ctx, 0, "", rfSyncFilter, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("initial sync", full.Rooms.Join[roomID].Timeline)
+}

@@ -13,6 +13,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteJoin = eng.Join
 	n.Client.RemoteKnock = eng.Knock
 	n.Client.RemoteBackfill = eng.Backfill
+	n.Client.RemoteBackfillAt = eng.BackfillAt
 	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)

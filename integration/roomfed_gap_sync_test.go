@@ -87,3 +87,49 @@ func TestRoomFedGapLimitsSync(t *testing.T) {
 	}
 	check("initial sync", full.Rooms.Join[roomID].Timeline)
 }
+
+// TestRoomFedGapMessages: /messages pages backwards into a gap inside the
+// timeline (left by the state fetch), fetching its history with
+// /backfill page by page, and then on past it to the events before.
+func TestRoomFedGapMessages(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	if _, err := alice.c.SendText(ctx, roomID, "before the gap"); err != nil {
+		t.Fatal(err)
+	}
+	const gap = 45
+	last, lastID := rfMakeGap(t, b, roomID, bob.c.UserID, gap)
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	if verdict := h.send(last, lastID); verdict != "" {
+		t.Fatalf("the event after the gap: %q", verdict)
+	}
+	var bodies []string
+	from := ""
+	for pages := 0; ; pages++ {
+		if pages > 40 {
+			t.Fatal("/messages does not end")
+		}
+		resp, err := alice.c.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range resp.Chunk {
+			if ev.Type.Type == "m.room.message" {
+				bodies = append(bodies, ev.Content.Raw["body"].(string))
+			}
+		}
+		if resp.End == "" {
+			break
+		}
+		from = resp.End
+	}
+	var want []string
+	for i := gap - 1; i >= 0; i-- {
+		want = append(want, fmt.Sprint("unseen ", i))
+	}
+	want = append(want, "before the gap")
+	if fmt.Sprint(bodies) != fmt.Sprint(want) {
+		t.Fatalf("/messages backwards across the gap:\n got %q\nwant %q", bodies, want)
+	}
+}

@@ -62,6 +62,9 @@ type Server struct {
 	// a room from other servers, returning how many events it added (see
 	// messages.go); nil: /messages stops at the oldest event held.
 	RemoteBackfill func(ctx context.Context, roomID string, limit int) (int, error)
+	// RemoteBackfillAt is RemoteBackfill for a gap inside the timeline,
+	// just before timeline event eventID; nil: /messages pages past gaps.
+	RemoteBackfillAt func(ctx context.Context, roomID, eventID string, limit int) (int, error)
 	// Remote carries typing, receipts, profiles and aliases to other
 	// servers (see remote_queries.go); nil: local only.
 	Remote *RemoteQueries

@@ -1,10 +1,12 @@
 package client
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 
 	"maunium.net/go/mautrix/id"
@@ -234,6 +236,13 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 			return nil, errBadJSON("reason must be a string")
 		}
 	}
+	// A room this server knows but no longer takes part in (all its users
+	// left) is joined again through the servers still in it: ours is a
+	// stale copy, missing what happened since, an unban included
+	// (Complement's TestUnbanViaInvite).
+	if away := s.awayServers(roomID); len(away) > 0 {
+		return s.remoteJoin(r, sess, roomID, append(s.remoteInviteServers(sess.UserID, roomID), away...)...)
+	}
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
@@ -376,6 +385,32 @@ func (s *Server) forget(r *http.Request, sess *Session) (any, error) {
 		tx.SetMembership(sess.UserID, m)
 		return nil
 	})
+}
+
+// awayServers: when this server knows roomID but none of its users is
+// joined, and it can join remotely, the servers joined to the room as our
+// copy last saw it, by number of members; else nil.
+func (s *Server) awayServers(roomID string) []string {
+	if s.RemoteJoin == nil {
+		return nil
+	}
+	var out []string
+	_ = s.Store.View(func(tx *store.Tx) error {
+		rm, err := tx.Room(roomID)
+		if err != nil {
+			return nil
+		}
+		joined, err := s.Rooms.JoinedServers(tx, rm.State)
+		if err != nil || joined[s.Config.ServerName] > 0 {
+			return nil
+		}
+		for srv := range joined {
+			out = append(out, srv)
+		}
+		slices.SortFunc(out, func(a, b string) int { return cmp.Or(joined[b]-joined[a], strings.Compare(a, b)) })
+		return nil
+	})
+	return out
 }
 
 // membershipAction serves invite, kick, ban and unban:

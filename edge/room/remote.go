@@ -281,13 +281,26 @@ func (s *Service) mayRedact(tx *store.Tx, red, target *Event) (bool, error) {
 // CreateFromJoin creates a room this server learns of by joining it: the
 // auth chain and state (already verified by the caller) are stored as
 // outliers, and the returned state (stored as a snapshot) is the state
-// before the join, for PersistRemote.
+// before the join, for PersistRemote. A room known from before (this
+// server left it, and rejoins) keeps its timeline; its state becomes the
+// join's and its old forward extremities, from before the time away, are
+// dropped: the join follows the resident server's.
 func (s *Service) CreateFromJoin(tx *store.Tx, version, roomID string, state, authChain []*Event) (*State, error) {
 	if !supported(version) {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupported, version)
 	}
-	r := &store.Room{RoomID: roomID, Version: version}
-	if err := tx.CreateRoom(r); err != nil {
+	r, err := tx.Room(roomID)
+	switch {
+	case err == nil && r.Version != version:
+		return nil, fmt.Errorf("%w: room %s is version %s here, %s there", ErrBadEvent, roomID, r.Version, version)
+	case err == nil:
+		r.Extremities = nil
+	case errors.Is(err, store.ErrNotFound):
+		r = &store.Room{RoomID: roomID, Version: version}
+		if err := tx.CreateRoom(r); err != nil {
+			return nil, err
+		}
+	default:
 		return nil, err
 	}
 	stored := func(ev *Event) (uint64, error) {

@@ -17,6 +17,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
+	eng.OnRescind(roomfed.InviteRescinds{Pending: n.Client.PendingRemoteInviteFrom, Rescind: n.Client.RescindRemoteInvite})
 	eng.ResumePartialJoins() // rooms a restart left with partial state
 	return nil
 }

@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -195,4 +197,144 @@ func rfLooseJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return bytes.TrimRight(buf.Bytes(), "\n")
+}
+
+// TestRoomFedUnbanInviteJoin: bob@B is banned from alice's room, so B has
+// no user left in it; the unban does not reach B, but the invite does,
+// and bob's join goes through A (B's copy of the room still has the ban)
+// (Complement's TestUnbanViaInvite).
+func TestRoomFedUnbanInviteJoin(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	if _, err := alice.c.BanUser(ctx, roomID, &mautrix.ReqBanUser{UserID: bob.c.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "B applies the ban", func() bool {
+		var m *store.Membership
+		_ = b.Store.View(func(tx *store.Tx) error { m, _ = tx.Membership(bob.c.UserID.String(), roomID.String()); return nil })
+		return m != nil && m.Membership == "ban"
+	})
+	if _, err := alice.c.UnbanUser(ctx, roomID, &mautrix.ReqUnbanUser{UserID: bob.c.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.c.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	rfRoomsSync(t, bob.c, "", "the invite after the unban", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[roomID] != nil })
+	if _, err := bob.c.JoinRoom(ctx, roomID.String(), nil); err != nil {
+		t.Fatalf("bob joins with the invite after the unban: %v", err)
+	}
+	waitFor(t, 10*time.Second, "A sees bob joined", func() bool { return rfMembership(t, alice.c, roomID, bob.c.UserID) == "join" })
+	// The room goes on for both.
+	if _, err := alice.c.SendText(ctx, roomID, "welcome back"); err != nil {
+		t.Fatal(err)
+	}
+	bob.until(t, "alice's message after the rejoin", func(evs []*event.Event) bool {
+		return slices.Contains(rfBodies(evs, roomID), "welcome back")
+	})
+	_ = a
+}
+
+// TestRoomFedRejoinMessages: bob@B leaves alice's room and rejoins after
+// alice sent messages B never received; /messages then pages bob back
+// through them (the gap before his rejoin, backfilled from A) and on to
+// what came before (Complement's TestMessagesOverFederation, re-joining).
+func TestRoomFedRejoinMessages(t *testing.T) {
+	ca := newRFCA(t)
+	a, _, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	if _, err := alice.c.SendText(ctx, roomID, "while bob is here"); err != nil {
+		t.Fatal(err)
+	}
+	bob.until(t, "alice's first message", func(evs []*event.Event) bool {
+		return slices.Contains(rfBodies(evs, roomID), "while bob is here")
+	})
+	if _, err := bob.c.LeaveRoom(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "A sees bob leave", func() bool { return rfMembership(t, alice.c, roomID, bob.c.UserID) == "leave" })
+	const n = 15
+	for i := range n {
+		if _, err := alice.c.SendText(ctx, roomID, fmt.Sprint("away ", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := bob.c.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	from := ""
+	for pages := 0; ; pages++ {
+		if pages > 30 {
+			t.Fatal("/messages does not end")
+		}
+		resp, err := bob.c.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range resp.Chunk {
+			if ev.Type.Type == "m.room.message" {
+				bodies = append(bodies, ev.Content.Raw["body"].(string))
+			}
+		}
+		if resp.End == "" {
+			break
+		}
+		from = resp.End
+	}
+	var want []string
+	for i := n - 1; i >= 0; i-- {
+		want = append(want, fmt.Sprint("away ", i))
+	}
+	want = append(want, "while bob is here")
+	if fmt.Sprint(bodies) != fmt.Sprint(want) {
+		t.Fatalf("bob's /messages after rejoining:\n got %q\nwant %q", bodies, want)
+	}
+}
+
+// TestRoomFedInviteRescinded: alice@A invites bob@B, whose server is not
+// in the room, then kicks him: the kick reaches B, and bob's invite turns
+// into a left room. A kick by someone other than the inviter is not taken
+// as a withdrawal (Complement's TestFederationRoomsInvite, rescinding).
+func TestRoomFedInviteRescinded(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	alice2 := a.register(t, "alice2")
+	bob := b.register(t, "bob")
+	ctx := ctxT(t)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	first := rfRoomsSync(t, bob, "", "the invite", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[roomID] != nil })
+	if _, err := alice.KickUser(ctx, roomID, &mautrix.ReqKickUser{UserID: bob.UserID, Reason: "changed my mind"}); err != nil {
+		t.Fatal(err)
+	}
+	r := rfRoomsSync(t, bob, first.NextBatch, "the rescinded invite", func(r *mautrix.RespSync) bool { return r.Rooms.Leave[roomID] != nil })
+	found := false
+	for _, ev := range r.Rooms.Leave[roomID].Timeline.Events {
+		found = found || (ev.Sender == alice.UserID && ev.Content.Raw["membership"] == "leave")
+	}
+	if !found {
+		t.Fatal("the left room lacks alice's kick")
+	}
+
+	// alice2 invites, alice kicks: bob keeps the invite.
+	room2 := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := alice2.JoinRoom(ctx, room2.String(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice2.InviteUser(ctx, room2, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	rfRoomsSync(t, bob, "", "alice2's invite", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[room2] != nil })
+	if _, err := alice.KickUser(ctx, room2, &mautrix.ReqKickUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	// The kick went out with alice's next event; once that is in A's
+	// queue's past, B has judged it.
+	waitFor(t, 10*time.Second, "A sees bob kicked", func() bool { return rfMembership(t, alice, room2, bob.UserID) == "leave" })
+	time.Sleep(500 * time.Millisecond)
+	if r := rfRoomsSync(t, bob, "", "an initial sync", func(*mautrix.RespSync) bool { return true }); r.Rooms.Invite[room2] == nil {
+		t.Fatal("a kick by a member other than the inviter withdrew bob's invite")
+	}
 }

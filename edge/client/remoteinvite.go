@@ -223,3 +223,50 @@ func (s *Server) remoteInviteSync(tx *store.Tx, sess *Session, since, next uint6
 	})
 	return news
 }
+
+// PendingRemoteInviteFrom is the sender of userID's pending invite to
+// roomID, a room this server is not in, and the room's version as the
+// invite's stripped create event gives it (ok false: no such invite).
+func (s *Server) PendingRemoteInviteFrom(tx *store.Tx, userID, roomID string) (inviter, version string, ok bool) {
+	ri := s.pendingRemoteInvite(tx, userID, roomID)
+	if ri == nil {
+		return "", "", false
+	}
+	version = "1" // a create event without room_version
+	for _, raw := range ri.State {
+		var ev struct {
+			Type    string `json:"type"`
+			Content struct {
+				RoomVersion string `json:"room_version"`
+			} `json:"content"`
+		}
+		if json.Unmarshal(raw, &ev) == nil && ev.Type == "m.room.create" && ev.Content.RoomVersion != "" {
+			version = ev.Content.RoomVersion
+		}
+	}
+	return ri.Sender, version, true
+}
+
+// RescindRemoteInvite records that the inviter's side withdrew userID's
+// pending invite to roomID with the leave event pdu: the room moves to
+// the user's left rooms, as after a rejection.
+func (s *Server) RescindRemoteInvite(tx *store.Tx, userID, roomID, eventID string, pdu json.RawMessage) error {
+	ri := s.pendingRemoteInvite(tx, userID, roomID)
+	if ri == nil {
+		return nil
+	}
+	var ev map[string]any
+	if err := json.Unmarshal(pdu, &ev); err != nil {
+		return fmt.Errorf("%w: %v", room.ErrBadEvent, err)
+	}
+	ri.Pos, ri.Left = tx.NextPos(), true
+	ri.LeaveEv = map[string]any{"type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"], "content": ev["content"],
+		"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}
+	raw, err := json.Marshal(ri)
+	if err != nil {
+		return err
+	}
+	tx.PutKV(remoteInviteNS, remoteInviteKey(userID, roomID), raw)
+	tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
+	return nil
+}

@@ -37,6 +37,8 @@ type Engine struct {
 	locks map[string]*roomLock
 
 	partial partialRunner // faster joins' background resyncs (partial.go)
+
+	rescinds *InviteRescinds // withdrawn invites to unknown rooms (rescind.go)
 }
 
 // roomLock serialises one room's inbound events.
@@ -101,6 +103,13 @@ func (e *Engine) queueLocal(tx *store.Tx, ev *room.Event) error {
 		}
 	}
 	e.addPartialServers(tx, ev.RoomID, dests)
+	// A remote user's leave or ban reaches their server even when it has
+	// no member in the room: it withdraws an invite (rescind.go).
+	if ev.Type == "m.room.member" && ev.StateKey != nil {
+		if m := ev.Membership(); m == "leave" || m == "ban" {
+			dests[domainOf(*ev.StateKey)] = true
+		}
+	}
 	delete(dests, e.name)
 	if len(dests) == 0 {
 		return nil

@@ -99,6 +99,11 @@ func (e *Engine) roomVersion(roomID string) (string, error) {
 // prev events is fetched instead, unless one of them is in noFill.
 func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte, fetch bool, noFill map[string]bool) (string, error) {
 	version, err := e.roomVersion(roomID)
+	if errors.Is(err, ErrUnknownRoom) && e.rescinds != nil {
+		if evID, handled, err := e.receiveRescind(roomID, raw); handled {
+			return evID, err
+		}
+	}
 	if err != nil {
 		return "", err
 	}

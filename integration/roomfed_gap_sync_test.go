@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 
 	"maunium.net/go/mautrix"
@@ -131,5 +132,27 @@ func TestRoomFedGapMessages(t *testing.T) {
 	want = append(want, "before the gap")
 	if fmt.Sprint(bodies) != fmt.Sprint(want) {
 		t.Fatalf("/messages backwards across the gap:\n got %q\nwant %q", bodies, want)
+	}
+	// Forwards from the oldest point back to the newest: the gap's
+	// history comes before the event after it, in order.
+	var forward []string
+	for pages := 0; from != ""; pages++ {
+		if pages > 40 {
+			t.Fatal("/messages forwards does not end")
+		}
+		resp, err := alice.c.Messages(ctx, roomID, from, "", mautrix.DirectionForward, nil, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range resp.Chunk {
+			if ev.Type.Type == "m.room.message" {
+				forward = append(forward, ev.Content.Raw["body"].(string))
+			}
+		}
+		from = resp.End
+	}
+	slices.Reverse(want)
+	if fmt.Sprint(forward) != fmt.Sprint(want) {
+		t.Fatalf("/messages forwards across the gap:\n got %q\nwant %q", forward, want)
 	}
 }

@@ -160,6 +160,211 @@ func parseBackfillToken(t string) (uint64, bool) {
 
 func backfillToken(seq uint64) string { return "b" + strconv.FormatUint(seq, 10) }
 
+// pageCursor is a point in a room's history, as a pagination token names
+// it: kind 't' just after timeline position pos; 'b' just before (newer
+// than) backfilled event seq; 'g' just before event seq of the gap
+// history of the timeline event at pos.
+type pageCursor struct {
+	kind     byte
+	pos, seq uint64
+}
+
+func (c pageCursor) token() string {
+	switch c.kind {
+	case 'b':
+		return backfillToken(c.seq)
+	case 'g':
+		return gapToken(c.pos, c.seq)
+	}
+	return pageToken(c.pos)
+}
+
+// stepStatus is what one step through the history found.
+type stepStatus int
+
+const (
+	stepEvent stepStatus = iota // an event, and the cursor past it
+	stepEnd                     // no more in this direction
+	stepFetch                   // nothing held: more may be fetched (need)
+	stepPause                   // nothing held now: a later page may find more
+)
+
+// pager walks one room's history a step at a time, in either direction:
+// the backfilled history (oldest first: seq N … 1), then the timeline,
+// each gap history (seq N … 1) just before its event.
+type pager struct {
+	s        *Server
+	tx       *store.Tx
+	rm       *store.Room
+	pg       *pageFetch
+	hasTo    bool
+	to       uint64 // timeline events past to (backwards: at or below) end the walk
+	need     string
+	atByPos  map[uint64]*room.Event
+	gapCache map[uint64]bool
+}
+
+// timelineAt is the newest timeline event at or below pos (backwards) or
+// the oldest above pos (forwards).
+func (p *pager) timelineAt(pos uint64, backwards bool) (uint64, *room.Event) {
+	var at, nid uint64
+	start := pos
+	if !backwards {
+		start = pos + 1
+	}
+	p.tx.Timeline(p.rm.NID, start, backwards, func(q, n uint64) bool { at, nid = q, n; return false })
+	if nid == 0 {
+		return 0, nil
+	}
+	ev, err := p.s.Rooms.Event(p.tx, nid)
+	if err != nil {
+		return 0, nil
+	}
+	return at, ev
+}
+
+// eventAt is the timeline event at exactly pos.
+func (p *pager) eventAt(pos uint64) *room.Event {
+	if ev, ok := p.atByPos[pos]; ok {
+		return ev
+	}
+	q, ev := p.timelineAt(pos, true)
+	if q != pos {
+		ev = nil
+	}
+	p.atByPos[pos] = ev
+	return ev
+}
+
+// innerGap tells whether history is missing before ev (at pos) while an
+// older timeline event exists: before the first one lies the backfilled
+// history instead.
+func (p *pager) innerGap(ev *room.Event, pos uint64) bool {
+	if p.s.RemoteBackfillAt == nil || !gapBefore(p.tx, ev) {
+		return false
+	}
+	q, _ := p.timelineAt(pos-1, true)
+	return q != 0 && pos > 1
+}
+
+// older takes one step from c towards older events.
+func (p *pager) older(c pageCursor) (*room.Event, pageCursor, stepStatus) {
+	for {
+		switch c.kind {
+		case 't':
+			q, ev := p.timelineAt(c.pos, true)
+			if ev == nil {
+				if p.hasTo {
+					return nil, c, stepEnd // a timeline to token ends at the timeline
+				}
+				c = pageCursor{kind: 'b', seq: 1}
+				continue
+			}
+			if p.hasTo && q <= p.to {
+				return nil, c, stepEnd
+			}
+			if p.innerGap(ev, q) {
+				return ev, pageCursor{kind: 'g', pos: q, seq: 1}, stepEvent
+			}
+			return ev, pageCursor{kind: 't', pos: q - 1}, stepEvent
+		case 'g':
+			at := p.eventAt(c.pos)
+			if at == nil {
+				return nil, c, stepEnd
+			}
+			var seq, nid uint64
+			p.tx.GapHistory(at.NID, c.seq, func(s, n uint64) bool { seq, nid = s, n; return false })
+			if nid != 0 {
+				ev, err := p.s.Rooms.Event(p.tx, nid)
+				if err != nil {
+					return nil, c, stepEnd
+				}
+				return ev, pageCursor{kind: 'g', pos: c.pos, seq: seq + 1}, stepEvent
+			}
+			switch n, fetched := p.pg.gaps[at.ID]; {
+			case !fetched:
+				p.need = at.ID
+				return nil, c, stepFetch
+			case n > 0:
+				return nil, c, stepPause // maybe more: the next page asks again
+			}
+			c = pageCursor{kind: 't', pos: c.pos - 1} // the gap has nothing more
+		case 'b':
+			var seq, nid uint64
+			p.tx.Backfilled(p.rm.NID, c.seq, func(s, n uint64) bool { seq, nid = s, n; return false })
+			if nid != 0 {
+				ev, err := p.s.Rooms.Event(p.tx, nid)
+				if err != nil {
+					return nil, c, stepEnd
+				}
+				return ev, pageCursor{kind: 'b', seq: seq + 1}, stepEvent
+			}
+			// The oldest event held decides whether history goes on.
+			var oldest *room.Event
+			if c.seq > 1 {
+				p.tx.Backfilled(p.rm.NID, c.seq-1, func(_, n uint64) bool { oldest, _ = p.s.Rooms.Event(p.tx, n); return false })
+			} else {
+				_, oldest = p.timelineAt(0, false)
+			}
+			if oldest != nil && len(oldest.PrevEvents) > 0 && !p.pg.before && p.s.RemoteBackfill != nil {
+				p.need = beforeTimeline
+				return nil, c, stepFetch
+			}
+			return nil, c, stepEnd
+		}
+	}
+}
+
+// newer takes one step from c towards newer events. It does not fetch.
+func (p *pager) newer(c pageCursor) (*room.Event, pageCursor, stepStatus) {
+	for {
+		switch c.kind {
+		case 'b':
+			if c.seq <= 1 {
+				c = pageCursor{kind: 't', pos: 0}
+				continue
+			}
+			var seq, nid uint64
+			p.tx.Backfilled(p.rm.NID, c.seq-1, func(s, n uint64) bool { seq, nid = s, n; return false })
+			ev, err := p.s.Rooms.Event(p.tx, nid)
+			if nid == 0 || seq != c.seq-1 || err != nil {
+				return nil, c, stepEnd
+			}
+			return ev, pageCursor{kind: 'b', seq: seq}, stepEvent
+		case 'g':
+			at := p.eventAt(c.pos)
+			if at == nil {
+				return nil, c, stepEnd
+			}
+			if c.seq <= 1 {
+				if p.hasTo && c.pos > p.to {
+					return nil, c, stepEnd
+				}
+				return at, pageCursor{kind: 't', pos: c.pos}, stepEvent
+			}
+			var seq, nid uint64
+			p.tx.GapHistory(at.NID, c.seq-1, func(s, n uint64) bool { seq, nid = s, n; return false })
+			ev, err := p.s.Rooms.Event(p.tx, nid)
+			if nid == 0 || seq != c.seq-1 || err != nil {
+				return nil, c, stepEnd
+			}
+			return ev, pageCursor{kind: 'g', pos: c.pos, seq: seq}, stepEvent
+		case 't':
+			q, ev := p.timelineAt(c.pos, false)
+			if ev == nil || (p.hasTo && q > p.to) {
+				return nil, c, stepEnd
+			}
+			// A gap history before the event comes first, oldest first.
+			if n := p.tx.GapHistoryLen(ev.NID); n > 0 && p.s.RemoteBackfillAt != nil {
+				p.atByPos[q] = ev
+				c = pageCursor{kind: 'g', pos: q, seq: n + 1}
+				continue
+			}
+			return ev, pageCursor{kind: 't', pos: q}, stepEvent
+		}
+	}
+}
+
 // messagesPage reads one /messages page. need: a backwards page ran out of
 // events held before limit where more history may be fetched, and names
 // which (beforeTimeline, or the event ID after a gap); never twice for
@@ -181,265 +386,75 @@ func (s *Server) messagesPage(tx *store.Tx, r *http.Request, sess *Session, room
 			return nil, "", err
 		}
 	}
-	var from, bfFrom, gapPos, gapFrom uint64
+	cur := pageCursor{kind: 't'}
 	startToken := ""
 	if ft := q.Get("from"); ft != "" {
+		startToken = ft
 		if seq, ok := parseBackfillToken(ft); ok {
-			bfFrom, startToken = seq, ft
+			cur = pageCursor{kind: 'b', seq: seq}
 		} else if p, seq, ok := parseGapToken(ft); ok {
-			gapPos, gapFrom, startToken = p, seq, ft
+			cur = pageCursor{kind: 'g', pos: p, seq: seq}
 		} else if p, ok := parsePos(ft); ok {
-			from = p
+			cur.pos = p
 		} else {
 			return nil, "", errInvalidParam("Invalid from token")
 		}
 	} else if backwards {
-		from = tx.Pos()
+		cur.pos = tx.Pos()
 	}
-	var to uint64
-	hasTo := false
+	p := &pager{s: s, tx: tx, rm: rm, pg: pg, atByPos: map[uint64]*room.Event{}}
 	if tt := q.Get("to"); tt != "" {
+		// A to token of another kind than the timeline's is not honoured.
 		_, isBF := parseBackfillToken(tt)
 		_, _, isGap := parseGapToken(tt)
 		if !isBF && !isGap {
-			p, ok := parsePos(tt)
+			pos, ok := parsePos(tt)
 			if !ok {
 				return nil, "", errInvalidParam("Invalid to token")
 			}
-			to, hasTo = p, true
+			p.to, p.hasTo = pos, true
 		}
 	}
-	if backwards && bfFrom == 0 && gapPos == 0 && vis.current != "join" && vis.left != 0 {
-		from = min(from, vis.left) // a user who left sees nothing after leaving
+	if backwards && cur.kind == 't' && vis.current != "join" && vis.left != 0 {
+		cur.pos = min(cur.pos, vis.left) // a user who left sees nothing after leaving
 	}
 	if startToken == "" {
-		startToken = pageToken(from)
+		startToken = cur.token()
 	}
-	// gapAt is the timeline event at pos gapPos, the one after the gap.
-	var gapAt *room.Event
-	if gapPos != 0 {
-		var nid uint64
-		tx.Timeline(rm.NID, gapPos, true, func(pos, n uint64) bool {
-			if pos == gapPos {
-				nid = n
-			}
-			return false
-		})
-		if gapAt, err = s.Rooms.Event(tx, nid); nid == 0 || err != nil {
-			return nil, "", errInvalidParam("Invalid from token")
-		}
+	step := p.newer
+	if backwards {
+		step = p.older
 	}
 	var chunk []*room.Event
-	var oldest *room.Event // the oldest event looked at, for the gap check
-	take := func(nid uint64) {
-		ev, err := s.Rooms.Event(tx, nid)
-		if err != nil {
-			return
+	examined := 0
+	status := stepEvent
+	for len(chunk) < limit {
+		var ev *room.Event
+		var next pageCursor
+		if ev, next, status = step(cur); status != stepEvent {
+			break
 		}
-		oldest = ev
+		cur = next
+		examined++
 		if vis.canSee(ev) && f.matchRoomEvent(ev) {
 			chunk = append(chunk, ev)
 		}
 	}
 	resp := map[string]any{"start": startToken}
-	need := ""
-	// next is the token just past the last event looked at. A page with
-	// events always carries an end token (as Synapse, and Complement's
-	// TestRoomImageRoundtrip expects); the page after the last one is then
-	// empty and has none, which still ends a client's loop.
-	next := ""
-	if backwards {
-		regularDone := bfFrom != 0
-		var last uint64
-		examined := false
-		// A gap inside the timeline: ev has history missing before it,
-		// and an older timeline event exists (before the first one lies
-		// the backfilled history instead).
-		innerGap := func(ev *room.Event, pos uint64) bool {
-			if s.RemoteBackfillAt == nil || !gapBefore(tx, ev) {
-				return false
-			}
-			older := false
-			tx.Timeline(rm.NID, pos-1, true, func(uint64, uint64) bool { older = true; return false })
-			return older
-		}
-		for !regularDone && need == "" {
-			if gapAt != nil {
-				// The gap's history, then on past the gap.
-				gLast, gMore := gapFrom-1, false
-				tx.GapHistory(gapAt.NID, gapFrom, func(seq, nid uint64) bool {
-					if len(chunk) >= limit {
-						gMore = true
-						return false
-					}
-					gLast = seq
-					take(nid)
-					return true
-				})
-				if gLast >= gapFrom {
-					next = gapToken(gapAt.Pos, gLast+1)
-				}
-				if gMore || len(chunk) >= limit {
-					resp["end"] = gapToken(gapAt.Pos, gLast+1)
-					break
-				}
-				n, fetched := pg.gaps[gapAt.ID]
-				if !fetched {
-					need = gapAt.ID
-					break
-				}
-				if n > 0 {
-					// Maybe more: the next page asks again.
-					resp["end"] = gapToken(gapAt.Pos, gLast+1)
-					break
-				}
-				from, gapAt = gapAt.Pos-1, nil
-				if from == 0 {
-					regularDone, bfFrom = true, 1
-					break
-				}
-			}
-			more, stopped := false, false
-			tx.Timeline(rm.NID, from, true, func(pos, nid uint64) bool {
-				if hasTo && pos <= to {
-					stopped = true
-					return false
-				}
-				if len(chunk) >= limit {
-					more = true
-					return false
-				}
-				last, examined = pos, true
-				take(nid)
-				if oldest != nil && oldest.Pos == pos && innerGap(oldest, pos) {
-					gapAt, gapFrom = oldest, 1
-					return false
-				}
-				return true
-			})
-			if examined {
-				next = pageToken(last - 1)
-			}
-			switch {
-			case gapAt != nil:
-				continue
-			case more && !examined: // limit 0: nothing read, so carry on from where we began
-				resp["end"] = pageToken(from)
-			case more || stopped:
-				if examined && (more || len(chunk) == 0) {
-					resp["end"] = pageToken(last - 1)
-				}
-			default:
-				regularDone, bfFrom = true, 1
-			}
-			break
-		}
-		if regularDone && need == "" {
-			if oldest == nil && bfFrom > 1 {
-				// Nothing looked at yet: the last page's oldest event
-				// decides whether history goes on.
-				tx.Backfilled(rm.NID, bfFrom-1, func(_, nid uint64) bool {
-					oldest, _ = s.Rooms.Event(tx, nid)
-					return false
-				})
-			}
-			bfLast, bfMore := bfFrom-1, false
-			tx.Backfilled(rm.NID, bfFrom, func(seq, nid uint64) bool {
-				if len(chunk) >= limit {
-					bfMore = true
-					return false
-				}
-				bfLast = seq
-				take(nid)
-				return true
-			})
-			if bfLast >= bfFrom {
-				next = backfillToken(bfLast + 1)
-			}
-			gap := oldest != nil && len(oldest.PrevEvents) > 0 && !pg.before && s.RemoteBackfill != nil
-			switch {
-			case bfMore:
-				resp["end"] = backfillToken(bfLast + 1)
-			case gap && len(chunk) < limit:
-				need = beforeTimeline
-			case gap:
-				resp["end"] = backfillToken(bfLast + 1) // the next page fetches
-			case examined && len(chunk) == 0 && bfLast == 0:
-				resp["end"] = pageToken(last - 1) // as before backfill: all filtered out
-			}
-		}
-	} else {
-		if gapAt != nil {
-			// Forwards out of a gap's history: N-1 … 1, then the timeline
-			// from the event after the gap.
-			var seqs, nids []uint64
-			tx.GapHistory(gapAt.NID, 1, func(seq, nid uint64) bool {
-				if seq >= gapFrom {
-					return false
-				}
-				seqs, nids = append(seqs, seq), append(nids, nid)
-				return true
-			})
-			for i := len(nids) - 1; i >= 0 && len(chunk) < limit; i-- {
-				take(nids[i])
-				if len(chunk) >= limit && i > 0 {
-					resp["end"] = gapToken(gapAt.Pos, seqs[i])
-				}
-			}
-			from = gapAt.Pos - 1
-		}
-		if bfFrom != 0 {
-			// Forwards out of the backfilled history: N-1 … 1, then the timeline.
-			var seqs, nids []uint64
-			tx.Backfilled(rm.NID, 1, func(seq, nid uint64) bool {
-				if seq >= bfFrom {
-					return false
-				}
-				seqs, nids = append(seqs, seq), append(nids, nid)
-				return true
-			})
-			for i := len(nids) - 1; i >= 0 && len(chunk) < limit; i-- {
-				take(nids[i])
-				if len(chunk) >= limit && i > 0 {
-					resp["end"] = backfillToken(seqs[i])
-				}
-			}
-			from = 0
-		}
-		if _, set := resp["end"]; !set {
-			var last uint64
-			examined, more := false, false
-			tx.Timeline(rm.NID, from+1, false, func(pos, nid uint64) bool {
-				if hasTo && pos > to {
-					return false
-				}
-				if len(chunk) >= limit {
-					more = true
-					return false
-				}
-				last, examined = pos, true
-				take(nid)
-				return true
-			})
-			if examined {
-				next = pageToken(last)
-			}
-			switch {
-			case more && !examined:
-				resp["end"] = pageToken(from)
-			case (more || len(chunk) == 0) && examined:
-				resp["end"] = pageToken(last)
-			}
-		}
-	}
-	if _, set := resp["end"]; !set && need == "" && len(chunk) > 0 && next != "" {
-		resp["end"] = next
+	// A page that looked at events carries an end token (as Synapse, and
+	// Complement's TestRoomImageRoundtrip expects: the page after the
+	// last one is then empty and has none, which still ends a client's
+	// loop), as does one stopped by the limit or paused.
+	switch {
+	case status == stepFetch:
+	case status == stepPause, len(chunk) >= limit, examined > 0:
+		resp["end"] = cur.token()
 	}
 	resp["chunk"] = s.renderAll(tx, chunk, sess)
 	if f.LazyLoadMembers {
 		resp["state"] = s.renderAll(tx, s.lazyMembers(tx, roomID, chunk, f.IncludeRedundantMembers, nil), sess)
 	}
-	return resp, need, nil
+	return resp, p.need, nil
 }
 
 // lazyMembers returns the member events of the senders of evs, in the

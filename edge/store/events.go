@@ -445,3 +445,14 @@ func (t *Tx) GapHistory(atNID, from uint64, fn func(seq, eventNID uint64) bool) 
 		return err == nil && fn(seq, getU64(v))
 	})
 }
+
+// GapHistoryLen is how many events the gap before timeline event atNID
+// holds.
+func (t *Tx) GapHistoryLen(atNID uint64) uint64 {
+	v, err := t.GetKV(gapNextNS, hex16(atNID))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(v), 16, 64)
+	return n
+}

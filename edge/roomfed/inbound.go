@@ -23,6 +23,10 @@ var (
 	ErrMissingPrev  = errors.New("prev_events missing and could not be fetched")
 	ErrMissingAuth  = errors.New("auth_events unknown")
 	ErrRejected     = errors.New("rejected by the auth rules")
+	// errStoredRejected marks a rejection after which the event is stored
+	// (flagged rejected): the PDU was processed, so /send answers it
+	// without an error, as Synapse does.
+	errStoredRejected = errors.New("stored as rejected")
 )
 
 // onPDUs is federation.Server.OnPDUs: each room's PDUs in order under the
@@ -51,6 +55,9 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 				evID, err := e.receiveSafely(ctx, origin, roomID, raw)
 				if err != nil {
 					e.log.Info("inbound PDU refused", "origin", origin, "room_id", roomID, "event_id", evID, "err", err)
+				}
+				if errors.Is(err, errStoredRejected) {
+					err = nil
 				}
 				if evID != "" {
 					mu.Lock()
@@ -267,6 +274,7 @@ func (e *Engine) apply(ev *room.Event) error {
 			outcome = fmt.Errorf("%w: state before the event: %v", ErrRejected, err)
 		}
 		if outcome != nil {
+			outcome = fmt.Errorf("%w (%w)", outcome, errStoredRejected)
 			return e.rooms.PersistRemote(tx, ev, before, store.FlagRejected)
 		}
 		r, err := tx.Room(ev.RoomID)

@@ -3,8 +3,11 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
@@ -154,5 +157,75 @@ func TestRoomFedGapMessages(t *testing.T) {
 	slices.Reverse(want)
 	if fmt.Sprint(forward) != fmt.Sprint(want) {
 		t.Fatalf("/messages forwards across the gap:\n got %q\nwant %q", forward, want)
+	}
+}
+
+// TestRoomFedGapStateEventWithheld: during a gap's state fetch B will not
+// give one of the state events A lacks (/event answers 404). A leaves it
+// out instead of failing the fetch: the events it authorises are
+// rejected for want of it, and so are the events after the gap that
+// build on them, but the pushed event is processed (answered without an
+// error) and A's state keeps bob's membership from before the gap
+// (Complement's TestCorruptedAuthChain).
+func TestRoomFedGapStateEventWithheld(t *testing.T) {
+	ca := newRFCA(t)
+	var withheld atomic.Value
+	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if id, ok := withheld.Load().(string); ok && r.URL.Path == "/_matrix/federation/v1/event/"+id {
+				http.Error(w, `{"errcode":"M_NOT_FOUND","error":"withheld"}`, http.StatusNotFound)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	a := startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10"})
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "A has bob's join", func() bool { return rfMembership(t, alice, roomID, bob.UserID) == "join" })
+	before, _ := rfStateEvent(t, a, roomID, "m.room.member", bob.UserID.String())
+
+	// Unseen by A: two display name changes of bob's (the second
+	// authorised by the first), then more messages than one
+	// get_missing_events gives.
+	hook := b.Rooms.InTx
+	b.Rooms.InTx = nil
+	var first string
+	err := b.Store.Write(func(tx *store.Tx) error {
+		for i, name := range []string{"B1", "B2"} {
+			content, _ := json.Marshal(map[string]string{"membership": "join", "displayname": name})
+			key := bob.UserID.String()
+			ev, err := b.Rooms.Send(tx, roomID.String(), room.Proto{Type: "m.room.member", StateKey: &key, Sender: key, Content: content})
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				first = ev.ID
+			}
+		}
+		return nil
+	})
+	b.Rooms.InTx = hook
+	if err != nil {
+		t.Fatal(err)
+	}
+	withheld.Store(first)
+	last, lastID := rfMakeGap(t, b, roomID, bob.UserID, 30)
+	h := &hostile{t: t, a: a, b: b, roomID: roomID}
+	if verdict := h.send(last, lastID); verdict != "" {
+		t.Fatalf("the event after the gap: %q, want it processed", verdict)
+	}
+	if flags, ok := rfStoredFlags(a, lastID); !ok || flags&store.FlagRejected == 0 {
+		t.Fatalf("the event after the gap is stored (%v) with flags %v, want rejected", ok, flags)
+	}
+	if _, ok := rfStoredFlags(a, first); ok {
+		t.Fatal("A stored the withheld event")
+	}
+	if cur, _ := rfStateEvent(t, a, roomID, "m.room.member", bob.UserID.String()); cur.ID != before.ID {
+		t.Fatalf("bob's membership on A changed to %s (want %s from before the gap)", cur.ID, before.ID)
 	}
 }

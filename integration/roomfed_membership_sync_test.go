@@ -317,6 +317,11 @@ func TestRoomFedInviteRescinded(t *testing.T) {
 	if !found {
 		t.Fatal("the left room lacks alice's kick")
 	}
+	// An initial sync shows the withdrawn invite too (a kick, not the
+	// user's own rejection).
+	if r := rfRoomsSync(t, bob, "", "an initial sync", func(*mautrix.RespSync) bool { return true }); r.Rooms.Leave[roomID] == nil || r.Rooms.Invite[roomID] != nil {
+		t.Fatalf("bob's initial sync after the withdrawal: under leave %v, under invite %v", r.Rooms.Leave[roomID] != nil, r.Rooms.Invite[roomID] != nil)
+	}
 
 	// alice2 invites, alice kicks: bob keeps the invite.
 	room2 := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})

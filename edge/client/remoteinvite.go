@@ -202,7 +202,9 @@ func (s *Server) remoteInviteSync(tx *store.Tx, sess *Session, since, next uint6
 			return true
 		}
 		if ri.Left {
-			if initial {
+			// An initial sync leaves out rejected invites, but not ones
+			// the inviter withdrew: like a kick, the user must hear of it.
+			if sender, _ := ri.LeaveEv["sender"].(string); initial && (ri.LeaveEv == nil || sender == sess.UserID) {
 				return true
 			}
 			tl := []any{}

@@ -200,13 +200,30 @@ func rfLooseJSON(t *testing.T, v any) []byte {
 }
 
 // TestRoomFedUnbanInviteJoin: bob@B is banned from alice's room, so B has
-// no user left in it; the unban does not reach B, but the invite does,
-// and bob's join goes through A (B's copy of the room still has the ban)
-// (Complement's TestUnbanViaInvite).
+// no user left in it; the unban reaches B only after the invite does (B's
+// transactions are held meanwhile), and bob's join goes through A (B's
+// copy of the room may still have the ban) (Complement's TestUnbanViaInvite).
 func TestRoomFedUnbanInviteJoin(t *testing.T) {
 	ca := newRFCA(t)
-	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	hold := make(chan struct{})
+	var holding atomic.Bool
+	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+				<-hold
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	a := startRFNode(t, ca)
+	alice := &rfSyncer{c: a.register(t, "alice")}
+	bob := &rfSyncer{c: b.register(t, "bob")}
 	ctx := ctxT(t)
+	roomID := mustCreateRoom(t, alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10"})
+	if _, err := bob.c.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "A sees bob joined", func() bool { return rfMembership(t, alice.c, roomID, bob.c.UserID) == "join" })
 	if _, err := alice.c.BanUser(ctx, roomID, &mautrix.ReqBanUser{UserID: bob.c.UserID}); err != nil {
 		t.Fatal(err)
 	}
@@ -215,17 +232,25 @@ func TestRoomFedUnbanInviteJoin(t *testing.T) {
 		_ = b.Store.View(func(tx *store.Tx) error { m, _ = tx.Membership(bob.c.UserID.String(), roomID.String()); return nil })
 		return m != nil && m.Membership == "ban"
 	})
+	holding.Store(true)
 	if _, err := alice.c.UnbanUser(ctx, roomID, &mautrix.ReqUnbanUser{UserID: bob.c.UserID}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := alice.c.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.c.UserID}); err != nil {
 		t.Fatal(err)
 	}
+	holding.Store(false)
+	close(hold) // the unban now arrives, after the invite
+	waitFor(t, 10*time.Second, "B applies the unban", func() bool {
+		var m *store.Membership
+		_ = b.Store.View(func(tx *store.Tx) error { m, _ = tx.Membership(bob.c.UserID.String(), roomID.String()); return nil })
+		return m != nil && m.Membership == "leave"
+	})
 	rfRoomsSync(t, bob.c, "", "the invite after the unban", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[roomID] != nil })
 	if _, err := bob.c.JoinRoom(ctx, roomID.String(), nil); err != nil {
 		t.Fatalf("bob joins with the invite after the unban: %v", err)
 	}
-	waitFor(t, 10*time.Second, "A sees bob joined", func() bool { return rfMembership(t, alice.c, roomID, bob.c.UserID) == "join" })
+	waitFor(t, 10*time.Second, "A sees bob joined again", func() bool { return rfMembership(t, alice.c, roomID, bob.c.UserID) == "join" })
 	// The room goes on for both.
 	if _, err := alice.c.SendText(ctx, roomID, "welcome back"); err != nil {
 		t.Fatal(err)
@@ -233,7 +258,6 @@ func TestRoomFedUnbanInviteJoin(t *testing.T) {
 	bob.until(t, "alice's message after the rejoin", func(evs []*event.Event) bool {
 		return slices.Contains(rfBodies(evs, roomID), "welcome back")
 	})
-	_ = a
 }
 
 // TestRoomFedRejoinMessages: bob@B leaves alice's room and rejoins after

@@ -53,12 +53,16 @@ const remoteInviteNS = "remote_invite"
 // remoteInvite is an invite to a room this server is not in, or its
 // rejection (Left).
 type remoteInvite struct {
-	Pos     uint64            `json:"pos"`
-	Sender  string            `json:"sender"`
-	Invite  map[string]any    `json:"invite"` // the invite, client format
-	State   []json.RawMessage `json:"state"`  // invite_state, stripped
-	Left    bool              `json:"left,omitempty"`
-	LeaveEv map[string]any    `json:"leave_event,omitempty"`
+	Pos    uint64            `json:"pos"`
+	Sender string            `json:"sender"`
+	Invite map[string]any    `json:"invite"` // the invite, client format
+	State  []json.RawMessage `json:"state"`  // invite_state, stripped
+	Left   bool              `json:"left,omitempty"`
+	// Depth is the invite event's: a membership event of the room this
+	// server knows overtakes the invite only when it is deeper (a leave
+	// sent before the invite may arrive after it).
+	Depth   int64          `json:"depth,omitempty"`
+	LeaveEv map[string]any `json:"leave_event,omitempty"`
 }
 
 func remoteInviteKey(userID, roomID string) string { return userID + " " + roomID }
@@ -74,6 +78,7 @@ func (s *Server) AcceptRemoteInvite(tx *store.Tx, roomID, eventID string, pdu js
 		Sender   string          `json:"sender"`
 		Content  json.RawMessage `json:"content"`
 		TS       int64           `json:"origin_server_ts"`
+		Depth    int64           `json:"depth"`
 	}
 	if err := json.Unmarshal(pdu, &ev); err != nil {
 		return fmt.Errorf("%w: %v", room.ErrBadEvent, err)
@@ -87,7 +92,7 @@ func (s *Server) AcceptRemoteInvite(tx *store.Tx, roomID, eventID string, pdu js
 	clientEv := map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content,
 		"event_id": eventID, "origin_server_ts": ev.TS, "room_id": roomID, "unsigned": map[string]any{}}
 	self, _ := json.Marshal(map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content})
-	ri := remoteInvite{Pos: tx.NextPos(), Sender: ev.Sender, Invite: clientEv, State: append(stripped, self)}
+	ri := remoteInvite{Pos: tx.NextPos(), Sender: ev.Sender, Invite: clientEv, State: append(stripped, self), Depth: ev.Depth}
 	raw, err := json.Marshal(ri)
 	if err != nil {
 		return err
@@ -115,7 +120,21 @@ func (s *Server) pendingRemoteInvite(tx *store.Tx, userID, roomID string) *remot
 // room is known here) is newer than the remote invite.
 func (s *Server) overtaken(tx *store.Tx, userID, roomID string, ri *remoteInvite) bool {
 	m, err := tx.Membership(userID, roomID)
-	return err == nil && (m.Pos > ri.Pos || m.Membership == "join" || m.Membership == "invite")
+	if err != nil {
+		return false
+	}
+	if m.Membership == "join" || m.Membership == "invite" {
+		return true
+	}
+	if m.Pos <= ri.Pos {
+		return false
+	}
+	if ri.Depth > 0 {
+		if ev, err := s.Rooms.Event(tx, m.Event); err == nil && ev.Depth < ri.Depth {
+			return false // sent before the invite, arrived after it
+		}
+	}
+	return true
 }
 
 // remoteInviteServers are the servers to join or leave a remotely invited

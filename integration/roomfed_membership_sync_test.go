@@ -367,3 +367,49 @@ func TestRoomFedInviteRescinded(t *testing.T) {
 		t.Fatal("a kick by a member other than the inviter withdrew bob's invite")
 	}
 }
+
+// TestRoomFedRejectInviteBeforeItsEvent: B takes part in alice's room;
+// alice invites bob2@B, whose server countersigns the invite (/invite)
+// but has not yet received the invite event itself (B's transactions are
+// held): bob2 can still reject it, through A.
+func TestRoomFedRejectInviteBeforeItsEvent(t *testing.T) {
+	ca := newRFCA(t)
+	hold := make(chan struct{})
+	var holding atomic.Bool
+	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+				<-hold
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	a := startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	bob2 := b.register(t, "bob2")
+	ctx := ctxT(t)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	holding.Store(true)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			holding.Store(false)
+			close(hold)
+		}
+	}
+	defer release()
+	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob2.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	rfRoomsSync(t, bob2, "", "the invite", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[roomID] != nil })
+	if _, err := bob2.LeaveRoom(ctx, roomID); err != nil {
+		t.Fatalf("bob2 rejects the invite before its event reached B: %v", err)
+	}
+	release()
+	waitFor(t, 10*time.Second, "A sees bob2's rejection", func() bool { return rfMembership(t, alice, roomID, bob2.UserID) == "leave" })
+}

@@ -341,6 +341,12 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 		case "leave", "ban":
 			return nil // already out: leaving again is a no-op, as Synapse does
 		default:
+			// An invite that came through /invite before its event reached
+			// our copy of the room is rejected through the inviter's server.
+			if s.pendingRemoteInvite(tx, sess.UserID, roomID) != nil {
+				remote = true
+				return nil
+			}
 			return errForbidden("You are not in room %s", roomID)
 		}
 		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, s.memberContent(tx, sess.UserID, "leave", req.Reason))

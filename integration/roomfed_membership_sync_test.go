@@ -413,3 +413,59 @@ func TestRoomFedRejectInviteBeforeItsEvent(t *testing.T) {
 	release()
 	waitFor(t, 10*time.Second, "A sees bob2's rejection", func() bool { return rfMembership(t, alice, roomID, bob2.UserID) == "leave" })
 }
+
+// TestRoomFedJoinInviteBeforeItsEvent: as TestRoomFedRejectInviteBeforeItsEvent,
+// but bob2 accepts: his join waits for the invite event to reach B rather
+// than being refused by B's copy of the room, which lacks it.
+func TestRoomFedJoinInviteBeforeItsEvent(t *testing.T) {
+	ca := newRFCA(t)
+	hold := make(chan struct{})
+	var holding atomic.Bool
+	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+				<-hold
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	a := startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	bob := b.register(t, "bob")
+	bob2 := b.register(t, "bob2")
+	ctx := ctxT(t)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	holding.Store(true)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			holding.Store(false)
+			close(hold)
+		}
+	}
+	defer release()
+	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob2.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	rfRoomsSync(t, bob2, "", "the invite", func(r *mautrix.RespSync) bool { return r.Rooms.Invite[roomID] != nil })
+	joined := make(chan error, 1)
+	go func() {
+		_, err := bob2.JoinRoom(ctx, roomID.String(), nil)
+		joined <- err
+	}()
+	// The invite event is released while the join waits (a join made on
+	// B's copy without it is refused at once).
+	time.Sleep(300 * time.Millisecond)
+	release()
+	if err := <-joined; err != nil {
+		t.Fatalf("bob2 joins before the invite event reached B: %v", err)
+	}
+	waitFor(t, 10*time.Second, "A sees bob2 joined", func() bool { return rfMembership(t, alice, roomID, bob2.UserID) == "join" })
+}

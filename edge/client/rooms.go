@@ -2,16 +2,19 @@ package client
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
 	"edge/edge/config"
+	"edge/edge/notify"
 	"edge/edge/room"
 	"edge/edge/store"
 )
@@ -243,6 +246,7 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	if away := s.awayServers(roomID); len(away) > 0 {
 		return s.remoteJoin(r, sess, roomID, append(s.remoteInviteServers(sess.UserID, roomID), away...)...)
 	}
+	s.awaitInviteEvent(r.Context(), sess.UserID, roomID)
 	err := s.Store.Write(func(tx *store.Tx) error {
 		if roomBlocked(tx, roomID) {
 			return errRoomBlocked()
@@ -391,6 +395,43 @@ func (s *Server) forget(r *http.Request, sess *Session) (any, error) {
 		tx.SetMembership(sess.UserID, m)
 		return nil
 	})
+}
+
+// awaitInviteEvent: when userID holds an invite to roomID countersigned
+// through /invite but our copy of the room (we take part in it) has not
+// received the invite event yet, which travels in the inviter's next
+// transaction, a join waits a little for it: built before, it would be
+// refused by our copy's auth rules.
+func (s *Server) awaitInviteEvent(ctx context.Context, userID, roomID string) {
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for {
+		w := s.Notifier.Listen(notify.RoomKey(roomID), notify.UserKey(userID))
+		waiting := false
+		_ = s.Store.View(func(tx *store.Tx) error {
+			if s.pendingRemoteInvite(tx, userID, roomID) == nil {
+				return nil
+			}
+			if _, st, err := s.roomState(tx, roomID); err == nil {
+				waiting = s.membershipIn(tx, st, userID) != "invite"
+			}
+			return nil
+		})
+		if !waiting {
+			w.Close()
+			return
+		}
+		select {
+		case <-w.C:
+			w.Close()
+		case <-deadline.C:
+			w.Close()
+			return
+		case <-ctx.Done():
+			w.Close()
+			return
+		}
+	}
 }
 
 // awayServers: when this server knows roomID but none of its users is

@@ -14,11 +14,13 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteKnock = eng.Knock
 	n.Client.RemoteBackfill = eng.Backfill
 	n.Client.RemoteTimestamp = eng.RemoteTimestamp
+	n.Client.RemoteBackfillAt = eng.BackfillAt
 	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.RemoteHierarchy = eng.Hierarchy
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
 	eng.OnFullState(n.Client.FullStateReached)
+	eng.OnRescind(roomfed.InviteRescinds{Pending: n.Client.PendingRemoteInviteFrom, Rescind: n.Client.RescindRemoteInvite})
 	eng.ResumePartialJoins() // rooms a restart left with partial state
 	return nil
 }

@@ -559,11 +559,12 @@ func (c *Client) send(ctx context.Context, method, destination, path string, bod
 		}
 		re := &RemoteError{Destination: destination, Status: resp.StatusCode}
 		var e struct {
-			Code    string `json:"errcode"`
-			Message string `json:"error"`
+			Code        string `json:"errcode"`
+			Message     string `json:"error"`
+			RoomVersion string `json:"room_version"`
 		}
 		if json.Unmarshal(data, &e) == nil {
-			re.Code, re.Message = e.Code, e.Message
+			re.Code, re.Message, re.RoomVersion = e.Code, e.Message, e.RoomVersion
 		}
 		return nil, re
 	}

@@ -39,6 +39,9 @@ type Error struct {
 	Status  int    `json:"-"`
 	Code    string `json:"errcode"`
 	Message string `json:"error"`
+	// RoomVersion goes with M_INCOMPATIBLE_ROOM_VERSION: the room's
+	// version, which the asking server does not support.
+	RoomVersion string `json:"room_version,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -61,6 +64,7 @@ type RemoteError struct {
 	Status      int
 	Code        string // the errcode, when the body was a Matrix error
 	Message     string
+	RoomVersion string // room_version, with M_INCOMPATIBLE_ROOM_VERSION
 }
 
 func (e *RemoteError) Error() string {

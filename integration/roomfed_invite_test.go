@@ -276,6 +276,9 @@ func TestRoomFedInviteRefused(t *testing.T) {
 	if !errors.As(err, &re) || re.Status != http.StatusBadRequest || re.Code != "M_INCOMPATIBLE_ROOM_VERSION" {
 		t.Fatalf("an invite in an unknown room version: %v, want 400 M_INCOMPATIBLE_ROOM_VERSION", err)
 	}
+	if re.RoomVersion != "999" {
+		t.Fatalf("the invite's M_INCOMPATIBLE_ROOM_VERSION names room_version %q, want 999", re.RoomVersion)
+	}
 
 	if err := send(build()); err != nil {
 		t.Fatalf("the same invite correctly signed: %v", err)

@@ -170,6 +170,15 @@ func TestRoomFedKnockRefused(t *testing.T) {
 	if !errors.As(err, &re) || re.Status != http.StatusBadRequest || re.Code != "M_INCOMPATIBLE_ROOM_VERSION" {
 		t.Fatalf("make_knock without the room's version: %v, want 400 M_INCOMPATIBLE_ROOM_VERSION", err)
 	}
+	if re.RoomVersion != "10" {
+		t.Fatalf("make_knock's M_INCOMPATIBLE_ROOM_VERSION names room_version %q, want 10", re.RoomVersion)
+	}
+	// make_join likewise names the room's version.
+	path = "/_matrix/federation/v1/make_join/" + url.PathEscape(knockable.String()) + "/" + url.PathEscape(bob.UserID.String()) + "?ver=6"
+	err = b.Fed.Client.Get(ctxT(t), a.Name, path, &out)
+	if !errors.As(err, &re) || re.Code != "M_INCOMPATIBLE_ROOM_VERSION" || re.RoomVersion != "10" {
+		t.Fatalf("make_join without the room's version: %v (room_version %q), want M_INCOMPATIBLE_ROOM_VERSION naming 10", err, re.RoomVersion)
+	}
 	path = "/_matrix/federation/v1/make_knock/" + url.PathEscape(knockable.String()) + "/" + url.PathEscape(bob.UserID.String()) + "?ver=10"
 	if err := b.Fed.Client.Get(ctxT(t), a.Name, path, &out); err != nil {
 		t.Fatalf("make_knock: %v", err)

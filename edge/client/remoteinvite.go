@@ -54,12 +54,16 @@ const remoteInviteNS = "remote_invite"
 // remoteInvite is an invite to a room this server is not in, or its
 // rejection (Left).
 type remoteInvite struct {
-	Pos     uint64            `json:"pos"`
-	Sender  string            `json:"sender"`
-	Invite  map[string]any    `json:"invite"` // the invite, client format
-	State   []json.RawMessage `json:"state"`  // invite_state, stripped
-	Left    bool              `json:"left,omitempty"`
-	LeaveEv map[string]any    `json:"leave_event,omitempty"`
+	Pos    uint64            `json:"pos"`
+	Sender string            `json:"sender"`
+	Invite map[string]any    `json:"invite"` // the invite, client format
+	State  []json.RawMessage `json:"state"`  // invite_state, stripped
+	Left   bool              `json:"left,omitempty"`
+	// Depth is the invite event's: a membership event of the room this
+	// server knows overtakes the invite only when it is deeper (a leave
+	// sent before the invite may arrive after it).
+	Depth   int64          `json:"depth,omitempty"`
+	LeaveEv map[string]any `json:"leave_event,omitempty"`
 }
 
 func remoteInviteKey(userID, roomID string) string { return userID + " " + roomID }
@@ -75,6 +79,7 @@ func (s *Server) AcceptRemoteInvite(tx *store.Tx, roomID, eventID string, pdu js
 		Sender   string          `json:"sender"`
 		Content  json.RawMessage `json:"content"`
 		TS       int64           `json:"origin_server_ts"`
+		Depth    int64           `json:"depth"`
 	}
 	if err := json.Unmarshal(pdu, &ev); err != nil {
 		return fmt.Errorf("%w: %v", room.ErrBadEvent, err)
@@ -94,7 +99,7 @@ func (s *Server) AcceptRemoteInvite(tx *store.Tx, roomID, eventID string, pdu js
 	clientEv := map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content,
 		"event_id": eventID, "origin_server_ts": ev.TS, "room_id": roomID, "unsigned": map[string]any{}}
 	self, _ := json.Marshal(map[string]any{"type": ev.Type, "state_key": ev.StateKey, "sender": ev.Sender, "content": ev.Content})
-	ri := remoteInvite{Pos: tx.NextPos(), Sender: ev.Sender, Invite: clientEv, State: append(stripped, self)}
+	ri := remoteInvite{Pos: tx.NextPos(), Sender: ev.Sender, Invite: clientEv, State: append(stripped, self), Depth: ev.Depth}
 	raw, err := json.Marshal(ri)
 	if err != nil {
 		return err
@@ -122,7 +127,21 @@ func (s *Server) pendingRemoteInvite(tx *store.Tx, userID, roomID string) *remot
 // room is known here) is newer than the remote invite.
 func (s *Server) overtaken(tx *store.Tx, userID, roomID string, ri *remoteInvite) bool {
 	m, err := tx.Membership(userID, roomID)
-	return err == nil && (m.Pos > ri.Pos || m.Membership == "join" || m.Membership == "invite")
+	if err != nil {
+		return false
+	}
+	if m.Membership == "join" || m.Membership == "invite" {
+		return true
+	}
+	if m.Pos <= ri.Pos {
+		return false
+	}
+	if ri.Depth > 0 {
+		if ev, err := s.Rooms.Event(tx, m.Event); err == nil && ev.Depth < ri.Depth {
+			return false // sent before the invite, arrived after it
+		}
+	}
+	return true
 }
 
 // remoteInviteServers are the servers to join or leave a remotely invited
@@ -229,7 +248,9 @@ func (s *Server) remoteInviteSync(tx *store.Tx, sess *Session, since, next uint6
 			return true
 		}
 		if ri.Left {
-			if initial {
+			// An initial sync leaves out rejected invites, but not ones
+			// the inviter withdrew: like a kick, the user must hear of it.
+			if sender, _ := ri.LeaveEv["sender"].(string); initial && (ri.LeaveEv == nil || sender == sess.UserID) {
 				return true
 			}
 			leave[roomID] = remoteLeftRoom(ri.LeaveEv)
@@ -244,4 +265,51 @@ func (s *Server) remoteInviteSync(tx *store.Tx, sess *Session, since, next uint6
 		return true
 	})
 	return news
+}
+
+// PendingRemoteInviteFrom is the sender of userID's pending invite to
+// roomID, a room this server is not in, and the room's version as the
+// invite's stripped create event gives it (ok false: no such invite).
+func (s *Server) PendingRemoteInviteFrom(tx *store.Tx, userID, roomID string) (inviter, version string, ok bool) {
+	ri := s.pendingRemoteInvite(tx, userID, roomID)
+	if ri == nil {
+		return "", "", false
+	}
+	version = "1" // a create event without room_version
+	for _, raw := range ri.State {
+		var ev struct {
+			Type    string `json:"type"`
+			Content struct {
+				RoomVersion string `json:"room_version"`
+			} `json:"content"`
+		}
+		if json.Unmarshal(raw, &ev) == nil && ev.Type == "m.room.create" && ev.Content.RoomVersion != "" {
+			version = ev.Content.RoomVersion
+		}
+	}
+	return ri.Sender, version, true
+}
+
+// RescindRemoteInvite records that the inviter's side withdrew userID's
+// pending invite to roomID with the leave event pdu: the room moves to
+// the user's left rooms, as after a rejection.
+func (s *Server) RescindRemoteInvite(tx *store.Tx, userID, roomID, eventID string, pdu json.RawMessage) error {
+	ri := s.pendingRemoteInvite(tx, userID, roomID)
+	if ri == nil {
+		return nil
+	}
+	var ev map[string]any
+	if err := json.Unmarshal(pdu, &ev); err != nil {
+		return fmt.Errorf("%w: %v", room.ErrBadEvent, err)
+	}
+	ri.Pos, ri.Left = tx.NextPos(), true
+	ri.LeaveEv = map[string]any{"type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"], "content": ev["content"],
+		"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}
+	raw, err := json.Marshal(ri)
+	if err != nil {
+		return err
+	}
+	tx.PutKV(remoteInviteNS, remoteInviteKey(userID, roomID), raw)
+	tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
+	return nil
 }

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"edge/edge/config"
+	"edge/edge/notify"
 	"edge/edge/room"
 	"edge/edge/store"
 )
@@ -255,6 +258,8 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 	if _, domain, ok := strings.Cut(roomID, ":"); ok && domain != s.Config.ServerName {
 		candidates = append(candidates, domain)
 	}
+	// An invite this server was sent may still be on its way as an event.
+	s.awaitInviteEvent(r.Context(), sess.UserID, roomID)
 	var elsewhere []string // servers that may authorise a restricted join we cannot
 	var notIn bool         // a room this server has left: join as a stranger
 	local := func(tx *store.Tx) error {
@@ -312,7 +317,15 @@ func (s *Server) join(r *http.Request, sess *Session, roomID string) (any, error
 		return err
 	}
 	err := s.Store.Write(local)
-	if errors.Is(err, room.ErrRoomNotFound) || (err == nil && notIn) {
+	if errors.Is(err, room.ErrRoomNotFound) {
+		return s.remoteJoin(r, sess, roomID, inviteServers...)
+	}
+	if err == nil && notIn {
+		// Through the servers the client named; when it named none, the
+		// servers still in the room, as our stale copy has them.
+		if q := r.URL.Query(); len(q["server_name"]) == 0 && len(q["via"]) == 0 {
+			inviteServers = append(inviteServers, s.awayServers(roomID)...)
+		}
 		return s.remoteJoin(r, sess, roomID, inviteServers...)
 	}
 	// A restricted join refused everywhere may only be early: the event
@@ -478,6 +491,12 @@ func (s *Server) leave(r *http.Request, sess *Session) (any, error) {
 		case "leave", "ban":
 			return nil // already out: leaving again is a no-op, as Synapse does
 		default:
+			// An invite that came through /invite before its event reached
+			// our copy of the room is rejected through the inviter's server.
+			if s.pendingRemoteInvite(tx, sess.UserID, roomID) != nil {
+				remote = true
+				return nil
+			}
 			return errForbidden("You are not in room %s", roomID)
 		}
 		_, err = s.sendMember(tx, roomID, sess.UserID, sess.UserID, s.memberContent(tx, sess.UserID, "leave", req.Reason))
@@ -525,6 +544,69 @@ func (s *Server) forget(r *http.Request, sess *Session) (any, error) {
 		tx.SetMembership(sess.UserID, m)
 		return nil
 	})
+}
+
+// awaitInviteEvent: when userID holds an invite to roomID countersigned
+// through /invite but our copy of the room (we take part in it) has not
+// received the invite event yet, which travels in the inviter's next
+// transaction, a join waits a little for it: built before, it would be
+// refused by our copy's auth rules.
+func (s *Server) awaitInviteEvent(ctx context.Context, userID, roomID string) {
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for {
+		w := s.Notifier.Listen(notify.RoomKey(roomID), notify.UserKey(userID))
+		waiting := false
+		_ = s.Store.View(func(tx *store.Tx) error {
+			if s.pendingRemoteInvite(tx, userID, roomID) == nil {
+				return nil
+			}
+			if _, st, err := s.roomState(tx, roomID); err == nil {
+				waiting = s.membershipIn(tx, st, userID) != "invite"
+			}
+			return nil
+		})
+		if !waiting {
+			w.Close()
+			return
+		}
+		select {
+		case <-w.C:
+			w.Close()
+		case <-deadline.C:
+			w.Close()
+			return
+		case <-ctx.Done():
+			w.Close()
+			return
+		}
+	}
+}
+
+// awayServers: when this server knows roomID but none of its users is
+// joined, and it can join remotely, the servers joined to the room as our
+// copy last saw it, by number of members; else nil.
+func (s *Server) awayServers(roomID string) []string {
+	if s.RemoteJoin == nil {
+		return nil
+	}
+	var out []string
+	_ = s.Store.View(func(tx *store.Tx) error {
+		rm, err := tx.Room(roomID)
+		if err != nil {
+			return nil
+		}
+		joined, err := s.Rooms.JoinedServers(tx, rm.State)
+		if err != nil || joined[s.Config.ServerName] > 0 {
+			return nil
+		}
+		for srv := range joined {
+			out = append(out, srv)
+		}
+		slices.SortFunc(out, func(a, b string) int { return cmp.Or(joined[b]-joined[a], strings.Compare(a, b)) })
+		return nil
+	})
+	return out
 }
 
 // membershipAction serves invite, kick, ban and unban:

@@ -75,6 +75,9 @@ type Server struct {
 	// hierarchy of a room this server is not in (see hierarchy.go); nil:
 	// such rooms are left out.
 	RemoteHierarchy func(ctx context.Context, roomID string, via []string, suggestedOnly bool) (*room.HierarchyAnswer, error)
+	// RemoteBackfillAt is RemoteBackfill for a gap inside the timeline,
+	// just before timeline event eventID; nil: /messages pages past gaps.
+	RemoteBackfillAt func(ctx context.Context, roomID, eventID string, limit int) (int, error)
 	// Remote carries typing, receipts, profiles and aliases to other
 	// servers (see remote_queries.go); nil: local only.
 	Remote *RemoteQueries

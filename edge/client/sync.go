@@ -229,7 +229,10 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, s
 					news = true
 				}
 			case "leave", "ban":
-				if m.Forgotten || (!hasSince && !f.IncludeLeave()) || (!changed && !(fullState && f.IncludeLeave())) {
+				// An initial sync without include_leave still shows a room
+				// the user was banned or kicked from (as Synapse does;
+				// Complement's TestUnbanViaInvite), not one they left.
+				if m.Forgotten || (!hasSince && !f.IncludeLeave() && !s.removedByOther(tx, sess.UserID, m)) || (!changed && !(fullState && f.IncludeLeave())) {
 					continue
 				}
 				lr, err := s.syncLeft(tx, sess, m, since, hasSince, stateAfter, f)
@@ -485,6 +488,13 @@ func (s *Server) collectTimeline(tx *store.Tx, sess *Session, r *store.Room, low
 		if vis.canSee(ev) && tf.Match(eventView(ev)) {
 			evs = append(evs, ev)
 		}
+		// History missing before this event (a gap get_missing_events
+		// could not close): what came before it is not continuous with it,
+		// so the timeline stops here, limited (as Synapse does).
+		if gapBefore(tx, ev) {
+			limited = true
+			return false
+		}
 		return true
 	})
 	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
@@ -551,6 +561,15 @@ func (s *Server) stateDiff(tx *store.Tx, from, to *room.State) ([]*room.Event, e
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
 	return out, err
+}
+
+// removedByOther: the user's leave or ban in m was sent by someone else.
+func (s *Server) removedByOther(tx *store.Tx, userID string, m *store.Membership) bool {
+	if m.Membership == "ban" {
+		return true
+	}
+	ev, err := s.Rooms.Event(tx, m.Event)
+	return err == nil && ev.Sender != userID
 }
 
 // syncLeft builds a left room's section: its timeline up to the leave.

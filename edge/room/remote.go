@@ -338,15 +338,29 @@ func (s *Service) DropJoinEvents(tx *store.Tx, evs []*Event) {
 // CreateJoinedRoom creates a room this server learns of by joining it,
 // from its state (state key NID → event NID, events stored by
 // StoreJoinEvents), and returns that state: the state before the join,
-// for PersistRemote.
+// for PersistRemote. A room known from before (this server left it, and
+// rejoins) keeps its timeline; its state becomes the join's and its old
+// forward extremities, from before the time away, are dropped: the join
+// follows the resident server's.
 func (s *Service) CreateJoinedRoom(tx *store.Tx, version, roomID string, state map[uint64]uint64, depth int64) (*State, error) {
 	if !supported(version) {
 		return nil, fmt.Errorf("%w: %q", ErrUnsupported, version)
 	}
-	r := &store.Room{RoomID: roomID, Version: version, Depth: depth}
-	if err := tx.CreateRoom(r); err != nil {
+	r, err := tx.Room(roomID)
+	switch {
+	case err == nil && r.Version != version:
+		return nil, fmt.Errorf("%w: room %s is version %s here, %s there", ErrBadEvent, roomID, r.Version, version)
+	case err == nil:
+		r.Extremities = nil
+	case errors.Is(err, store.ErrNotFound):
+		r = &store.Room{RoomID: roomID, Version: version}
+		if err := tx.CreateRoom(r); err != nil {
+			return nil, err
+		}
+	default:
 		return nil, err
 	}
+	r.Depth = max(r.Depth, depth)
 	r.State = s.states.with(tx, &State{}, state)
 	tx.PutRoom(r)
 	return s.states.load(tx, r.State)

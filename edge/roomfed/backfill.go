@@ -25,8 +25,9 @@ const (
 	maxBackfill = 100
 	// backfillTries bounds the servers asked for one gap.
 	backfillTries = 3
-	// backfillGapNS holds, per room, the gap before its oldest known
-	// history: the event IDs still to fetch, or that there is none.
+	// backfillGapNS holds, per room (and per gap inside its timeline),
+	// the gap before its oldest known history: the event IDs still to
+	// fetch, or that there is none.
 	backfillGapNS = "backfill_gap"
 )
 
@@ -132,6 +133,23 @@ type backfillGap struct {
 	Done bool     `json:"done"`
 }
 
+// history names a stretch of a room's history to fetch: the one before
+// its timeline (at nil), or a gap inside the timeline just before the
+// event at (one whose prev events were missing, as a state fetch in
+// gap.go or a rejoin after time away leaves).
+type history struct {
+	roomID string
+	at     *room.Event
+}
+
+// key names the history's stored gap.
+func (h history) key() string {
+	if h.at == nil {
+		return h.roomID
+	}
+	return h.roomID + "|" + h.at.ID
+}
+
 // Backfill fetches up to limit events of history older than what this
 // server holds of roomID, from a server in the room, and adds them to the
 // room's backfilled history (store.Tx.AddBackfilled), where /messages
@@ -139,6 +157,27 @@ type backfillGap struct {
 // answered empty is not asked about again. It is the client API's
 // RemoteBackfill hook.
 func (e *Engine) Backfill(ctx context.Context, roomID string, limit int) (int, error) {
+	return e.backfill(ctx, history{roomID: roomID}, limit)
+}
+
+// BackfillAt is Backfill for the gap just before timeline event eventID:
+// what it fetches joins that gap's history (store.Tx.AddGapHistory). It
+// is the client API's RemoteBackfillAt hook.
+func (e *Engine) BackfillAt(ctx context.Context, roomID, eventID string, limit int) (int, error) {
+	var at *room.Event
+	err := e.store.View(func(tx *store.Tx) error {
+		var err error
+		at, err = e.rooms.EventByID(tx, eventID)
+		return err
+	})
+	if err != nil || at.RoomID != roomID || at.Pos == 0 {
+		return 0, fmt.Errorf("%w: %s is not in the timeline of %s", room.ErrEventNotFound, eventID, roomID)
+	}
+	return e.backfill(ctx, history{roomID: roomID, at: at}, limit)
+}
+
+func (e *Engine) backfill(ctx context.Context, h history, limit int) (int, error) {
+	roomID := h.roomID
 	limit = min(max(limit, 1), maxBackfill)
 	unlock := e.lock(roomID)
 	defer unlock()
@@ -151,7 +190,7 @@ func (e *Engine) Backfill(ctx context.Context, roomID string, limit int) (int, e
 			return fmt.Errorf("%w: %s", ErrUnknownRoom, roomID)
 		}
 		version = r.Version
-		if gap, err = e.currentGap(tx, r); err != nil || gap.Done {
+		if gap, err = e.currentGap(tx, r, h); err != nil || gap.Done {
 			return err
 		}
 		joined := map[string]bool{}
@@ -188,7 +227,7 @@ func (e *Engine) Backfill(ctx context.Context, roomID string, limit int) (int, e
 		if i == backfillTries {
 			break
 		}
-		n, err := e.backfillFrom(ctx, srv, version, roomID, gap.Ext, limit)
+		n, err := e.backfillFrom(ctx, srv, version, h, gap.Ext, limit)
 		if err == nil {
 			return n, nil
 		}
@@ -201,17 +240,20 @@ func (e *Engine) Backfill(ctx context.Context, roomID string, limit int) (int, e
 	return 0, errors.Join(errs...)
 }
 
-// currentGap is the room's stored gap, or the one before its timeline's
-// first event when none is stored yet.
-func (e *Engine) currentGap(tx *store.Tx, r *store.Room) (backfillGap, error) {
+// currentGap is the history's stored gap, or when none is stored yet the
+// one before its first event: the timeline's first, or the one at.
+func (e *Engine) currentGap(tx *store.Tx, r *store.Room, h history) (backfillGap, error) {
 	var gap backfillGap
-	if raw, err := tx.GetKV(backfillGapNS, r.RoomID); err == nil {
+	if raw, err := tx.GetKV(backfillGapNS, h.key()); err == nil {
 		return gap, json.Unmarshal(raw, &gap)
 	}
-	first, err := e.firstTimelineEvent(tx, r)
-	if err != nil || first == nil {
-		gap.Done = true
-		return gap, err
+	first := h.at
+	if first == nil {
+		var err error
+		if first, err = e.firstTimelineEvent(tx, r); err != nil || first == nil {
+			gap.Done = true
+			return gap, err
+		}
 	}
 	gap.Ext = e.notShown(tx, first.PrevEvents, nil)
 	gap.Done = len(gap.Ext) == 0
@@ -229,7 +271,7 @@ func (e *Engine) firstTimelineEvent(tx *store.Tx, r *store.Room) (*room.Event, e
 }
 
 // notShown filters ids to those neither in the room's timeline, nor in its
-// backfilled history, nor in also.
+// backfilled history or a gap's, nor in also.
 func (e *Engine) notShown(tx *store.Tx, ids []string, also map[string]bool) []string {
 	var out []string
 	for _, eid := range ids {
@@ -243,6 +285,9 @@ func (e *Engine) notShown(tx *store.Tx, ids []string, also map[string]bool) []st
 			if _, ok := tx.BackfillSeq(se.NID); ok {
 				continue
 			}
+			if _, ok := tx.InGapHistory(se.NID); ok {
+				continue
+			}
 		}
 		out = append(out, eid)
 	}
@@ -254,7 +299,8 @@ func (e *Engine) notShown(tx *store.Tx, ids []string, also map[string]bool) []st
 // hash) and against its auth events (fetched with event_auth when
 // missing); rejected ones are kept out of the history. Events already
 // held as outliers (the join's state and auth chain) join the history.
-func (e *Engine) backfillFrom(ctx context.Context, srv, version, roomID string, ext []string, limit int) (int, error) {
+func (e *Engine) backfillFrom(ctx context.Context, srv, version string, h history, ext []string, limit int) (int, error) {
+	roomID := h.roomID
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	for _, v := range ext {
 		q.Add("v", v)
@@ -308,14 +354,19 @@ func (e *Engine) backfillFrom(ctx context.Context, srv, version, roomID string, 
 		if err != nil {
 			return err
 		}
-		gap, err := e.currentGap(tx, r)
+		gap, err := e.currentGap(tx, r, h)
 		if err != nil {
 			return err
 		}
-		// The state before the room's first timeline event stands in for
-		// the unknown state at each backfilled event (client visibility).
+		// The state before the event after the history (the room's first
+		// timeline event, or at) stands in for the unknown state at each
+		// backfilled event (client visibility).
 		var before *room.State
-		if first, err := e.firstTimelineEvent(tx, r); err == nil && first != nil {
+		first := h.at
+		if first == nil {
+			first, _ = e.firstTimelineEvent(tx, r)
+		}
+		if first != nil {
 			before, err = e.rooms.State(tx, first.StateBefore)
 			if err != nil {
 				return err
@@ -372,8 +423,13 @@ func (e *Engine) backfillFrom(ctx context.Context, srv, version, roomID string, 
 			if err != nil {
 				return err
 			}
-			if _, ok := tx.BackfillSeq(nid); !ok {
-				tx.AddBackfilled(r.NID, nid)
+			_, inGap := tx.InGapHistory(nid)
+			if _, ok := tx.BackfillSeq(nid); !ok && !inGap {
+				if h.at == nil {
+					tx.AddBackfilled(r.NID, nid)
+				} else {
+					tx.AddGapHistory(h.at.NID, nid)
+				}
 				added++
 			}
 			for _, p := range e.notShown(tx, ev.PrevEvents, reached) {
@@ -397,7 +453,7 @@ func (e *Engine) backfillFrom(ctx context.Context, srv, version, roomID string, 
 		if err != nil {
 			return err
 		}
-		tx.PutKV(backfillGapNS, roomID, raw)
+		tx.PutKV(backfillGapNS, h.key(), raw)
 		return nil
 	})
 	return added, err

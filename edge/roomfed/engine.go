@@ -37,6 +37,8 @@ type Engine struct {
 	locks map[string]*roomLock
 
 	partial partialRunner // faster joins' background resyncs (partial.go)
+
+	rescinds *InviteRescinds // withdrawn invites to unknown rooms (rescind.go)
 }
 
 // roomLock serialises one room's inbound events.
@@ -101,6 +103,13 @@ func (e *Engine) queueLocal(tx *store.Tx, ev *room.Event) error {
 		}
 	}
 	e.addPartialServers(tx, ev.RoomID, dests)
+	// A remote user's leave or ban reaches their server even when it has
+	// no member in the room: it withdraws an invite (rescind.go).
+	if ev.Type == "m.room.member" && ev.StateKey != nil {
+		if m := ev.Membership(); m == "leave" || m == "ban" {
+			dests[domainOf(*ev.StateKey)] = true
+		}
+	}
 	delete(dests, e.name)
 	if len(dests) == 0 {
 		return nil
@@ -145,6 +154,14 @@ func domainOf(s string) string {
 
 func fedErr(status int, code, msg string) *federation.Error {
 	return &federation.Error{Status: status, Code: code, Message: msg}
+}
+
+// errIncompatible answers a server that does not support the room's
+// version, naming it (room_version, as the spec's make_join answer has it).
+func errIncompatible(version, msg string) *federation.Error {
+	e := fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", msg)
+	e.RoomVersion = version
+	return e
 }
 
 // errNotFound is the federation answer for unknown rooms and events.

@@ -138,7 +138,9 @@ func (e *Engine) fetchStateAt(ctx context.Context, srv, version, roomID, eventID
 }
 
 // fetchEvents fetches from srv, checks and stores as outliers the events
-// among ids that we do not hold.
+// among ids that we do not hold. One the server does not give is left
+// out (as Synapse does), and with it whatever it authorises: those fail
+// their auth check for want of it.
 func (e *Engine) fetchEvents(ctx context.Context, srv, version, roomID string, ids []string) error {
 	wanted := map[string]bool{}
 	var raws []json.RawMessage
@@ -152,7 +154,11 @@ func (e *Engine) fetchEvents(ctx context.Context, srv, version, roomID string, i
 			PDUs []json.RawMessage `json:"pdus"`
 		}
 		if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/event/"+url.PathEscape(eid), &one); err != nil {
-			return fmt.Errorf("event %s: %w", eid, err)
+			if ctx.Err() != nil {
+				return fmt.Errorf("event %s: %w", eid, err)
+			}
+			e.log.Info("gap: state event not fetched", "server", srv, "event_id", eid, "err", err)
+			continue
 		}
 		wanted[eid] = true
 		raws = append(raws, one.PDUs...)

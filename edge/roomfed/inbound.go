@@ -23,6 +23,10 @@ var (
 	ErrMissingPrev  = errors.New("prev_events missing and could not be fetched")
 	ErrMissingAuth  = errors.New("auth_events unknown")
 	ErrRejected     = errors.New("rejected by the auth rules")
+	// errStoredRejected marks a rejection after which the event is stored
+	// (flagged rejected): the PDU was processed, so /send answers it
+	// without an error, as Synapse does.
+	errStoredRejected = errors.New("stored as rejected")
 )
 
 // onPDUs is federation.Server.OnPDUs: each room's PDUs in order under the
@@ -57,6 +61,9 @@ func (e *Engine) onPDUs(ctx context.Context, origin string, pdus []json.RawMessa
 						err = nil
 					}
 				}
+				if errors.Is(err, errStoredRejected) {
+					err = nil
+				}
 				if evID != "" {
 					mu.Lock()
 					results[evID] = err
@@ -90,7 +97,7 @@ func (e *Engine) receiveSafely(ctx context.Context, origin, roomID string, raw [
 			err = fmt.Errorf("%w: internal error", ErrRejected)
 		}
 	}()
-	return e.receive(ctx, origin, roomID, raw, true)
+	return e.receive(ctx, origin, roomID, raw, true, nil)
 }
 
 // roomVersion returns the version of a room we know.
@@ -110,9 +117,16 @@ func (e *Engine) roomVersion(roomID string) (string, error) {
 }
 
 // receive checks and applies one PDU of a room the caller holds the lock
-// of. With fetch set, missing prev_events are asked of origin.
-func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte, fetch bool) (string, error) {
+// of. With fetch set (a pushed PDU), missing prev_events are asked of
+// origin; without (one get_missing_events brought), the state at missing
+// prev events is fetched instead, unless one of them is in noFill.
+func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte, fetch bool, noFill map[string]bool) (string, error) {
 	version, err := e.roomVersion(roomID)
+	if errors.Is(err, ErrUnknownRoom) && e.rescinds != nil {
+		if evID, handled, err := e.receiveRescind(roomID, raw); handled {
+			return evID, err
+		}
+	}
 	if err != nil {
 		return "", err
 	}
@@ -135,14 +149,19 @@ func (e *Engine) receive(ctx context.Context, origin, roomID string, raw []byte,
 	if err != nil || known {
 		return ev.ID, err
 	}
-	if len(missing) > 0 && fetch {
+	switch {
+	case len(missing) > 0 && fetch:
+		// A pushed event: its prev events are asked for (get_missing_events).
+		// What those cannot reach is the gap's oldest pulled event's to
+		// fill (below); a pushed event is never trusted with a state fetch
+		// of its own (as Synapse: its sender has no excuse for not
+		// giving its prev events).
 		e.fetchMissing(ctx, origin, ev)
 		_ = e.store.View(func(tx *store.Tx) error { missing = e.unknownPrevs(tx, ev.PrevEvents); return nil })
-	}
-	if len(missing) > 0 {
-		// Also for an event get_missing_events brought whose own prev
-		// events are missing (the answer did not reach back to ours):
-		// its state comes from the state at those, as Synapse does.
+	case len(missing) > 0 && !slices.ContainsFunc(missing, func(id string) bool { return noFill[id] }):
+		// A pulled event whose prev events get_missing_events did not
+		// reach (or left as outliers without state): the state at each
+		// is fetched instead (gap.go), as Synapse does.
 		if err := e.fillGap(ctx, origin, version, ev, missing); err != nil {
 			e.log.Info("gap not filled", "origin", origin, "event_id", ev.ID, "err", err)
 		}
@@ -286,6 +305,7 @@ func (e *Engine) apply(ev *room.Event) error {
 			outcome = fmt.Errorf("%w: state before the event: %v", ErrRejected, err)
 		}
 		if outcome != nil {
+			outcome = fmt.Errorf("%w (%w)", outcome, errStoredRejected)
 			return e.rooms.PersistRemote(tx, ev, before, store.FlagRejected)
 		}
 		r, err := tx.Room(ev.RoomID)
@@ -355,9 +375,15 @@ func (e *Engine) fetchMissing(ctx context.Context, origin string, ev *room.Event
 		items = append(items, item{h.Depth, raw})
 	}
 	slices.SortStableFunc(items, func(a, b item) int { return int(min(max(a.depth-b.depth, -1), 1)) })
+	// An event refused here is not fetched again (with its state) for
+	// the events after it.
+	refused := map[string]bool{}
 	for _, it := range items {
-		if id, err := e.receive(ctx, origin, ev.RoomID, it.raw, false); err != nil {
+		if id, err := e.receive(ctx, origin, ev.RoomID, it.raw, false, refused); err != nil {
 			e.log.Info("missing event refused", "event_id", id, "err", err)
+			if id != "" {
+				refused[id] = true
+			}
 		}
 	}
 }

@@ -185,7 +185,7 @@ func (e *Engine) serveInvite(r *federation.Request, accept InviteAcceptor) (any,
 		return nil, fedErr(http.StatusBadRequest, "M_MISSING_PARAM", "room_version and event are required")
 	}
 	if !slices.Contains(room.SupportedVersions, req.RoomVersion) {
-		return nil, fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "room version "+req.RoomVersion+" is not supported")
+		return nil, errIncompatible(req.RoomVersion, "room version "+req.RoomVersion+" is not supported")
 	}
 	if len(req.Event) > room.MaxEventBytes {
 		return nil, fedErr(http.StatusBadRequest, "M_TOO_LARGE", "event too large")

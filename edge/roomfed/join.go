@@ -106,9 +106,15 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 	// A room this server is in already: a local user's join that only
 	// another server could authorise (a restricted room). Of the answer
 	// only the countersigned join matters; it is one more event of the
-	// room, applied as received.
-	_, err = e.roomVersion(roomID)
-	known := err == nil
+	// room, applied as received. (A room this server has left is joined
+	// afresh: its copy here is stale.)
+	known := false
+	_ = e.store.View(func(tx *store.Tx) error {
+		if r, err := tx.Room(roomID); err == nil {
+			known, _ = e.serverJoined(tx, r, e.name)
+		}
+		return nil
+	})
 	var roomNID uint64
 	if !known {
 		if err := e.store.Write(func(tx *store.Tx) error { roomNID = tx.ReserveRoomNID(roomID); return nil }); err != nil {
@@ -140,7 +146,7 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		}
 	}
 	if known {
-		_, err := e.receive(ctx, srv, roomID, join.Raw, true)
+		_, err := e.receive(ctx, srv, roomID, join.Raw, true, nil)
 		return err
 	}
 	received := time.Now()

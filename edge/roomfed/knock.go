@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 	"slices"
 	"time"
@@ -37,7 +36,7 @@ func (e *Engine) serveMakeKnock(r *federation.Request) (any, error) {
 		return nil, errNotFound("unknown room")
 	}
 	if !slices.Contains(vers, version) {
-		return nil, fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+version)
+		return nil, errIncompatible(version, "the room's version is "+version)
 	}
 	if !room.Features(version).Knocks() {
 		return nil, errForbidden("room version " + version + " does not support knocking")

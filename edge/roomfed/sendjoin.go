@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"slices"
 
 	"edge/edge/room"
@@ -63,7 +62,7 @@ func (e *Engine) makeMembership(r *federation.Request, membership string, versio
 				return err
 			}
 			if !slices.Contains(versions, rm.Version) {
-				return fedErr(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "the room's version is "+rm.Version)
+				return errIncompatible(rm.Version, "the room's version is "+rm.Version)
 			}
 		}
 		var err error

@@ -58,7 +58,7 @@ func (e *Engine) RemoteTimestamp(ctx context.Context, roomID string, ts int64, f
 		if err != nil {
 			return err
 		}
-		gap, err := e.currentGap(tx, r)
+		gap, err := e.currentGap(tx, r, history{roomID: roomID})
 		if err != nil {
 			return err
 		}

@@ -461,3 +461,64 @@ func (t *Tx) Backfilled(roomNID, from uint64, fn func(seq, eventNID uint64) bool
 		return err == nil && fn(seq, getU64(v))
 	})
 }
+
+// Gap history: events fetched (with /backfill) for a gap inside a room's
+// timeline, just before the timeline event at whose prev events history
+// is missing. Each gap numbers its events 1, 2, … from newest to oldest,
+// keyed by that event's NID, as the backfilled history before the
+// timeline is keyed by the room's. An event is in one gap at most.
+const (
+	gapOrderNS = "gap_order" // at-event NID seq → event NID
+	gapIndexNS = "gap_index" // event NID → at-event NID
+	gapNextNS  = "gap_next"  // at-event NID → last seq given
+)
+
+// AddGapHistory places an event at the old end of the history of the gap
+// before timeline event atNID, unless it is in a gap already.
+func (t *Tx) AddGapHistory(atNID, eventNID uint64) {
+	if _, ok := t.InGapHistory(eventNID); ok {
+		return
+	}
+	var seq uint64
+	if v, err := t.GetKV(gapNextNS, hex16(atNID)); err == nil {
+		seq, _ = strconv.ParseUint(string(v), 16, 64)
+	}
+	seq++
+	t.PutKV(gapNextNS, hex16(atNID), []byte(hex16(seq)))
+	t.PutKV(gapOrderNS, hex16(atNID)+hex16(seq), u64(eventNID))
+	t.PutKV(gapIndexNS, hex16(eventNID), []byte(hex16(atNID)))
+}
+
+// InGapHistory tells whether an event is in a gap's history, and whose.
+func (t *Tx) InGapHistory(eventNID uint64) (uint64, bool) {
+	v, err := t.GetKV(gapIndexNS, hex16(eventNID))
+	if err != nil {
+		return 0, false
+	}
+	at, err := strconv.ParseUint(string(v), 16, 64)
+	return at, err == nil
+}
+
+// GapHistory walks the history of the gap before timeline event atNID
+// from seq from (inclusive) towards older events, as Backfilled does.
+func (t *Tx) GapHistory(atNID, from uint64, fn func(seq, eventNID uint64) bool) {
+	p := hex16(atNID)
+	t.ScanKVFrom(gapOrderNS, p+hex16(from), func(k string, v []byte) bool {
+		if len(k) != 32 || k[:16] != p || len(v) != 8 {
+			return false
+		}
+		seq, err := strconv.ParseUint(k[16:], 16, 64)
+		return err == nil && fn(seq, getU64(v))
+	})
+}
+
+// GapHistoryLen is how many events the gap before timeline event atNID
+// holds.
+func (t *Tx) GapHistoryLen(atNID uint64) uint64 {
+	v, err := t.GetKV(gapNextNS, hex16(atNID))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(v), 16, 64)
+	return n
+}

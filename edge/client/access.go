@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/json"
 	"errors"
 
 	"edge/edge/room"
@@ -31,17 +30,7 @@ func (s *Server) membershipIn(tx *store.Tx, st *room.State, userID string) strin
 
 // stateContentField reads one string field of a state event's content.
 func (s *Server) stateContentField(tx *store.Tx, st *room.State, evType, field string) string {
-	ev, err := s.Rooms.StateEvent(tx, st, evType, "")
-	if err != nil || ev == nil {
-		return ""
-	}
-	var c map[string]json.RawMessage
-	if json.Unmarshal(ev.Content, &c) != nil {
-		return ""
-	}
-	var v string
-	_ = json.Unmarshal(c[field], &v)
-	return v
+	return s.Rooms.StateContentField(tx, st, evType, field)
 }
 
 // requireJoined returns the room's current state if userID is joined;

@@ -85,26 +85,32 @@ func (s *Server) changePushRules(userID string, change func(*push.Rules) error) 
 		if err := change(rules); err != nil {
 			return err
 		}
-		blob, err := rules.State.Marshal()
-		if err != nil {
-			return err
-		}
-		content, err := json.Marshal(push.Rulesets{Global: rules.Ruleset()})
-		if err != nil {
-			return err
-		}
-		tx.PutKV(pushNamespace, userID, blob)
-		tx.PutAccountData(userID, "", pushRulesType, content)
-		tx.OnCommit(func() {
-			s.forgetUnread(userID) // counted under the old rules
-			s.Notifier.Notify(notify.UserKey(userID))
-		})
-		return nil
+		return s.storePushRules(tx, userID, rules)
 	})
 	if err != nil {
 		return nil, pushError(err)
 	}
 	return empty{}, nil
+}
+
+// storePushRules stores a user's changed rules and mirrors the whole
+// ruleset into m.push_rules account data.
+func (s *Server) storePushRules(tx *store.Tx, userID string, rules *push.Rules) error {
+	blob, err := rules.State.Marshal()
+	if err != nil {
+		return err
+	}
+	content, err := json.Marshal(push.Rulesets{Global: rules.Ruleset()})
+	if err != nil {
+		return err
+	}
+	tx.PutKV(pushNamespace, userID, blob)
+	tx.PutAccountData(userID, "", pushRulesType, content)
+	tx.OnCommit(func() {
+		s.forgetUnread(userID) // counted under the old rules
+		s.Notifier.Notify(notify.UserKey(userID))
+	})
+	return nil
 }
 
 // pushError maps edge/push sentinels to Matrix errors. The spec's only

@@ -3,8 +3,6 @@ package client
 import (
 	"encoding/json"
 
-	"edge/edge/notify"
-	"edge/edge/push"
 	"edge/edge/store"
 )
 
@@ -41,21 +39,7 @@ func (s *Server) CopyPushRulesOnJoin(roomID, userID string) {
 		if !rules.CopyRoomRules(c.Predecessor.RoomID, roomID) {
 			return nil
 		}
-		blob, err := rules.State.Marshal()
-		if err != nil {
-			return err
-		}
-		content, err := json.Marshal(push.Rulesets{Global: rules.Ruleset()})
-		if err != nil {
-			return err
-		}
-		tx.PutKV(pushNamespace, userID, blob)
-		tx.PutAccountData(userID, "", pushRulesType, content)
-		tx.OnCommit(func() {
-			s.forgetUnread(userID)
-			s.Notifier.Notify(notify.UserKey(userID))
-		})
-		return nil
+		return s.storePushRules(tx, userID, rules)
 	})
 	if err != nil {
 		s.Log.Warn("push rules not copied to upgraded room", "room_id", roomID, "user_id", userID, "err", err)

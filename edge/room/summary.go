@@ -76,19 +76,7 @@ func (s *Service) Summarize(tx *store.Tx, roomID string) (*Summary, *State, erro
 		return nil, nil, err
 	}
 	sum := &Summary{RoomID: roomID, Version: r.Version}
-	field := func(evType, key string) string {
-		ev, err := s.StateEvent(tx, st, evType, "")
-		if err != nil || ev == nil {
-			return ""
-		}
-		var c map[string]json.RawMessage
-		if json.Unmarshal(ev.Content, &c) != nil {
-			return ""
-		}
-		var v string
-		_ = json.Unmarshal(c[key], &v)
-		return v
-	}
+	field := func(evType, key string) string { return s.StateContentField(tx, st, evType, key) }
 	sum.Name = field("m.room.name", "name")
 	sum.Topic = field("m.room.topic", "topic")
 	sum.CanonicalAlias = field("m.room.canonical_alias", "alias")
@@ -267,4 +255,20 @@ func (h *HierarchyRoom) Links(suggestedOnly bool) []SpaceChild {
 	}
 	sortChildren(out)
 	return out
+}
+
+// StateContentField reads one string field of the content of state event
+// (evType, ""); "" when the event or the field is missing.
+func (s *Service) StateContentField(tx *store.Tx, st *State, evType, field string) string {
+	ev, err := s.StateEvent(tx, st, evType, "")
+	if err != nil || ev == nil {
+		return ""
+	}
+	var c map[string]json.RawMessage
+	if json.Unmarshal(ev.Content, &c) != nil {
+		return ""
+	}
+	var v string
+	_ = json.Unmarshal(c[field], &v)
+	return v
 }

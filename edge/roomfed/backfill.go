@@ -193,15 +193,9 @@ func (e *Engine) backfill(ctx context.Context, h history, limit int) (int, error
 		if gap, err = e.currentGap(tx, r, h); err != nil || gap.Done {
 			return err
 		}
-		joined := map[string]bool{}
-		if err := e.joinedServers(tx, r.State, joined); err != nil {
+		if servers, err = e.otherServers(tx, r.State); err != nil {
 			return err
 		}
-		delete(joined, e.name)
-		for s := range joined {
-			servers = append(servers, s)
-		}
-		slices.Sort(servers)
 		// Fallbacks when the state names no other server (a partial-state
 		// join): the creator's server and the room ID's.
 		st, err := e.rooms.State(tx, r.State)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
@@ -133,6 +134,22 @@ func (e *Engine) joinedServers(tx *store.Tx, snapshot uint64, out map[string]boo
 		out[srv] = true
 	}
 	return nil
+}
+
+// otherServers lists, sorted, the servers other than ours with a joined
+// member in a state.
+func (e *Engine) otherServers(tx *store.Tx, state uint64) ([]string, error) {
+	joined := map[string]bool{}
+	if err := e.joinedServers(tx, state, joined); err != nil {
+		return nil, err
+	}
+	delete(joined, e.name)
+	out := make([]string, 0, len(joined))
+	for s := range joined {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // serverJoined tells whether server has a joined member in the room's

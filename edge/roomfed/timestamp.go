@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 
 	"edge/edge/store"
@@ -65,16 +64,8 @@ func (e *Engine) RemoteTimestamp(ctx context.Context, roomID string, ts int64, f
 		if complete = gap.Done; complete {
 			return nil
 		}
-		joined := map[string]bool{}
-		if err := e.joinedServers(tx, r.State, joined); err != nil {
-			return err
-		}
-		delete(joined, e.name)
-		for s := range joined {
-			servers = append(servers, s)
-		}
-		slices.Sort(servers)
-		return nil
+		servers, err = e.otherServers(tx, r.State)
+		return err
 	})
 	if err != nil || complete {
 		return "", 0, false

@@ -66,10 +66,14 @@ func TestUserDirectorySearch(t *testing.T) {
 	if r.Results[0].UserID != bob.UserID {
 		t.Fatalf("first result %s does not share a room", r.Results[0].UserID)
 	}
-	// bob and carol; alice does not find herself.
+	// bob and carol; alice does not find herself (her only room is
+	// private), carol does (a member of a public room, as in Synapse).
 	r, err = alice.SearchUserDirectory(ctx, "ud", 10)
 	if err != nil || r.Limited || len(r.Results) != 2 || dirIDs(r)[string(alice.UserID)] {
 		t.Fatalf("all of 'ud': %+v %v", r, err)
+	}
+	if r, err = carol.SearchUserDirectory(ctx, "udcarol", 10); err != nil || !dirIDs(r)[string(carol.UserID)] {
+		t.Fatalf("carol, in a public room, does not find herself: %+v %v", r, err)
 	}
 	if st, body := relHTTP(t, alice, "POST", "/_matrix/client/v3/user_directory/search", map[string]any{"limit": 3}); st != 400 || body["errcode"] != "M_MISSING_PARAM" {
 		t.Fatalf("no search_term: %d %v", st, body)

@@ -23,6 +23,7 @@ type dirUser struct {
 	DisplayName string `json:"display_name,omitempty"`
 	AvatarURL   string `json:"avatar_url,omitempty"`
 	shared      bool   // shares a room with the searcher (ranked first)
+	public      bool   // joined to a public room
 }
 
 // userDirectorySearch: POST /user_directory/search
@@ -69,11 +70,12 @@ func (s *Server) userDirectorySearch(r *http.Request, sess *Session) (any, error
 				return true
 			}
 			shared := mine[rm.RoomID]
-			if !shared && s.stateContentField(tx, st, "m.room.join_rules", "join_rule") != "public" &&
-				s.stateContentField(tx, st, "m.room.history_visibility", "history_visibility") != "world_readable" {
+			public := s.stateContentField(tx, st, "m.room.join_rules", "join_rule") == "public" ||
+				s.stateContentField(tx, st, "m.room.history_visibility", "history_visibility") == "world_readable"
+			if !shared && !public {
 				return true
 			}
-			s.addJoinedMembers(tx, st, shared, users)
+			s.addJoinedMembers(tx, st, shared, public, users)
 			return true
 		})
 		if err != nil {
@@ -98,10 +100,11 @@ func (s *Server) userDirectorySearch(r *http.Request, sess *Session) (any, error
 	}
 	var hits []*dirUser
 	for _, u := range users {
-		// Searchers do not find themselves through the rooms they are in
-		// (Synapse's shared-rooms table pairs distinct users only; Complement's
-		// TestRoomSpecificUsername* counts the results).
-		if u.UserID != sess.UserID && matchesUser(u, terms) {
+		// Searchers find themselves only as members of a public room:
+		// Synapse's shared-rooms table pairs distinct users, its public
+		// rooms' table has everyone (Complement's TestRoomSpecificUsername*
+		// counts the results; MSC3902's user directory test finds itself).
+		if (u.UserID != sess.UserID || u.public) && matchesUser(u, terms) {
 			hits = append(hits, u)
 		}
 	}
@@ -133,7 +136,7 @@ func (s *Server) userDirectorySearch(r *http.Request, sess *Session) (any, error
 // addJoinedMembers adds the joined members of a room state to users, with
 // their global profile if local, else the profile their member event
 // carries.
-func (s *Server) addJoinedMembers(tx *store.Tx, st *room.State, shared bool, users map[string]*dirUser) {
+func (s *Server) addJoinedMembers(tx *store.Tx, st *room.State, shared, public bool, users map[string]*dirUser) {
 	st.Each(func(key, nid uint64) bool {
 		evType, stateKey, err := tx.StateKey(key)
 		if err != nil || evType != "m.room.member" {
@@ -166,6 +169,7 @@ func (s *Server) addJoinedMembers(tx *store.Tx, st *room.State, shared bool, use
 			users[stateKey] = u
 		}
 		u.shared = u.shared || shared
+		u.public = u.public || public
 		return true
 	})
 }

@@ -439,6 +439,10 @@ func TestRoomMembership(t *testing.T) {
 	// Leave and forget: forgetting needs leaving first.
 	_, err = bob.ForgetRoom(ctx, roomID)
 	wantMatrixErr(t, err, 400, "M_UNKNOWN")
+	beforeLeave, err := bob.FullSyncRequest(ctx, mautrix.ReqSync{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := bob.LeaveRoom(ctx, roomID); err != nil {
 		t.Fatal(err)
 	}
@@ -458,6 +462,21 @@ func TestRoomMembership(t *testing.T) {
 	}
 	if _, there := full.Rooms.Leave[roomID]; there {
 		t.Error("forgotten room still in sync's leave section")
+	}
+	// A sync from before the leave still gets it, so another device of
+	// bob's learns he left (as Synapse; Complement's TestRoomForget); one
+	// from after it does not.
+	inc, err := bob.FullSyncRequest(ctx, mautrix.ReqSync{Since: beforeLeave.NextBatch, FilterID: `{"room":{"include_leave":true}}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, there := inc.Rooms.Leave[roomID]; !there {
+		t.Error("a sync from before the leave misses the forgotten room's leave")
+	}
+	if inc2, err := bob.FullSyncRequest(ctx, mautrix.ReqSync{Since: inc.NextBatch, FilterID: `{"room":{"include_leave":true}}`}); err != nil {
+		t.Fatal(err)
+	} else if _, there := inc2.Rooms.Leave[roomID]; there {
+		t.Error("a sync from after the leave shows the forgotten room")
 	}
 	_, err = bob.ForgetRoom(ctx, "!unknown:localhost")
 	wantMatrixErr(t, err, 404, "M_NOT_FOUND")

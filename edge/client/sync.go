@@ -231,8 +231,10 @@ func (s *Server) syncOnce(sess *Session, since syncToken, hasSince, fullState, s
 			case "leave", "ban":
 				// An initial sync without include_leave still shows a room
 				// the user was banned or kicked from (as Synapse does;
-				// Complement's TestUnbanViaInvite), not one they left.
-				if m.Forgotten || (!hasSince && !f.IncludeLeave() && !s.removedByOther(tx, sess.UserID, m)) || (!changed && !(fullState && f.IncludeLeave())) {
+				// Complement's TestUnbanViaInvite), not one they left. A
+				// forgotten room shows its leave only to a sync from before
+				// it, so other devices learn of it (Synapse; TestRoomForget).
+				if (m.Forgotten && !(hasSince && changed)) || (!hasSince && !f.IncludeLeave() && !s.removedByOther(tx, sess.UserID, m)) || (!changed && !(fullState && f.IncludeLeave())) {
 					continue
 				}
 				lr, err := s.syncLeft(tx, sess, m, since, hasSince, stateAfter, f)

@@ -135,10 +135,14 @@ func (n *Node) onEvent(ev *room.Event) {
 	keys := []string{notify.RoomKey(ev.RoomID)}
 	if ev.Type == "m.room.member" && ev.StateKey != nil {
 		keys = append(keys, notify.UserKey(*ev.StateKey))
-		if strings.HasSuffix(*ev.StateKey, ":"+n.Config.ServerName) && n.newJoin(ev) {
+		local := strings.HasSuffix(*ev.StateKey, ":"+n.Config.ServerName)
+		if local && n.newJoin(ev) {
 			// A write of its own: this runs inside the store's commit.
 			go n.Client.AnnounceDevicesOnJoin(ev.RoomID, *ev.StateKey)
 			go n.Client.CopyPushRulesOnJoin(ev.RoomID, *ev.StateKey)
+		}
+		if m := ev.Membership(); !local && (m == "leave" || m == "ban") {
+			go n.Client.SweepRemoteDeviceLists()
 		}
 	}
 	n.Notifier.Notify(keys...)

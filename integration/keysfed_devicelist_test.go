@@ -391,3 +391,39 @@ func TestKeysFedDevicesAnnouncedOnJoin(t *testing.T) {
 		t.Errorf("a display-name change announced alice's devices again (%d → %d)", settled, now)
 	}
 }
+
+// TestKeysFedDeviceListAfterRejoin: bob (B) leaves alice's room, the only
+// one they share, changes his device's keys meanwhile (A is told nothing:
+// no shared room), and rejoins. A must not answer from the list it cached
+// before the leave (Complement's TestDeviceListUpdates, remote rejoin).
+func TestKeysFedDeviceListAfterRejoin(t *testing.T) {
+	a, _, alice, bob, roomID := keysFedPair(t)
+	ctx := ctxT(t)
+	if _, err := bob.Client.LeaveRoom(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	isBob := func(membership string) func() bool {
+		return func() bool {
+			ev, _ := rfStateEvent(t, a, roomID, "m.room.member", bob.UserID.String())
+			return ev != nil && ev.Membership() == membership
+		}
+	}
+	waitFor(t, 10*time.Second, "A to see bob leave", isBob("leave"))
+	dev := bob.DeviceID.String()
+	newCurve := randomCurveKey(t)
+	if _, err := keysUpload(t, bob.Client, map[string]any{"device_keys": map[string]any{
+		"user_id": bob.UserID.String(), "device_id": dev, "algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + dev: randomCurveKey(t), "curve25519:" + dev: newCurve},
+		"signatures": map[string]any{},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Client.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "A to see bob rejoin", isBob("join"))
+	keysFedEventually(t, "alice to see bob's new keys", func() bool {
+		dk := e2eeQuery(t, alice.Client, bob.UserID).DeviceKeys[bob.UserID][bob.DeviceID]
+		return dk.Keys[id.NewDeviceKeyID(id.KeyAlgorithmCurve25519, bob.DeviceID)] == newCurve
+	})
+}

@@ -44,6 +44,18 @@ func (s *Server) SetE2EEFederation(f *E2EEFederation) { s.e2eeFederation = f }
 
 func (s *Server) e2eeFed() *E2EEFederation { return s.e2eeFederation }
 
+// SweepRemoteDeviceLists stops tracking the device lists of remote users
+// who share no room with ours any more (one left, or a resync showed they
+// were never in): a later rejoin fetches their devices afresh instead of
+// answering from a list that missed updates meanwhile.
+func (s *Server) SweepRemoteDeviceLists() {
+	if f := s.e2eeFed(); f != nil && f.SweepDeviceLists != nil {
+		if err := f.SweepDeviceLists(); err != nil {
+			s.Log.Info("sweeping remote device lists", "err", err)
+		}
+	}
+}
+
 // nsDevListStream: user → the stream_id of the user's latest device-list
 // update (decimal), for m.device_list_update and GET /user/devices.
 const nsDevListStream = "e2ee_devlist_stream"

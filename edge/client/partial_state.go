@@ -58,10 +58,6 @@ func (s *Server) FullStateReached(roomID string, joinPos uint64, servers []strin
 			s.Log.Info("device lists after a faster join's resync", "room_id", roomID, "err", err)
 		}
 		// Remote users the partial state showed joined may not be.
-		if f := s.e2eeFed(); f.SweepDeviceLists != nil {
-			if err := f.SweepDeviceLists(); err != nil {
-				s.Log.Info("device lists after a faster join's resync", "room_id", roomID, "err", err)
-			}
-		}
+		s.SweepRemoteDeviceLists()
 	}()
 }

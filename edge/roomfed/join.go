@@ -9,7 +9,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"edge/edge/room"
@@ -230,6 +233,28 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 	return nil
 }
 
+// authLevels groups events (oldest first) by their level in the auth
+// graph: one more than the highest level among their auth events that
+// came earlier in the list, keeping list order within a level.
+func authLevels(ordered []*joinEvent) [][]*joinEvent {
+	level := make(map[string]int, len(ordered))
+	var out [][]*joinEvent
+	for _, je := range ordered {
+		l := 0
+		for _, aid := range je.AuthEvents {
+			if al, ok := level[aid]; ok {
+				l = max(l, al+1)
+			}
+		}
+		level[je.ID] = l
+		for len(out) <= l {
+			out = append(out, nil)
+		}
+		out[l] = append(out[l], je)
+	}
+	return out
+}
+
 // holds tells whether this server has accepted eventID before: a rejoin's
 // auth events name the user's own last membership, which a members-omitted
 // answer need not carry.
@@ -265,11 +290,29 @@ func (e *Engine) verifyJoinAnswer(version string, join *room.Event, ans *joinAns
 		}
 		return nil, room.ErrEventNotFound
 	}
-	for _, je := range ordered {
-		if err := room.Authorize(je.Event, lookup, e.fed.Keyring.GetKey); err != nil {
-			e.log.Info("send_join state event fails auth", "event_id", je.ID, "err", err)
-			rejected[je.ID] = true
-			rejectedEvs = append(rejectedEvs, je.Event)
+	// By levels of the auth graph within the answer, each level on every
+	// core: an event's level is one more than its auth events' highest,
+	// so one level's events are judged on the verdicts of lower levels
+	// only (in a big room nearly every member event is on one level).
+	// rejected is written between levels, never while they are judged.
+	for _, lvl := range authLevels(ordered) {
+		errs := make([]error, len(lvl))
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range min(runtime.GOMAXPROCS(0), max(1, len(lvl)/256)) {
+			wg.Go(func() {
+				for i := int(next.Add(1) - 1); i < len(lvl); i = int(next.Add(1) - 1) {
+					errs[i] = room.Authorize(lvl[i].Event, lookup, e.fed.Keyring.GetKey)
+				}
+			})
+		}
+		wg.Wait()
+		for i, je := range lvl {
+			if errs[i] != nil {
+				e.log.Info("send_join state event fails auth", "event_id", je.ID, "err", errs[i])
+				rejected[je.ID] = true
+				rejectedEvs = append(rejectedEvs, je.Event)
+			}
 		}
 	}
 	for _, aid := range join.AuthEvents {

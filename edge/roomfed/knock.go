@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
-	"time"
 
 	"edge/edge/room"
 	"edge/edge/store"
@@ -151,28 +150,7 @@ func (e *Engine) knockVia(ctx context.Context, srv, userID, roomID, reason strin
 	if !slices.Contains(room.SupportedVersions, mk.RoomVersion) || !room.Features(mk.RoomVersion).Knocks() {
 		return "", nil, nil, fmt.Errorf("%w: %q", room.ErrUnsupported, mk.RoomVersion)
 	}
-	var tmpl map[string]json.RawMessage
-	if err := json.Unmarshal(mk.Event, &tmpl); err != nil || tmpl == nil {
-		return "", nil, nil, fmt.Errorf("%w: make_knock template from %s", room.ErrBadEvent, srv)
-	}
-	want := map[string]string{"sender": userID, "state_key": userID, "type": "m.room.member", "room_id": roomID}
-	for k, v := range want {
-		var got string
-		if json.Unmarshal(tmpl[k], &got) != nil || got != v {
-			return "", nil, nil, fmt.Errorf("%w: make_knock template has a wrong %s", room.ErrBadEvent, k)
-		}
-	}
-	content := map[string]string{"membership": "knock"}
-	if reason != "" {
-		content["reason"] = reason
-	}
-	tmpl["content"], _ = json.Marshal(content)
-	tmpl["origin"], _ = json.Marshal(e.name)
-	tmpl["origin_server_ts"], _ = json.Marshal(time.Now().UnixMilli())
-	delete(tmpl, "signatures")
-	delete(tmpl, "hashes")
-	raw, _ := json.Marshal(tmpl)
-	signed, eventID, err := e.rooms.SignPDU(mk.RoomVersion, raw)
+	signed, eventID, err := e.signMembership(mk.RoomVersion, mk.Event, srv, userID, roomID, "knock", reason)
 	if err != nil {
 		return "", nil, nil, err
 	}

@@ -62,28 +62,7 @@ func (e *Engine) leaveVia(ctx context.Context, srv, userID, roomID, reason strin
 	if !slices.Contains(room.SupportedVersions, ml.RoomVersion) {
 		return "", nil, fmt.Errorf("%w: %q", room.ErrUnsupported, ml.RoomVersion)
 	}
-	var tmpl map[string]json.RawMessage
-	if err := json.Unmarshal(ml.Event, &tmpl); err != nil || tmpl == nil {
-		return "", nil, fmt.Errorf("%w: make_leave template from %s", room.ErrBadEvent, srv)
-	}
-	want := map[string]string{"sender": userID, "state_key": userID, "type": "m.room.member", "room_id": roomID}
-	for k, v := range want {
-		var got string
-		if json.Unmarshal(tmpl[k], &got) != nil || got != v {
-			return "", nil, fmt.Errorf("%w: make_leave template has a wrong %s", room.ErrBadEvent, k)
-		}
-	}
-	content := map[string]string{"membership": "leave"}
-	if reason != "" {
-		content["reason"] = reason
-	}
-	tmpl["content"], _ = json.Marshal(content)
-	tmpl["origin"], _ = json.Marshal(e.name)
-	tmpl["origin_server_ts"], _ = json.Marshal(time.Now().UnixMilli())
-	delete(tmpl, "signatures")
-	delete(tmpl, "hashes")
-	raw, _ := json.Marshal(tmpl)
-	signed, eventID, err := e.rooms.SignPDU(ml.RoomVersion, raw)
+	signed, eventID, err := e.signMembership(ml.RoomVersion, ml.Event, srv, userID, roomID, "leave", reason)
 	if err != nil {
 		return "", nil, err
 	}
@@ -181,4 +160,33 @@ func (e *Engine) serveSendLeave(r *federation.Request) (any, error) {
 		return nil, mapErr(err)
 	}
 	return map[string]any{}, nil
+}
+
+// signMembership fills a make_leave or make_knock template from srv with
+// userID's membership (and reason) and signs it. The template's sender,
+// state key, type and room must be the event asked for; the rest (prev
+// and auth events, depth) is the resident server's.
+func (e *Engine) signMembership(version string, template json.RawMessage, srv, userID, roomID, membership, reason string) ([]byte, string, error) {
+	var tmpl map[string]json.RawMessage
+	if err := json.Unmarshal(template, &tmpl); err != nil || tmpl == nil {
+		return nil, "", fmt.Errorf("%w: make_%s template from %s", room.ErrBadEvent, membership, srv)
+	}
+	want := map[string]string{"sender": userID, "state_key": userID, "type": "m.room.member", "room_id": roomID}
+	for k, v := range want {
+		var got string
+		if json.Unmarshal(tmpl[k], &got) != nil || got != v {
+			return nil, "", fmt.Errorf("%w: make_%s template has a wrong %s", room.ErrBadEvent, membership, k)
+		}
+	}
+	content := map[string]string{"membership": membership}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	tmpl["content"], _ = json.Marshal(content)
+	tmpl["origin"], _ = json.Marshal(e.name)
+	tmpl["origin_server_ts"], _ = json.Marshal(time.Now().UnixMilli())
+	delete(tmpl, "signatures")
+	delete(tmpl, "hashes")
+	raw, _ := json.Marshal(tmpl)
+	return e.rooms.SignPDU(version, raw)
 }

@@ -182,14 +182,7 @@ func (s *Server) rejectRemoteInvite(ctx context.Context, userID, roomID, reason 
 		if ri == nil {
 			return nil // already rejected, or joined meanwhile
 		}
-		ri.Pos, ri.Left, ri.LeaveEv = tx.NextPos(), true, leaveEv
-		raw, err := json.Marshal(ri)
-		if err != nil {
-			return err
-		}
-		tx.PutKV(remoteInviteNS, remoteInviteKey(userID, roomID), raw)
-		tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
-		return nil
+		return s.markInviteLeft(tx, userID, roomID, ri, leaveEv)
 	})
 }
 
@@ -210,12 +203,32 @@ func (s *Server) leaveRemotely(ctx context.Context, userID, roomID string, serve
 		s.Log.Info("remote leave failed; withdrawing locally", "room_id", roomID, "user_id", userID, "err", err)
 		return nil
 	}
+	ev, _ := clientLeaveEvent(roomID, eventID, pdu)
+	return ev
+}
+
+// clientLeaveEvent renders a leave PDU of a room this server is not in
+// for /sync.
+func clientLeaveEvent(roomID, eventID string, pdu json.RawMessage) (map[string]any, error) {
 	var ev map[string]any
-	if json.Unmarshal(pdu, &ev) != nil {
-		return nil
+	if err := json.Unmarshal(pdu, &ev); err != nil {
+		return nil, fmt.Errorf("%w: %v", room.ErrBadEvent, err)
 	}
 	return map[string]any{"type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"], "content": ev["content"],
-		"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}
+		"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}, nil
+}
+
+// markInviteLeft moves a remote invite to the user's left rooms, with
+// the leave event when there is one.
+func (s *Server) markInviteLeft(tx *store.Tx, userID, roomID string, ri *remoteInvite, leaveEv map[string]any) error {
+	ri.Pos, ri.Left, ri.LeaveEv = tx.NextPos(), true, leaveEv
+	raw, err := json.Marshal(ri)
+	if err != nil {
+		return err
+	}
+	tx.PutKV(remoteInviteNS, remoteInviteKey(userID, roomID), raw)
+	tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
+	return nil
 }
 
 // remoteLeftRoom is rooms.leave's entry for a room left without this
@@ -298,18 +311,9 @@ func (s *Server) RescindRemoteInvite(tx *store.Tx, userID, roomID, eventID strin
 	if ri == nil {
 		return nil
 	}
-	var ev map[string]any
-	if err := json.Unmarshal(pdu, &ev); err != nil {
-		return fmt.Errorf("%w: %v", room.ErrBadEvent, err)
-	}
-	ri.Pos, ri.Left = tx.NextPos(), true
-	ri.LeaveEv = map[string]any{"type": ev["type"], "state_key": ev["state_key"], "sender": ev["sender"], "content": ev["content"],
-		"event_id": eventID, "origin_server_ts": ev["origin_server_ts"], "room_id": roomID, "unsigned": map[string]any{}}
-	raw, err := json.Marshal(ri)
+	ev, err := clientLeaveEvent(roomID, eventID, pdu)
 	if err != nil {
 		return err
 	}
-	tx.PutKV(remoteInviteNS, remoteInviteKey(userID, roomID), raw)
-	tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
-	return nil
+	return s.markInviteLeft(tx, userID, roomID, ri, ev)
 }

@@ -70,6 +70,12 @@ func (e *Engine) fetchAuth(ctx context.Context, srv, version, roomID, eventID st
 		evs = append(evs, ev)
 	}
 	slices.SortStableFunc(evs, func(a, b *room.Event) int { return int(min(max(a.Depth-b.Depth, -1), 1)) })
+	return e.storeRoomOutliers(roomID, evs)
+}
+
+// storeRoomOutliers stores evs as outliers of roomID in one transaction
+// (see storeOutliers) and returns how many were new.
+func (e *Engine) storeRoomOutliers(roomID string, evs []*room.Event) (int, error) {
 	stored := 0
 	err := e.store.Write(func(tx *store.Tx) error {
 		stored = 0

@@ -427,15 +427,7 @@ func (e *Engine) storeFetched(version, roomID string, raws []json.RawMessage, wa
 				evs = append(evs, ev)
 			}
 		}
-		stored := 0
-		err := e.store.Write(func(tx *store.Tx) error {
-			stored = 0
-			r, err := tx.Room(roomID)
-			if err != nil {
-				return fmt.Errorf("%w: %s", ErrUnknownRoom, roomID)
-			}
-			return e.storeOutliers(tx, r, evs, &stored)
-		})
+		stored, err := e.storeRoomOutliers(roomID, evs)
 		if err != nil {
 			return err
 		}

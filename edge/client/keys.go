@@ -34,6 +34,7 @@ func (s *Server) routesKeys() {
 	s.routesKeyBackup()
 	s.routesDehydrated()
 	acks := newToDeviceAcks()
+	s.toDeviceAcks = acks
 	s.SyncExtensions = append(s.SyncExtensions, func(tx *store.Tx, sess *Session, since, next uint64, initial bool, resp map[string]any) bool {
 		return s.e2eeSync(tx, acks, sess, since, next, initial, resp)
 	})

@@ -21,7 +21,7 @@ var supportedSpecVersions = []string{
 func (s *Server) versions(r *http.Request) (any, error) {
 	return map[string]any{
 		"versions":          supportedSpecVersions,
-		"unstable_features": map[string]bool{"org.matrix.msc3231": true, "org.matrix.msc3814": true},
+		"unstable_features": map[string]bool{"org.matrix.msc3231": true, "org.matrix.msc3814": true, "org.matrix.simplified_msc3575": true},
 	}, nil
 }
 

@@ -85,6 +85,9 @@ type Server struct {
 	// e2eeFederation reaches other servers for keys, to-device and device
 	// lists (nil: local users only).
 	e2eeFederation *E2EEFederation
+	// toDeviceAcks is the E2EE module's to-device acknowledgements, shared
+	// by /sync and sliding sync (set by routesKeys).
+	toDeviceAcks *toDeviceAcks
 	// remoteHooks invite and reject invites across servers (nil: local only).
 	remoteHooks *RemoteMembership
 

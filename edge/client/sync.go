@@ -17,6 +17,7 @@ import (
 func (s *Server) routesSync() {
 	s.authed("GET /sync", s.sync)
 	s.routesFilters()
+	s.routesSlidingSync()
 }
 
 // syncToken is a point in every stream: the store's position and the

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 
+	"edge/edge/notify"
 	"edge/edge/store"
 )
 
@@ -27,6 +28,9 @@ type threadSub struct {
 	// UnsubscribedAt is the stream position at the last unsubscription
 	// (0: never unsubscribed).
 	UnsubscribedAt uint64 `json:"unsubscribed_at,omitempty"`
+	// Pos is the stream position of the last change, for sliding sync's
+	// thread_subscriptions extension (MSC4308): its bump_stamp.
+	Pos uint64 `json:"pos,omitempty"`
 }
 
 func (s *Server) routesThreadSubscriptions() {
@@ -47,9 +51,13 @@ func loadThreadSub(tx *store.Tx, key string) threadSub {
 	return sub
 }
 
-func saveThreadSub(tx *store.Tx, key string, sub threadSub) {
+// saveThreadSub stores a changed record at a new stream position and
+// wakes the user's syncs, which carry the change (MSC4308).
+func (s *Server) saveThreadSub(tx *store.Tx, userID, key string, sub threadSub) {
+	sub.Pos = tx.NextPos()
 	raw, _ := json.Marshal(sub)
 	tx.PutKV(threadSubsKV, key, raw)
+	tx.OnCommit(func() { s.Notifier.Notify(notify.UserKey(userID)) })
 }
 
 // threadRoot checks that the path's thread root is an event of the room
@@ -104,7 +112,7 @@ func (s *Server) putThreadSubscription(r *http.Request, sess *Session) (any, err
 		sub := loadThreadSub(tx, key)
 		if body.Automatic == nil {
 			sub.Subscribed, sub.Automatic = true, false
-			saveThreadSub(tx, key, sub)
+			s.saveThreadSub(tx, sess.UserID, key, sub)
 			return nil
 		}
 		cause, _, err := s.visibleEvent(tx, r.PathValue("roomId"), *body.Automatic, sess.UserID)
@@ -122,7 +130,7 @@ func (s *Server) putThreadSubscription(r *http.Request, sess *Session) (any, err
 			return nil // already subscribed; a manual subscription stays manual
 		}
 		sub.Subscribed, sub.Automatic = true, true
-		saveThreadSub(tx, key, sub)
+		s.saveThreadSub(tx, sess.UserID, key, sub)
 		return nil
 	})
 }
@@ -138,7 +146,7 @@ func (s *Server) deleteThreadSubscription(r *http.Request, sess *Session) (any, 
 		}
 		sub := loadThreadSub(tx, key)
 		sub.Subscribed, sub.Automatic, sub.UnsubscribedAt = false, false, tx.Pos()
-		saveThreadSub(tx, key, sub)
+		s.saveThreadSub(tx, sess.UserID, key, sub)
 		return nil
 	})
 }

@@ -1,0 +1,877 @@
+package client
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"edge/edge/room"
+	"edge/edge/store"
+)
+
+// Simplified sliding sync (MSC4186), the only sync Element X speaks.
+//
+// A client names windows (lists, each a set of ranges over the rooms it
+// matches, newest first by bump_stamp) and rooms it cares about
+// (room_subscriptions); the server answers for the rooms inside them and
+// remembers, per connection (user, device, conn_id), what it sent of each
+// room at each pos it handed out. An incremental request (with pos) then
+// only gets what changed since: new timeline events, changed
+// required_state, counts. That memory lives in a bounded LRU: a pos the
+// server no longer knows (evicted, or from before a restart) is
+// M_UNKNOWN_POS and the client starts afresh, as the MSC says.
+//
+// The rooms, timelines, state and ephemeral data come from /sync's
+// helpers (sync.go); extensions are in slidingsync_ext.go.
+
+const (
+	slidingSyncPath = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+	// maxSSConnections bounds the connections remembered (each holds a
+	// few positions of per-room bookkeeping).
+	maxSSConnections = 4096
+	// maxSSRanges and maxSSLists bound a request's shape.
+	maxSSLists, maxSSRanges = 100, 100
+	// bumpScanLimit is how far back a room's timeline is searched for
+	// its last message-like event before falling back to the membership.
+	bumpScanLimit = 200
+)
+
+// bumpTypes are the events that move a room up a list (as Synapse's
+// default bump event types): messages, not state or reactions.
+var bumpTypes = map[string]bool{
+	"m.room.create": true, "m.room.message": true, "m.room.encrypted": true, "m.sticker": true,
+	"m.call.invite": true, "m.poll.start": true, "m.beacon_info": true,
+}
+
+func (s *Server) routesSlidingSync() {
+	conns, _ := lru.New[ssConnKey, *ssConn](maxSSConnections)
+	s.authed("POST "+slidingSyncPath, func(r *http.Request, sess *Session) (any, error) {
+		return s.slidingSync(r, sess, conns)
+	})
+}
+
+// ssRequest is the request body.
+type ssRequest struct {
+	ConnID string `json:"conn_id"`
+	// Pos belongs in the query string; Complement's MSC4308 test sends it
+	// in the body, so both are read.
+	Pos               string                   `json:"pos"`
+	Lists             map[string]*ssList       `json:"lists"`
+	RoomSubscriptions map[string]*ssRoomConfig `json:"room_subscriptions"`
+	Extensions        ssExtensions             `json:"extensions"`
+}
+
+// ssRoomConfig is what to send of a room.
+type ssRoomConfig struct {
+	RequiredState [][]string `json:"required_state"`
+	TimelineLimit int        `json:"timeline_limit"`
+}
+
+type ssList struct {
+	RequiredState [][]string `json:"required_state"`
+	TimelineLimit int        `json:"timeline_limit"`
+	Ranges        [][]int    `json:"ranges"`
+	Filters       *ssFilters `json:"filters"`
+}
+
+type ssFilters struct {
+	IsDM        *bool    `json:"is_dm"`
+	IsEncrypted *bool    `json:"is_encrypted"`
+	IsInvite    *bool    `json:"is_invite"`
+	Spaces      []string `json:"spaces"`
+	// RoomTypes and NotRoomTypes hold null for "no type" (a plain room).
+	RoomTypes    []*string `json:"room_types"`
+	NotRoomTypes []*string `json:"not_room_types"`
+}
+
+// merge widens c to also cover o (a room in several lists).
+func (c *ssRoomConfig) merge(o ssRoomConfig) {
+	c.TimelineLimit = max(c.TimelineLimit, o.TimelineLimit)
+	for _, rs := range o.RequiredState {
+		if !slices.ContainsFunc(c.RequiredState, func(x []string) bool { return slices.Equal(x, rs) }) {
+			c.RequiredState = append(c.RequiredState, rs)
+		}
+	}
+}
+
+// key is a canonical form, to notice a changed configuration.
+func (c *ssRoomConfig) key() string {
+	parts := make([]string, len(c.RequiredState))
+	for i, rs := range c.RequiredState {
+		parts[i] = strings.Join(rs, "\x1f")
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "\x1e")
+}
+
+// ssConnKey names a connection.
+type ssConnKey struct{ user, device, conn string }
+
+// ssConn is one connection's memory: what was sent as of each recent pos.
+type ssConn struct {
+	mu        sync.Mutex
+	id        string // random, so a pos from an earlier connection is unknown
+	seq       uint64
+	positions map[uint64]*ssSnapshot
+}
+
+// ssSnapshot is what the client holds after a response.
+type ssSnapshot struct {
+	stream syncToken
+	rooms  map[string]ssSent
+	lists  map[string]int // list → count sent
+}
+
+// ssSent is what a client last got of a room.
+type ssSent struct {
+	pos                 uint64 // stream position the room was sent up to
+	membership          string
+	config              string // ssRoomConfig.key() it was sent with
+	name, avatar        string
+	heroes              string
+	joined, invited     int
+	notif, highlight    int
+	bump                uint64
+	inviteStatePos      uint64
+}
+
+func (c *ssConn) token(seq uint64) string { return c.id + "_" + strconv.FormatUint(seq, 10) }
+
+// lookup finds the snapshot a pos names.
+func (c *ssConn) lookup(pos string) (*ssSnapshot, uint64, bool) {
+	id, seqStr, ok := strings.Cut(pos, "_")
+	if !ok || id != c.id {
+		return nil, 0, false
+	}
+	seq, err := strconv.ParseUint(seqStr, 10, 64)
+	if err != nil {
+		return nil, 0, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	snap, ok := c.positions[seq]
+	return snap, seq, ok
+}
+
+// store records a new snapshot and forgets those older than base (the
+// pos the client sent: it may retry that one, never an older one).
+func (c *ssConn) store(snap *ssSnapshot, base uint64) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	c.positions[c.seq] = snap
+	for seq := range c.positions {
+		if seq < base {
+			delete(c.positions, seq)
+		}
+	}
+	// A client forking from many old positions is still bounded.
+	for len(c.positions) > 8 {
+		oldest := c.seq
+		for seq := range c.positions {
+			oldest = min(oldest, seq)
+		}
+		delete(c.positions, oldest)
+	}
+	return c.token(c.seq)
+}
+
+func newSSConn() *ssConn {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return &ssConn{id: hex.EncodeToString(b), positions: map[uint64]*ssSnapshot{}}
+}
+
+func errUnknownPos() *Error {
+	return newErr(http.StatusBadRequest, "M_UNKNOWN_POS", "Unknown or expired pos; start a new connection without pos")
+}
+
+// slidingSync: POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync
+func (s *Server) slidingSync(r *http.Request, sess *Session, conns *lru.Cache[ssConnKey, *ssConn]) (any, error) {
+	var req ssRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := req.validate(); err != nil {
+		return nil, err
+	}
+	q := r.URL.Query()
+	pos := q.Get("pos")
+	if pos == "" {
+		pos = req.Pos
+	}
+	timeout := time.Duration(0)
+	if v := q.Get("timeout"); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < 0 {
+			return nil, errInvalidParam("Invalid timeout")
+		}
+		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
+	}
+	key := ssConnKey{sess.UserID, sess.DeviceID, req.ConnID}
+	var conn *ssConn
+	var base *ssSnapshot
+	var baseSeq uint64
+	if pos != "" {
+		var ok bool
+		if conn, ok = conns.Get(key); !ok {
+			return nil, errUnknownPos()
+		}
+		if base, baseSeq, ok = conn.lookup(pos); !ok {
+			return nil, errUnknownPos()
+		}
+	} else {
+		// A request without pos starts the connection afresh.
+		conn = newSSConn()
+		conns.Add(key, conn)
+	}
+	if s.SetPresence != nil {
+		s.SetPresence(sess.UserID, "online")
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
+		var resp map[string]any
+		var snap *ssSnapshot
+		news := false
+		err := s.Store.View(func(tx *store.Tx) error {
+			var err error
+			resp, snap, news, err = s.slidingOnce(tx, sess, &req, base)
+			return err
+		})
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		wait := time.Until(deadline)
+		if news || base == nil || wait <= 0 {
+			w.Close()
+			resp["pos"] = conn.store(snap, baseSeq)
+			return resp, nil
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-w.C:
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+		timer.Stop()
+		w.Close()
+		if r.Context().Err() != nil {
+			resp["pos"] = conn.store(snap, baseSeq)
+			return resp, nil
+		}
+	}
+}
+
+// validate rejects malformed lists and configurations.
+func (req *ssRequest) validate() error {
+	if len(req.Lists) > maxSSLists || len(req.RoomSubscriptions) > maxSSLists*10 {
+		return errInvalidParam("Too many lists or room subscriptions")
+	}
+	checkConfig := func(rs [][]string, limit int) error {
+		if limit < 0 {
+			return errInvalidParam("timeline_limit must not be negative")
+		}
+		for _, pair := range rs {
+			if len(pair) != 2 {
+				return errInvalidParam("required_state entries are [event type, state key]")
+			}
+		}
+		return nil
+	}
+	for name, l := range req.Lists {
+		if l == nil {
+			return errInvalidParam("List %q is null", name)
+		}
+		if len(l.Ranges) > maxSSRanges {
+			return errInvalidParam("Too many ranges")
+		}
+		for _, rg := range l.Ranges {
+			if len(rg) != 2 || rg[0] < 0 || rg[1] < rg[0] {
+				return errInvalidParam("A range is [start, end] with 0 <= start <= end")
+			}
+		}
+		if err := checkConfig(l.RequiredState, l.TimelineLimit); err != nil {
+			return err
+		}
+	}
+	for id, c := range req.RoomSubscriptions {
+		if c == nil || !validRoomID(id) {
+			return errInvalidParam("Invalid room subscription %q", id)
+		}
+		if err := checkConfig(c.RequiredState, c.TimelineLimit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ssCandidate is a room the user may see in a list.
+type ssCandidate struct {
+	roomID     string
+	membership string
+	m          *store.Membership // nil for an invite to a room this server is not in
+	remote     *remoteInvite
+	bump       uint64
+	r          *store.Room
+	state      *room.State // current state (nil: not in the room)
+	// what the filters ask, from state or the invite's stripped state
+	encrypted bool
+	roomType  *string
+	dm        bool
+}
+
+// ssCandidates gathers the rooms to list: joined, invited and knocked
+// rooms, plus rooms left since the client last saw them (so it learns).
+func (s *Server) ssCandidates(tx *store.Tx, sess *Session, base *ssSnapshot) ([]*ssCandidate, error) {
+	ms, err := tx.Memberships(sess.UserID)
+	if err != nil {
+		return nil, err
+	}
+	ignored := s.ignoredUsers(tx, sess.UserID)
+	dms := s.directRooms(tx, sess.UserID)
+	var out []*ssCandidate
+	seen := map[string]bool{}
+	for _, m := range ms {
+		c := &ssCandidate{roomID: m.RoomID, membership: m.Membership, m: m, bump: m.Pos, dm: dms[m.RoomID]}
+		switch m.Membership {
+		case "join":
+		case "invite":
+			if len(ignored) > 0 && s.invitedByIgnored(tx, m, ignored) {
+				continue
+			}
+		case "knock":
+		case "leave", "ban":
+			if m.Forgotten || base == nil {
+				continue
+			}
+			prev, ok := base.rooms[m.RoomID]
+			if !ok || prev.membership == "leave" || prev.membership == "ban" {
+				continue
+			}
+		default:
+			continue
+		}
+		seen[m.RoomID] = true
+		if r, err := tx.Room(m.RoomID); err == nil {
+			c.r = r
+			if m.Membership == "join" {
+				c.state, _ = s.Rooms.State(tx, r.State)
+				c.bump = s.bumpStamp(tx, r, m.Pos)
+			}
+		}
+		s.ssRoomFacts(tx, c)
+		out = append(out, c)
+	}
+	// Invites to rooms on other servers live beside the memberships.
+	prefix := sess.UserID + " "
+	tx.ScanKV(remoteInviteNS, prefix, func(key string, raw []byte) bool {
+		roomID := strings.TrimPrefix(key, prefix)
+		var ri remoteInvite
+		if seen[roomID] || json.Unmarshal(raw, &ri) != nil || ri.Left || s.overtaken(tx, sess.UserID, roomID, &ri) || ignored[ri.Sender] {
+			return true
+		}
+		c := &ssCandidate{roomID: roomID, membership: "invite", remote: &ri, bump: ri.Pos, dm: dms[roomID]}
+		if content, _ := ri.Invite["content"].(map[string]any); content != nil {
+			c.dm, _ = content["is_direct"].(bool)
+		}
+		for _, raw := range ri.State {
+			var ev struct {
+				Type    string         `json:"type"`
+				Content map[string]any `json:"content"`
+			}
+			if json.Unmarshal(raw, &ev) != nil {
+				continue
+			}
+			switch ev.Type {
+			case "m.room.encryption":
+				c.encrypted = true
+			case "m.room.create":
+				if t, ok := ev.Content["type"].(string); ok {
+					c.roomType = &t
+				}
+			}
+		}
+		out = append(out, c)
+		return true
+	})
+	return out, nil
+}
+
+// ssRoomFacts fills what the filters read from a local room's state (for
+// an invite, the state before the invite).
+func (s *Server) ssRoomFacts(tx *store.Tx, c *ssCandidate) {
+	st := c.state
+	if st == nil && c.m != nil {
+		if ev, err := s.Rooms.Event(tx, c.m.Event); err == nil {
+			st, _ = s.Rooms.State(tx, ev.StateBefore)
+			if c.membership == "invite" {
+				var content struct {
+					IsDirect bool `json:"is_direct"`
+				}
+				if json.Unmarshal(ev.Content, &content) == nil && content.IsDirect {
+					c.dm = true
+				}
+			}
+		}
+	}
+	if st == nil {
+		return
+	}
+	if ev, _ := s.Rooms.StateEvent(tx, st, "m.room.encryption", ""); ev != nil {
+		c.encrypted = true
+	}
+	if ev, _ := s.Rooms.StateEvent(tx, st, "m.room.create", ""); ev != nil {
+		var content struct {
+			Type *string `json:"type"`
+		}
+		if json.Unmarshal(ev.Content, &content) == nil {
+			c.roomType = content.Type
+		}
+	}
+}
+
+// directRooms are the rooms the user's m.direct account data names.
+func (s *Server) directRooms(tx *store.Tx, userID string) map[string]bool {
+	out := map[string]bool{}
+	ad, err := tx.AccountData(userID, "", "m.direct")
+	if err != nil {
+		return out
+	}
+	var direct map[string][]string
+	if json.Unmarshal(ad.Content, &direct) != nil {
+		return out
+	}
+	for _, rooms := range direct {
+		for _, r := range rooms {
+			out[r] = true
+		}
+	}
+	return out
+}
+
+// bumpStamp is the stream position of the room's last message-like event
+// at or before the user can see (fallback: their membership's position).
+func (s *Server) bumpStamp(tx *store.Tx, r *store.Room, fallback uint64) uint64 {
+	stamp, n := uint64(0), 0
+	tx.Timeline(r.NID, r.LastPos, true, func(pos, nid uint64) bool {
+		n++
+		if n > bumpScanLimit {
+			return false
+		}
+		ev, err := s.Rooms.Event(tx, nid)
+		if err == nil && bumpTypes[ev.Type] {
+			stamp = pos
+			return false
+		}
+		return true
+	})
+	if stamp == 0 {
+		return fallback
+	}
+	return max(stamp, 1)
+}
+
+// matches tells whether a candidate passes a list's filters.
+func (f *ssFilters) matches(tx *store.Tx, s *Server, c *ssCandidate) bool {
+	if f == nil {
+		return true
+	}
+	if f.IsDM != nil && *f.IsDM != c.dm {
+		return false
+	}
+	if f.IsEncrypted != nil && *f.IsEncrypted != c.encrypted {
+		return false
+	}
+	if f.IsInvite != nil && *f.IsInvite != (c.membership == "invite") {
+		return false
+	}
+	typeIn := func(types []*string) bool {
+		for _, t := range types {
+			if (t == nil && c.roomType == nil) || (t != nil && c.roomType != nil && *t == *c.roomType) {
+				return true
+			}
+		}
+		return false
+	}
+	if f.RoomTypes != nil && !typeIn(f.RoomTypes) {
+		return false
+	}
+	if len(f.NotRoomTypes) > 0 && typeIn(f.NotRoomTypes) {
+		return false
+	}
+	if f.Spaces != nil && !s.inSpaces(tx, c.roomID, f.Spaces) {
+		return false
+	}
+	return true
+}
+
+// inSpaces tells whether roomID is a child (m.space.child) of one of spaces.
+func (s *Server) inSpaces(tx *store.Tx, roomID string, spaces []string) bool {
+	for _, sp := range spaces {
+		r, err := tx.Room(sp)
+		if err != nil {
+			continue
+		}
+		st, err := s.Rooms.State(tx, r.State)
+		if err != nil {
+			continue
+		}
+		if ev, _ := s.Rooms.StateEvent(tx, st, "m.space.child", roomID); ev != nil {
+			var content struct {
+				Via []string `json:"via"`
+			}
+			if json.Unmarshal(ev.Content, &content) == nil && len(content.Via) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// slidingOnce builds one response from base (nil: a new connection) and
+// the snapshot it leaves the client with; news tells whether it carries
+// anything an incremental client would not already have.
+func (s *Server) slidingOnce(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot) (map[string]any, *ssSnapshot, bool, error) {
+	next := syncToken{pos: tx.Pos(), typing: s.Typing.Serial()}
+	snap := &ssSnapshot{stream: next, rooms: map[string]ssSent{}, lists: map[string]int{}}
+	if base != nil {
+		for k, v := range base.rooms {
+			snap.rooms[k] = v
+		}
+	}
+	cands, err := s.ssCandidates(tx, sess, base)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		if cands[i].bump != cands[j].bump {
+			return cands[i].bump > cands[j].bump
+		}
+		return cands[i].roomID < cands[j].roomID
+	})
+	news := false
+	want := map[string]*ssRoomConfig{}
+	byID := map[string]*ssCandidate{}
+	for _, c := range cands {
+		byID[c.roomID] = c
+	}
+	listsOut := map[string]any{}
+	names := make([]string, 0, len(req.Lists))
+	for name := range req.Lists {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		l := req.Lists[name]
+		var in []*ssCandidate
+		for _, c := range cands {
+			if l.Filters.matches(tx, s, c) {
+				in = append(in, c)
+			}
+		}
+		listsOut[name] = map[string]any{"count": len(in)}
+		snap.lists[name] = len(in)
+		if base == nil || base.lists[name] != len(in) {
+			news = true
+		}
+		for _, rg := range l.Ranges {
+			for i := rg[0]; i <= rg[1] && i < len(in); i++ {
+				cfg := want[in[i].roomID]
+				if cfg == nil {
+					cfg = &ssRoomConfig{}
+					want[in[i].roomID] = cfg
+				}
+				cfg.merge(ssRoomConfig{RequiredState: l.RequiredState, TimelineLimit: l.TimelineLimit})
+			}
+		}
+	}
+	for id, sub := range req.RoomSubscriptions {
+		if byID[id] == nil {
+			continue // not a room of the user's
+		}
+		cfg := want[id]
+		if cfg == nil {
+			cfg = &ssRoomConfig{}
+			want[id] = cfg
+		}
+		cfg.merge(*sub)
+	}
+	roomsOut := map[string]any{}
+	ids := make([]string, 0, len(want))
+	for id := range want {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		var prev *ssSent
+		if base != nil {
+			if p, ok := base.rooms[id]; ok {
+				prev = &p
+			}
+		}
+		out, sent, include, err := s.ssRoom(tx, sess, byID[id], want[id], prev, next)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		snap.rooms[id] = sent
+		if include {
+			roomsOut[id] = out
+			news = true
+		}
+	}
+	resp := map[string]any{"lists": listsOut, "rooms": roomsOut}
+	ext, extNews := s.ssExtensions(tx, sess, req, base, next, ids)
+	resp["extensions"] = ext
+	return resp, snap, news || extNews, nil
+}
+
+// ssRoom builds one room's entry; include is false when the client
+// already has all of it.
+func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoomConfig, prev *ssSent, next syncToken) (map[string]any, ssSent, bool, error) {
+	sent := ssSent{membership: c.membership, config: cfg.key(), bump: c.bump, pos: next.pos}
+	initial := prev == nil || prev.membership != c.membership
+	out := map[string]any{"bump_stamp": c.bump, "membership": c.membership}
+	if initial {
+		out["initial"] = true
+	}
+	switch c.membership {
+	case "invite", "knock":
+		sent.inviteStatePos = c.bump
+		if !initial && prev.inviteStatePos == c.bump {
+			return nil, sent, false, nil
+		}
+		var state []any
+		if c.remote != nil {
+			for _, st := range c.remote.State {
+				state = append(state, st)
+			}
+		} else {
+			state = s.strippedState(tx, c.m)
+		}
+		if c.membership == "invite" {
+			out["invite_state"] = orEmpty(state)
+		} else {
+			out["knock_state"] = orEmpty(state)
+		}
+		return out, sent, true, nil
+	}
+	if c.r == nil {
+		return nil, sent, false, nil
+	}
+	upper := next.pos
+	if c.membership != "join" {
+		upper = c.m.Pos // a left room is shown up to the leave
+	}
+	sent.pos = upper
+	lower := uint64(0)
+	if !initial {
+		lower = prev.pos
+	}
+	configChanged := !initial && prev.config != sent.config
+	var tl []*room.Event
+	limited := false
+	var firstPos uint64
+	if initial || c.r.LastPos > lower {
+		var err error
+		tl, limited, firstPos, err = s.collectTimeline(tx, sess, c.r, lower, upper, min(cfg.TimelineLimit, maxTimelineLimit), nil)
+		if err != nil {
+			return nil, sent, false, err
+		}
+	}
+	// State the client asked for: all of it on a first sight or a new
+	// configuration, else what changed since it was last sent.
+	st := c.state
+	if st == nil || c.membership != "join" {
+		var err error
+		if st, err = s.stateAtPos(tx, c.r, upper); err != nil {
+			return nil, sent, false, err
+		}
+	}
+	var stateEvs []*room.Event
+	var err error
+	if initial || configChanged {
+		stateEvs, err = s.stateDiff(tx, nil, st)
+	} else if c.r.LastPos > lower {
+		var old *room.State
+		if old, err = s.stateAtPos(tx, c.r, lower); err == nil {
+			stateEvs, err = s.stateDiff(tx, old, st)
+		}
+	}
+	if err != nil {
+		return nil, sent, false, err
+	}
+	required := s.requiredState(tx, sess, c.r.RoomID, cfg.RequiredState, st, stateEvs, tl)
+	// Name, avatar, heroes and counts: sent when first seen or changed.
+	summary := s.roomSummary(tx, c.r, sess.UserID)
+	sent.name = stateString(tx, s, st, "m.room.name", "name")
+	sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
+	sent.joined, _ = summary["m.joined_member_count"].(int)
+	sent.invited, _ = summary["m.invited_member_count"].(int)
+	heroIDs, _ := summary["m.heroes"].([]string)
+	sent.heroes = strings.Join(heroIDs, " ")
+	changedMeta := initial || prev.name != sent.name || prev.avatar != sent.avatar || prev.joined != sent.joined || prev.invited != sent.invited || prev.heroes != sent.heroes
+	if sent.name != "" {
+		out["name"] = sent.name
+	}
+	if sent.avatar != "" {
+		out["avatar"] = sent.avatar
+	}
+	if sent.name == "" && len(heroIDs) > 0 {
+		out["heroes"] = s.heroes(tx, st, heroIDs)
+	}
+	out["joined_count"], out["invited_count"] = sent.joined, sent.invited
+	if s.UnreadCounts != nil && c.membership == "join" {
+		counts := s.UnreadCounts(tx, sess.UserID, c.r.RoomID)
+		sent.notif, sent.highlight = counts["notification_count"], counts["highlight_count"]
+	}
+	out["notification_count"], out["highlight_count"] = sent.notif, sent.highlight
+	countsChanged := initial || prev.notif != sent.notif || prev.highlight != sent.highlight
+	if !initial && !configChanged && len(tl) == 0 && len(required) == 0 && !changedMeta && !countsChanged && prev.bump == sent.bump {
+		return nil, sent, false, nil
+	}
+	out["timeline_events"] = orEmpty(toAny(s.renderAll(tx, tl, sess)))
+	out["required_state"] = orEmpty(required)
+	out["limited"] = limited
+	if len(tl) > 0 {
+		out["prev_batch"] = pageToken(firstPos - 1)
+	} else {
+		out["prev_batch"] = pageToken(upper)
+	}
+	numLive := 0
+	if !initial {
+		numLive = len(tl)
+	}
+	out["num_live"] = numLive
+	return out, sent, true, nil
+}
+
+func toAny[T any](v []T) []any {
+	out := make([]any, len(v))
+	for i, x := range v {
+		out[i] = x
+	}
+	return out
+}
+
+// stateString reads one string field of a state event's content ("" if none).
+func stateString(tx *store.Tx, s *Server, st *room.State, evType, field string) string {
+	ev, _ := s.Rooms.StateEvent(tx, st, evType, "")
+	if ev == nil {
+		return ""
+	}
+	var content map[string]any
+	if json.Unmarshal(ev.Content, &content) != nil {
+		return ""
+	}
+	v, _ := content[field].(string)
+	return v
+}
+
+// heroes renders hero user IDs with their names and avatars in the room.
+func (s *Server) heroes(tx *store.Tx, st *room.State, ids []string) []any {
+	out := []any{}
+	for _, id := range ids {
+		h := map[string]any{"user_id": id}
+		if ev, _ := s.Rooms.StateEvent(tx, st, "m.room.member", id); ev != nil {
+			var content struct {
+				DisplayName string `json:"displayname"`
+				AvatarURL   string `json:"avatar_url"`
+			}
+			if json.Unmarshal(ev.Content, &content) == nil {
+				if content.DisplayName != "" {
+					h["displayname"] = content.DisplayName
+				}
+				if content.AvatarURL != "" {
+					h["avatar_url"] = content.AvatarURL
+				}
+			}
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// requiredState picks, from the candidate state events evs, those the
+// required_state pairs ask for ("*" wildcards, $ME for the user, $LAZY
+// for members who sent timeline events), and adds $LAZY members of
+// timeline senders the candidates lack.
+func (s *Server) requiredState(tx *store.Tx, sess *Session, roomID string, pairs [][]string, st *room.State, evs []*room.Event, tl []*room.Event) []any {
+	if len(pairs) == 0 {
+		return nil
+	}
+	lazy := false
+	senders := map[string]bool{}
+	for _, ev := range tl {
+		senders[ev.Sender] = true
+	}
+	wanted := func(ev *room.Event) bool {
+		for _, p := range pairs {
+			typ, key := p[0], p[1]
+			if typ != "*" && typ != ev.Type {
+				continue
+			}
+			switch key {
+			case "*":
+				return true
+			case "$ME":
+				if *ev.StateKey == sess.UserID {
+					return true
+				}
+			case "$LAZY":
+				if ev.Type == "m.room.member" && senders[*ev.StateKey] {
+					return true
+				}
+			default:
+				if *ev.StateKey == key {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, p := range pairs {
+		if p[0] == "m.room.member" && p[1] == "$LAZY" {
+			lazy = true
+		}
+	}
+	var out []any
+	included := map[string]bool{}
+	for _, ev := range evs {
+		if ev.StateKey != nil && wanted(ev) {
+			if ev.Type == "m.room.member" {
+				included[*ev.StateKey] = true
+			}
+			out = append(out, s.render(tx, ev, sess))
+		}
+	}
+	if lazy {
+		// Members of this response's senders, even if not changed: the
+		// client may never have been sent them.
+		users := make([]string, 0, len(senders))
+		for u := range senders {
+			users = append(users, u)
+		}
+		sort.Strings(users)
+		for _, u := range users {
+			if included[u] {
+				continue
+			}
+			if ev, _ := s.Rooms.StateEvent(tx, st, "m.room.member", u); ev != nil {
+				included[u] = true
+				out = append(out, s.render(tx, ev, sess))
+			}
+		}
+	}
+	return out
+}

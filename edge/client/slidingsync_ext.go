@@ -1,0 +1,264 @@
+package client
+
+import (
+	"encoding/json"
+	"sort"
+	"strconv"
+	"strings"
+
+	"edge/edge/store"
+)
+
+// Sliding sync extensions (MSC3884 to_device/e2ee, MSC3959 account_data,
+// MSC3960 receipts, MSC3961 typing as MSC4186 keeps them, and MSC4308
+// thread_subscriptions). Each is on when the request enables it; the
+// account_data, receipts and typing extensions cover the rooms of the
+// response's window (lists' ranges and room subscriptions).
+
+const (
+	threadSubsExtName        = "io.element.msc4308.thread_subscriptions"
+	defaultThreadSubsLimit   = 100
+	maxThreadSubsLimit       = 1000
+)
+
+type ssExtensions struct {
+	ToDevice    *ssToDeviceExt   `json:"to_device"`
+	E2EE        *ssExtToggle     `json:"e2ee"`
+	AccountData *ssExtToggle     `json:"account_data"`
+	Receipts    *ssExtToggle     `json:"receipts"`
+	Typing      *ssExtToggle     `json:"typing"`
+	ThreadSubs  *ssThreadSubsExt `json:"io.element.msc4308.thread_subscriptions"`
+}
+
+type ssExtToggle struct {
+	Enabled *bool `json:"enabled"`
+}
+
+// on tells whether an extension is enabled (present, with enabled true).
+func (t *ssExtToggle) on() bool { return t != nil && t.Enabled != nil && *t.Enabled }
+
+type ssToDeviceExt struct {
+	ssExtToggle
+	Since string `json:"since"`
+}
+
+type ssThreadSubsExt struct {
+	ssExtToggle
+	Limit int `json:"limit"`
+}
+
+// ssExtensions answers the enabled extensions. rooms are the rooms of the
+// response's window; base is the client's snapshot (nil: new connection).
+func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot, next syncToken, rooms []string) (map[string]any, bool) {
+	out := map[string]any{}
+	news := false
+	since := uint64(0)
+	if base != nil {
+		since = base.stream.pos
+	}
+	// roomSince is where a room's stream starts for the client: from
+	// scratch for a room it has not been sent before.
+	roomSince := func(roomID string) (syncToken, bool) {
+		if base == nil {
+			return syncToken{}, false
+		}
+		prev, ok := base.rooms[roomID]
+		if !ok {
+			return syncToken{}, false
+		}
+		return syncToken{pos: prev.pos, typing: base.stream.typing}, true
+	}
+	ext := req.Extensions
+	if ext.ToDevice != nil && ext.ToDevice.ssExtToggle.on() {
+		from := uint64(0)
+		if v, err := strconv.ParseUint(ext.ToDevice.Since, 10, 64); err == nil {
+			from = v
+		}
+		var msgs []json.RawMessage
+		if s.toDeviceAcks != nil {
+			msgs = s.toDeviceSince(tx, s.toDeviceAcks, sess, from, next.pos)
+		}
+		if msgs == nil {
+			msgs = []json.RawMessage{}
+		}
+		out["to_device"] = map[string]any{"next_batch": strconv.FormatUint(next.pos, 10), "events": msgs}
+		news = news || len(msgs) > 0
+	}
+	if ext.E2EE.on() {
+		e := map[string]any{
+			"device_one_time_keys_count":       otkCounts(tx, sess.UserID, sess.DeviceID),
+			"device_unused_fallback_key_types": unusedFallbackTypes(tx, sess.UserID, sess.DeviceID),
+			"device_lists":                     map[string]any{"changed": []string{}, "left": []string{}},
+		}
+		if base != nil {
+			changed, left, err := s.deviceListChanges(tx, sess.UserID, since, next.pos)
+			if err != nil {
+				s.Log.Error("device list changes", "user", sess.UserID, "err", err)
+			}
+			e["device_lists"] = map[string]any{"changed": changed, "left": left}
+			news = news || len(changed) > 0 || len(left) > 0
+		}
+		out["e2ee"] = e
+	}
+	if ext.AccountData.on() {
+		global := []any{}
+		ads, _ := tx.AccountDataSince(sess.UserID, since)
+		for _, ad := range ads {
+			if ad.RoomID == "" {
+				global = append(global, map[string]any{"type": ad.Type, "content": ad.Content})
+			}
+		}
+		byRoom := map[string]any{}
+		roomAD := &roomAccountData{tx: tx, userID: sess.UserID}
+		for _, id := range rooms {
+			t, _ := roomSince(id)
+			rads, _ := roomAD.room(id, t.pos)
+			var evs []any
+			for _, ad := range rads {
+				evs = append(evs, map[string]any{"type": ad.Type, "content": ad.Content})
+			}
+			if len(evs) > 0 {
+				byRoom[id] = evs
+			}
+		}
+		out["account_data"] = map[string]any{"global": global, "rooms": byRoom}
+		news = news || len(global) > 0 || len(byRoom) > 0
+	}
+	if ext.Receipts.on() || ext.Typing.on() {
+		receipts, typing := map[string]any{}, map[string]any{}
+		for _, id := range rooms {
+			t, incremental := roomSince(id)
+			for _, ev := range s.ephemeral(tx, sess, id, t, incremental, nil) {
+				e := ev.(map[string]any)
+				switch e["type"] {
+				case "m.typing":
+					if ext.Typing.on() && (incremental || !noneTyping(e)) {
+						typing[id] = e
+					}
+				case "m.receipt":
+					if ext.Receipts.on() {
+						receipts[id] = mergeReceipts(receipts[id], e)
+					}
+				}
+			}
+		}
+		if ext.Receipts.on() {
+			out["receipts"] = map[string]any{"rooms": receipts}
+		}
+		if ext.Typing.on() {
+			out["typing"] = map[string]any{"rooms": typing}
+		}
+		news = news || len(receipts) > 0 || len(typing) > 0
+	}
+	if ext.ThreadSubs.ssExtToggleOn() {
+		ts, tsNews := s.threadSubsExt(tx, sess, base, since, ext.ThreadSubs.Limit)
+		out[threadSubsExtName] = ts
+		news = news || tsNews
+	}
+	return out, news
+}
+
+// ssExtToggleOn is on() for the thread subscriptions extension, which
+// MSC4308 turns on by its mere presence (Synapse wants enabled: true; an
+// explicit false is honoured).
+func (t *ssThreadSubsExt) ssExtToggleOn() bool {
+	return t != nil && (t.Enabled == nil || *t.Enabled)
+}
+
+// noneTyping tells whether an m.typing event lists nobody.
+func noneTyping(e map[string]any) bool {
+	content, _ := e["content"].(map[string]any)
+	users, _ := content["user_ids"].([]string)
+	return len(users) == 0
+}
+
+// mergeReceipts folds m.receipt event e into acc (one event per room, as
+// the receipts extension sends; /sync sends one per thread).
+func mergeReceipts(acc any, e map[string]any) map[string]any {
+	prev, _ := acc.(map[string]any)
+	if prev == nil {
+		return e
+	}
+	content, _ := prev["content"].(map[string]map[string]map[string]any)
+	more, _ := e["content"].(map[string]map[string]map[string]any)
+	if content == nil {
+		return e
+	}
+	for evID, byType := range more {
+		if content[evID] == nil {
+			content[evID] = byType
+			continue
+		}
+		for typ, users := range byType {
+			if content[evID][typ] == nil {
+				content[evID][typ] = users
+				continue
+			}
+			for u, data := range users {
+				content[evID][typ][u] = data
+			}
+		}
+	}
+	return prev
+}
+
+// threadSubsExt lists the user's thread subscription changes after since
+// (on a new connection, the current subscriptions), newest first, at most
+// limit of them.
+func (s *Server) threadSubsExt(tx *store.Tx, sess *Session, base *ssSnapshot, since uint64, limit int) (map[string]any, bool) {
+	if limit <= 0 {
+		limit = defaultThreadSubsLimit
+	}
+	limit = min(limit, maxThreadSubsLimit)
+	type change struct {
+		room, root string
+		sub        threadSub
+	}
+	var changes []change
+	prefix := sess.UserID + "\x1f"
+	tx.ScanKV(threadSubsKV, prefix, func(key string, raw []byte) bool {
+		roomID, rootID, ok := strings.Cut(strings.TrimPrefix(key, prefix), "\x1f")
+		if !ok {
+			return true
+		}
+		var sub threadSub
+		if json.Unmarshal(raw, &sub) != nil {
+			return true
+		}
+		if base == nil && !sub.Subscribed {
+			return true // a new connection only needs what is subscribed
+		}
+		if base != nil && sub.Pos <= since {
+			return true
+		}
+		changes = append(changes, change{roomID, rootID, sub})
+		return true
+	})
+	sort.Slice(changes, func(i, j int) bool { return changes[i].sub.Pos > changes[j].sub.Pos })
+	out := map[string]any{}
+	if len(changes) > limit {
+		changes = changes[:limit]
+		// Older changes are left out; the position before the oldest sent
+		// one is where a client would page from.
+		out["prev_batch"] = strconv.FormatUint(changes[len(changes)-1].sub.Pos-1, 10)
+	}
+	subscribed, unsubscribed := map[string]map[string]any{}, map[string]map[string]any{}
+	for _, c := range changes {
+		target, entry := unsubscribed, map[string]any{"bump_stamp": c.sub.Pos}
+		if c.sub.Subscribed {
+			target = subscribed
+			entry["automatic"] = c.sub.Automatic
+		}
+		if target[c.room] == nil {
+			target[c.room] = map[string]any{}
+		}
+		target[c.room][c.root] = entry
+	}
+	if len(subscribed) > 0 {
+		out["subscribed"] = subscribed
+	}
+	if len(unsubscribed) > 0 {
+		out["unsubscribed"] = unsubscribed
+	}
+	return out, len(changes) > 0
+}

@@ -1,0 +1,504 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// Simplified sliding sync (MSC4186), driven with raw HTTP: mautrix-go
+// has no sliding sync client.
+
+const ssPath = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+
+type ssEvent struct {
+	EventID  string         `json:"event_id"`
+	Type     string         `json:"type"`
+	Sender   string         `json:"sender"`
+	StateKey *string        `json:"state_key"`
+	Content  map[string]any `json:"content"`
+}
+
+type ssRoomResp struct {
+	Name              string           `json:"name"`
+	Initial           bool             `json:"initial"`
+	BumpStamp         int64            `json:"bump_stamp"`
+	Membership        string           `json:"membership"`
+	TimelineEvents    []ssEvent        `json:"timeline_events"`
+	RequiredState     []ssEvent        `json:"required_state"`
+	InviteState       []ssEvent        `json:"invite_state"`
+	Limited           bool             `json:"limited"`
+	NumLive           int              `json:"num_live"`
+	PrevBatch         string           `json:"prev_batch"`
+	JoinedCount       int              `json:"joined_count"`
+	InvitedCount      int              `json:"invited_count"`
+	NotificationCount *int             `json:"notification_count"`
+	Heroes            []map[string]any `json:"heroes"`
+}
+
+type ssResp struct {
+	Pos   string `json:"pos"`
+	Lists map[string]struct {
+		Count int `json:"count"`
+	} `json:"lists"`
+	Rooms      map[string]ssRoomResp      `json:"rooms"`
+	Extensions map[string]json.RawMessage `json:"extensions"`
+	ErrCode    string                     `json:"errcode"`
+}
+
+// ssDo posts a sliding sync request as c and returns the status and body.
+func ssDo(t testing.TB, c *mautrix.Client, pos string, timeoutMS int, body map[string]any) (int, ssResp) {
+	t.Helper()
+	status, out, err := ssTry(c, pos, timeoutMS, body)
+	if err != nil {
+		t.Fatalf("sliding sync: %v", err)
+	}
+	return status, out
+}
+
+// ssTry is ssDo for other goroutines than the test's: it returns errors.
+func ssTry(c *mautrix.Client, pos string, timeoutMS int, body map[string]any) (int, ssResp, error) {
+	q := url.Values{}
+	if pos != "" {
+		q.Set("pos", pos)
+	}
+	if timeoutMS > 0 {
+		q.Set("timeout", fmt.Sprint(timeoutMS))
+	}
+	raw, _ := json.Marshal(body)
+	req, err := http.NewRequest(http.MethodPost, c.HomeserverURL.String()+ssPath+"?"+q.Encode(), bytes.NewReader(raw))
+	if err != nil {
+		return 0, ssResp{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.AccessToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, ssResp{}, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out ssResp
+	if err := json.Unmarshal(data, &out); err != nil {
+		return 0, ssResp{}, fmt.Errorf("body %q: %w", data, err)
+	}
+	return resp.StatusCode, out, nil
+}
+
+// ssOK is ssDo that must succeed.
+func ssOK(t testing.TB, c *mautrix.Client, pos string, timeoutMS int, body map[string]any) ssResp {
+	t.Helper()
+	status, out := ssDo(t, c, pos, timeoutMS, body)
+	if status != http.StatusOK || out.Pos == "" {
+		t.Fatalf("sliding sync: status %d, %+v", status, out)
+	}
+	return out
+}
+
+func ssList(ranges [][]int, limit int, required [][]string) map[string]any {
+	return map[string]any{"ranges": ranges, "timeline_limit": limit, "required_state": required}
+}
+
+func mustSendText(t testing.TB, c *mautrix.Client, roomID id.RoomID, body string) id.EventID {
+	t.Helper()
+	resp, err := c.SendText(ctxT(t), roomID, body)
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	return resp.EventID
+}
+
+// TestSlidingSyncListsOrderingIncremental: a list's window holds the
+// newest rooms by their last message, an incremental request (pos) sends
+// only rooms with news, and only the news.
+func TestSlidingSyncListsOrderingIncremental(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	a := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "A"})
+	b := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "B"})
+	c := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "C"})
+	mustSendText(t, alice, a, "a1") // A is now the newest, then C, then B
+	body := map[string]any{"lists": map[string]any{"all": ssList([][]int{{0, 1}}, 1, [][]string{{"m.room.name", ""}})}}
+	r1 := ssOK(t, alice, "", 0, body)
+	if r1.Lists["all"].Count != 3 {
+		t.Fatalf("count = %+v", r1.Lists)
+	}
+	if len(r1.Rooms) != 2 {
+		t.Fatalf("window [0,1] sent %d rooms: %v", len(r1.Rooms), keys(r1.Rooms))
+	}
+	ra, rc := r1.Rooms[a.String()], r1.Rooms[c.String()]
+	if !ra.Initial || ra.Name != "A" || rc.Name != "C" || ra.BumpStamp <= rc.BumpStamp {
+		t.Fatalf("A = %+v, C = %+v", ra, rc)
+	}
+	if len(ra.TimelineEvents) != 1 || ra.TimelineEvents[0].Content["body"] != "a1" || !ra.Limited || ra.Membership != "join" {
+		t.Fatalf("A's timeline = %+v", ra)
+	}
+	if len(ra.RequiredState) != 1 || ra.RequiredState[0].Type != "m.room.name" || ra.JoinedCount != 1 || ra.NotificationCount == nil {
+		t.Fatalf("A's required_state/counts = %+v", ra)
+	}
+	// Nothing new: a short long-poll answers empty.
+	r2 := ssOK(t, alice, r1.Pos, 200, body)
+	if len(r2.Rooms) != 0 {
+		t.Fatalf("no news but rooms %v", keys(r2.Rooms))
+	}
+	// B gets a message: it moves to the top and is sent whole (first seen).
+	mustSendText(t, alice, b, "b1")
+	r3 := ssOK(t, alice, r2.Pos, 0, body)
+	rb, ok := r3.Rooms[b.String()]
+	if !ok || !rb.Initial || rb.Name != "B" || len(rb.TimelineEvents) != 1 || rb.TimelineEvents[0].Content["body"] != "b1" {
+		t.Fatalf("after b1: %+v", r3.Rooms)
+	}
+	if _, ok := r3.Rooms[a.String()]; ok {
+		t.Fatalf("A had no news but was sent: %+v", r3.Rooms[a.String()])
+	}
+	// A new message in A: only it, not the name again.
+	mustSendText(t, alice, a, "a2")
+	r4 := ssOK(t, alice, r3.Pos, 0, body)
+	ra = r4.Rooms[a.String()]
+	if ra.Initial || len(ra.TimelineEvents) != 1 || ra.TimelineEvents[0].Content["body"] != "a2" || ra.NumLive != 1 || len(ra.RequiredState) != 0 {
+		t.Fatalf("incremental A = %+v", ra)
+	}
+	if ra.BumpStamp <= r3.Rooms[b.String()].BumpStamp {
+		t.Fatalf("A's bump_stamp %d not above B's %d", ra.BumpStamp, r3.Rooms[b.String()].BumpStamp)
+	}
+	// A room subscription reaches a room outside the window.
+	r5 := ssOK(t, alice, "", 0, map[string]any{
+		"lists":              map[string]any{"all": ssList([][]int{{0, 0}}, 1, nil)},
+		"room_subscriptions": map[string]any{c.String(): map[string]any{"timeline_limit": 2, "required_state": [][]string{{"m.room.create", ""}}}},
+	})
+	if len(r5.Rooms) != 2 || len(r5.Rooms[c.String()].RequiredState) != 1 || len(r5.Rooms[a.String()].TimelineEvents) != 1 {
+		t.Fatalf("subscription: %+v", r5.Rooms)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestSlidingSyncRequiredState covers the required_state wildcards:
+// "*", $ME and $LAZY (members of the timeline's senders only).
+func TestSlidingSyncRequiredState(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	mustSendText(t, bob, roomID, "hi")
+	stateOf := func(required [][]string) map[string]bool {
+		r := ssOK(t, alice, "", 0, map[string]any{"lists": map[string]any{"l": ssList([][]int{{0, 9}}, 1, required)}})
+		out := map[string]bool{}
+		for _, ev := range r.Rooms[roomID.String()].RequiredState {
+			out[ev.Type+"|"+*ev.StateKey] = true
+		}
+		return out
+	}
+	lazy := stateOf([][]string{{"m.room.member", "$LAZY"}, {"m.room.create", ""}})
+	if !lazy["m.room.member|"+bob.UserID.String()] || lazy["m.room.member|"+alice.UserID.String()] || !lazy["m.room.create|"] || len(lazy) != 2 {
+		t.Fatalf("$LAZY = %v", lazy)
+	}
+	me := stateOf([][]string{{"m.room.member", "$ME"}})
+	if !me["m.room.member|"+alice.UserID.String()] || len(me) != 1 {
+		t.Fatalf("$ME = %v", me)
+	}
+	all := stateOf([][]string{{"*", "*"}})
+	if !all["m.room.power_levels|"] || !all["m.room.join_rules|"] || !all["m.room.member|"+bob.UserID.String()] || !all["m.room.member|"+alice.UserID.String()] {
+		t.Fatalf("* * = %v", all)
+	}
+	members := stateOf([][]string{{"m.room.member", "*"}})
+	if len(members) != 2 {
+		t.Fatalf("m.room.member * = %v", members)
+	}
+	// An incremental request sends a changed state event the client asked for.
+	body := map[string]any{"lists": map[string]any{"l": ssList([][]int{{0, 9}}, 5, [][]string{{"m.room.topic", ""}})}}
+	r1 := ssOK(t, alice, "", 0, body)
+	if _, err := alice.SendStateEvent(ctxT(t), roomID, event.StateTopic, "", map[string]any{"topic": "new"}); err != nil {
+		t.Fatal(err)
+	}
+	r2 := ssOK(t, alice, r1.Pos, 0, body)
+	rs := r2.Rooms[roomID.String()].RequiredState
+	if len(rs) != 1 || rs[0].Type != "m.room.topic" || rs[0].Content["topic"] != "new" {
+		t.Fatalf("changed topic = %+v", r2.Rooms[roomID.String()])
+	}
+}
+
+// TestSlidingSyncInvitesAndFilters: an invite is listed with its
+// stripped state, and the is_invite / is_encrypted / is_dm filters.
+func TestSlidingSyncInvitesAndFilters(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	plain := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{Name: "plain"})
+	enc := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{InitialState: []*event.Event{{
+		Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}},
+	}}})
+	body := map[string]any{"lists": map[string]any{
+		"invites":   map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_invite": true}},
+		"joined":    map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_invite": false}},
+		"encrypted": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_encrypted": true}},
+		"dms":       map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_dm": true}},
+	}}
+	r1 := ssOK(t, bob, "", 0, body)
+	if r1.Lists["invites"].Count != 0 || r1.Lists["joined"].Count != 2 || r1.Lists["encrypted"].Count != 1 || r1.Lists["dms"].Count != 0 {
+		t.Fatalf("counts before invite = %+v", r1.Lists)
+	}
+	if _, ok := r1.Rooms[enc.String()]; !ok {
+		t.Fatalf("encrypted room missing: %v", keys(r1.Rooms))
+	}
+	dm := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "chat", Invite: []id.UserID{bob.UserID}, IsDirect: true})
+	r2 := ssOK(t, bob, r1.Pos, 5000, body)
+	if r2.Lists["invites"].Count != 1 || r2.Lists["dms"].Count != 1 || r2.Lists["joined"].Count != 2 {
+		t.Fatalf("counts after invite = %+v", r2.Lists)
+	}
+	inv, ok := r2.Rooms[dm.String()]
+	if !ok || inv.Membership != "invite" || len(inv.InviteState) == 0 {
+		t.Fatalf("invite = %+v", r2.Rooms)
+	}
+	names := map[string]bool{}
+	for _, ev := range inv.InviteState {
+		names[ev.Type] = true
+	}
+	if !names["m.room.name"] || !names["m.room.member"] || !names["m.room.create"] {
+		t.Fatalf("invite_state = %+v", inv.InviteState)
+	}
+	_ = plain
+	// Joining turns it into a joined room, sent whole.
+	if _, err := bob.JoinRoomByID(ctxT(t), dm); err != nil {
+		t.Fatal(err)
+	}
+	r3 := ssOK(t, bob, r2.Pos, 0, body)
+	if j := r3.Rooms[dm.String()]; j.Membership != "join" || !j.Initial || r3.Lists["invites"].Count != 0 || r3.Lists["joined"].Count != 3 {
+		t.Fatalf("after join: %+v lists %+v", j, r3.Lists)
+	}
+}
+
+// TestSlidingSyncUnknownPos: a pos the server does not know is 400
+// M_UNKNOWN_POS, as is one of another connection; bad input is 400.
+func TestSlidingSyncUnknownPos(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	for _, pos := range []string{"nonsense", "abc_1", "0"} {
+		status, r := ssDo(t, alice, pos, 0, map[string]any{})
+		if status != http.StatusBadRequest || r.ErrCode != "M_UNKNOWN_POS" {
+			t.Fatalf("pos %q: %d %s", pos, status, r.ErrCode)
+		}
+	}
+	r := ssOK(t, alice, "", 0, map[string]any{"conn_id": "main"})
+	if status, out := ssDo(t, alice, r.Pos, 0, map[string]any{"conn_id": "other"}); status != http.StatusBadRequest || out.ErrCode != "M_UNKNOWN_POS" {
+		t.Fatalf("pos of another connection: %d %s", status, out.ErrCode)
+	}
+	if status, out := ssDo(t, alice, r.Pos, 0, map[string]any{"conn_id": "main"}); status != http.StatusOK || out.Pos == "" {
+		t.Fatalf("own pos: %d %+v", status, out)
+	}
+	// Another user cannot use it either.
+	bob := n.register(t, "")
+	if status, out := ssDo(t, bob, r.Pos, 0, map[string]any{"conn_id": "main"}); status != http.StatusBadRequest || out.ErrCode != "M_UNKNOWN_POS" {
+		t.Fatalf("pos of another user: %d %s", status, out.ErrCode)
+	}
+	for _, bad := range []map[string]any{
+		{"lists": map[string]any{"l": map[string]any{"ranges": [][]int{{5, 1}}}}},
+		{"lists": map[string]any{"l": map[string]any{"ranges": [][]int{{0}}}}},
+		{"lists": map[string]any{"l": map[string]any{"required_state": [][]string{{"m.room.name"}}}}},
+		{"lists": "no"},
+	} {
+		if status, out := ssDo(t, alice, "", 0, bad); status != http.StatusBadRequest || out.ErrCode == "" {
+			t.Fatalf("bad request %v: %d %s", bad, status, out.ErrCode)
+		}
+	}
+}
+
+// TestSlidingSyncLongPoll: a waiting request wakes on a new event.
+func TestSlidingSyncLongPoll(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{"lists": map[string]any{"l": ssList([][]int{{0, 9}}, 3, nil)}}
+	r1 := ssOK(t, alice, "", 0, body)
+	done := make(chan ssResp, 1)
+	start := time.Now()
+	go func() {
+		_, r, _ := ssTry(alice, r1.Pos, 20000, body)
+		done <- r
+	}()
+	time.Sleep(300 * time.Millisecond)
+	mustSendText(t, bob, roomID, "wake up")
+	var woken ssResp
+	select {
+	case woken = <-done:
+		tl := woken.Rooms[roomID.String()].TimelineEvents
+		if len(tl) != 1 || tl[0].Content["body"] != "wake up" || time.Since(start) > 10*time.Second {
+			t.Fatalf("woken response = %+v", woken)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("long poll did not wake on a new event")
+	}
+	// With nothing new it waits out its timeout and answers empty.
+	start = time.Now()
+	r := ssOK(t, alice, woken.Pos, 400, body)
+	if el := time.Since(start); el < 350*time.Millisecond || len(r.Rooms) != 0 {
+		t.Fatalf("a request with no news answered after %v with %v", el, keys(r.Rooms))
+	}
+}
+
+// TestSlidingSyncE2EEAndToDevice: the to_device extension delivers a
+// message to one device of two and drops it once acknowledged; the e2ee
+// extension reports one-time key counts and device list changes.
+func TestSlidingSyncE2EEAndToDevice(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	alice2 := e2eeLogin(t, n, alice.UserID, "second")
+	bob := n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	ext := func(since string) map[string]any {
+		td := map[string]any{"enabled": true}
+		if since != "" {
+			td["since"] = since
+		}
+		return map[string]any{"extensions": map[string]any{"to_device": td, "e2ee": map[string]any{"enabled": true}}}
+	}
+	type toDev struct {
+		NextBatch string          `json:"next_batch"`
+		Events    []toDeviceEvent `json:"events"`
+	}
+	type e2ee struct {
+		DeviceLists struct {
+			Changed []string `json:"changed"`
+		} `json:"device_lists"`
+		OTKCounts map[string]int `json:"device_one_time_keys_count"`
+	}
+	parse := func(r ssResp) (toDev, e2ee) {
+		var td toDev
+		var e e2ee
+		if err := json.Unmarshal(r.Extensions["to_device"], &td); err != nil {
+			t.Fatalf("to_device %s: %v", r.Extensions["to_device"], err)
+		}
+		if err := json.Unmarshal(r.Extensions["e2ee"], &e); err != nil {
+			t.Fatalf("e2ee %s: %v", r.Extensions["e2ee"], err)
+		}
+		return td, e
+	}
+	// One-time keys of the second device.
+	kp := newE2EEKeyPair(t)
+	if _, err := keysUpload(t, alice2, map[string]any{"device_keys": e2eeDeviceKeys(t, alice2, kp, randomCurveKey(t)), "one_time_keys": map[string]any{
+		"signed_curve25519:AAAA": signedOTK(t, alice2, kp, false),
+		"signed_curve25519:AAAB": signedOTK(t, alice2, kp, false),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	r1 := ssOK(t, alice2, "", 0, ext(""))
+	td, e := parse(r1)
+	if len(td.Events) != 0 || td.NextBatch == "" || e.OTKCounts["signed_curve25519"] != 2 {
+		t.Fatalf("initial: %+v %+v", td, e)
+	}
+	if err := sendToDevice(t, bob, "m.test", "t1", map[string]any{alice.UserID.String(): map[string]any{alice2.DeviceID.String(): map[string]any{"n": 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	r2 := ssOK(t, alice2, r1.Pos, 5000, ext(td.NextBatch))
+	td2, _ := parse(r2)
+	if len(td2.Events) != 1 || td2.Events[0].Sender != bob.UserID.String() || string(td2.Events[0].Content) != `{"n":1}` {
+		t.Fatalf("to-device delivery: %+v", td2)
+	}
+	// The other device got nothing.
+	other := ssOK(t, alice, "", 0, ext(""))
+	if tdo, _ := parse(other); len(tdo.Events) != 0 {
+		t.Fatalf("first device got %+v", tdo.Events)
+	}
+	// Acknowledged by the next since: not delivered again.
+	r3 := ssOK(t, alice2, r2.Pos, 0, ext(td2.NextBatch))
+	if td3, _ := parse(r3); len(td3.Events) != 0 {
+		t.Fatalf("redelivered after ack: %+v", td3.Events)
+	}
+	// Bob uploads device keys: alice's device list changes.
+	bkp := newE2EEKeyPair(t)
+	if _, err := keysUpload(t, bob, map[string]any{"device_keys": e2eeDeviceKeys(t, bob, bkp, randomCurveKey(t))}); err != nil {
+		t.Fatal(err)
+	}
+	r4 := ssOK(t, alice2, r3.Pos, 5000, ext(td2.NextBatch))
+	if _, e4 := parse(r4); len(e4.DeviceLists.Changed) != 1 || e4.DeviceLists.Changed[0] != bob.UserID.String() {
+		t.Fatalf("device_lists = %+v", e4.DeviceLists)
+	}
+}
+
+// TestSlidingSyncThreadSubscriptions is MSC4308's extension: current
+// subscriptions on a new connection, changes since pos on an incremental
+// one (subscribed with automatic and bump_stamp, unsubscribed).
+func TestSlidingSyncThreadSubscriptions(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{})
+	root := mustSendText(t, alice, roomID, "thread root")
+	const extName = "io.element.msc4308.thread_subscriptions"
+	body := map[string]any{"extensions": map[string]any{extName: map[string]any{"enabled": true, "limit": 2}}}
+	type subs struct {
+		Subscribed   map[string]map[string]map[string]any `json:"subscribed"`
+		Unsubscribed map[string]map[string]map[string]any `json:"unsubscribed"`
+	}
+	parse := func(r ssResp) subs {
+		var s subs
+		if raw := r.Extensions[extName]; raw != nil {
+			if err := json.Unmarshal(raw, &s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return s
+	}
+	subPath := []any{"unstable", "io.element.msc4306", "rooms", roomID, "thread", root, "subscription"}
+	r1 := ssOK(t, alice, "", 0, body)
+	if s := parse(r1); s.Subscribed != nil {
+		t.Fatalf("subscribed before subscribing: %+v", s)
+	}
+	if _, err := alice.MakeRequest(ctxT(t), http.MethodPut, alice.BuildClientURL(subPath...), map[string]any{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The body's pos (as Complement sends it) works like the query's.
+	body["pos"] = r1.Pos
+	r2 := ssOK(t, alice, "", 0, body)
+	delete(body, "pos")
+	entry := parse(r2).Subscribed[roomID.String()][root.String()]
+	if entry == nil || entry["automatic"] != false || entry["bump_stamp"] == nil {
+		t.Fatalf("incremental: %s", r2.Extensions[extName])
+	}
+	// A new connection (another conn_id: the same one would restart this
+	// one) sees the current subscription.
+	fresh := map[string]any{"conn_id": "other", "extensions": body["extensions"]}
+	if e := parse(ssOK(t, alice, "", 0, fresh)).Subscribed[roomID.String()][root.String()]; e == nil {
+		t.Fatal("initial sync lacks the subscription")
+	}
+	// Unsubscribing wakes a waiting request and is reported.
+	done := make(chan ssResp, 1)
+	go func() {
+		_, r, _ := ssTry(alice, r2.Pos, 10000, body)
+		done <- r
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := alice.MakeRequest(ctxT(t), http.MethodDelete, alice.BuildClientURL(subPath...), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r3 := <-done:
+		s := parse(r3)
+		if s.Unsubscribed[roomID.String()][root.String()] == nil || s.Subscribed != nil {
+			t.Fatalf("after unsubscribe: %s", r3.Extensions[extName])
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("unsubscribing did not wake the request")
+	}
+}

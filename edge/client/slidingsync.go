@@ -133,15 +133,15 @@ type ssSnapshot struct {
 
 // ssSent is what a client last got of a room.
 type ssSent struct {
-	pos                 uint64 // stream position the room was sent up to
-	membership          string
-	config              string // ssRoomConfig.key() it was sent with
-	name, avatar        string
-	heroes              string
-	joined, invited     int
-	notif, highlight    int
-	bump                uint64
-	inviteStatePos      uint64
+	pos              uint64 // stream position the room was sent up to
+	membership       string
+	config           string // ssRoomConfig.key() it was sent with
+	name, avatar     string
+	heroes           string
+	joined, invited  int
+	notif, highlight int
+	bump             uint64
+	inviteStatePos   uint64
 }
 
 func (c *ssConn) token(seq uint64) string { return c.id + "_" + strconv.FormatUint(seq, 10) }

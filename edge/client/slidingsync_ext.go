@@ -16,9 +16,9 @@ import (
 // response's window (lists' ranges and room subscriptions).
 
 const (
-	threadSubsExtName        = "io.element.msc4308.thread_subscriptions"
-	defaultThreadSubsLimit   = 100
-	maxThreadSubsLimit       = 1000
+	threadSubsExtName      = "io.element.msc4308.thread_subscriptions"
+	defaultThreadSubsLimit = 100
+	maxThreadSubsLimit     = 1000
 )
 
 type ssExtensions struct {

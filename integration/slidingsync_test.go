@@ -43,6 +43,8 @@ type ssRoomResp struct {
 	InvitedCount      int              `json:"invited_count"`
 	NotificationCount *int             `json:"notification_count"`
 	Heroes            []map[string]any `json:"heroes"`
+	IsDM              *bool            `json:"is_dm"`
+	Expanded          bool             `json:"unstable_expanded_timeline"`
 }
 
 type ssResp struct {
@@ -170,6 +172,16 @@ func TestSlidingSyncListsOrderingIncremental(t *testing.T) {
 	if ra.BumpStamp <= r3.Rooms[b.String()].BumpStamp {
 		t.Fatalf("A's bump_stamp %d not above B's %d", ra.BumpStamp, r3.Rooms[b.String()].BumpStamp)
 	}
+	// Opening A with a longer timeline sends it afresh, flagged.
+	open := map[string]any{"lists": body["lists"], "room_subscriptions": map[string]any{a.String(): map[string]any{"timeline_limit": 5}}}
+	r4b := ssOK(t, alice, r4.Pos, 0, open)
+	ra = r4b.Rooms[a.String()]
+	if !ra.Expanded || len(ra.TimelineEvents) != 5 || ra.TimelineEvents[4].Content["body"] != "a2" || ra.TimelineEvents[3].Content["body"] != "a1" || ra.NumLive != 0 {
+		t.Fatalf("expanded A = %+v", ra)
+	}
+	if _, ok := r4b.Rooms[b.String()]; ok || len(ssOK(t, alice, r4b.Pos, 0, open).Rooms) != 0 {
+		t.Fatal("rooms without news were sent again")
+	}
 	// A room subscription reaches a room outside the window.
 	r5 := ssOK(t, alice, "", 0, map[string]any{
 		"lists":              map[string]any{"all": ssList([][]int{{0, 0}}, 1, nil)},
@@ -263,7 +275,7 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 		t.Fatalf("counts after invite = %+v", r2.Lists)
 	}
 	inv, ok := r2.Rooms[dm.String()]
-	if !ok || inv.Membership != "invite" || len(inv.InviteState) == 0 {
+	if !ok || inv.Membership != "invite" || len(inv.InviteState) == 0 || inv.IsDM == nil || !*inv.IsDM {
 		t.Fatalf("invite = %+v", r2.Rooms)
 	}
 	names := map[string]bool{}

@@ -62,6 +62,8 @@ func (s *Server) routesSlidingSync() {
 // ssRequest is the request body.
 type ssRequest struct {
 	ConnID string `json:"conn_id"`
+	// TxnID, from older clients, is echoed back.
+	TxnID string `json:"txn_id"`
 	// Pos belongs in the query string; Complement's MSC4308 test sends it
 	// in the body, so both are read.
 	Pos               string                   `json:"pos"`
@@ -142,6 +144,7 @@ type ssSent struct {
 	notif, highlight int
 	bump             uint64
 	inviteStatePos   uint64
+	timelineLimit    int
 }
 
 func (c *ssConn) token(seq uint64) string { return c.id + "_" + strconv.FormatUint(seq, 10) }
@@ -631,6 +634,9 @@ func (s *Server) slidingOnce(tx *store.Tx, sess *Session, req *ssRequest, base *
 		}
 	}
 	resp := map[string]any{"lists": listsOut, "rooms": roomsOut}
+	if req.TxnID != "" {
+		resp["txn_id"] = req.TxnID
+	}
 	ext, extNews := s.ssExtensions(tx, sess, req, base, next, ids)
 	resp["extensions"] = ext
 	return resp, snap, news || extNews, nil
@@ -639,11 +645,12 @@ func (s *Server) slidingOnce(tx *store.Tx, sess *Session, req *ssRequest, base *
 // ssRoom builds one room's entry; include is false when the client
 // already has all of it.
 func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoomConfig, prev *ssSent, next syncToken) (map[string]any, ssSent, bool, error) {
-	sent := ssSent{membership: c.membership, config: cfg.key(), bump: c.bump, pos: next.pos}
+	sent := ssSent{membership: c.membership, config: cfg.key(), bump: c.bump, pos: next.pos, timelineLimit: cfg.TimelineLimit}
 	initial := prev == nil || prev.membership != c.membership
 	out := map[string]any{"bump_stamp": c.bump, "membership": c.membership}
 	if initial {
 		out["initial"] = true
+		out["is_dm"] = c.dm
 	}
 	switch c.membership {
 	case "invite", "knock":
@@ -679,12 +686,21 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		lower = prev.pos
 	}
 	configChanged := !initial && prev.config != sent.config
+	// A larger timeline_limit than the room was last sent with (a client
+	// opening a room it listed with one event) gets the longer timeline
+	// afresh, flagged as Synapse does.
+	expanded := !initial && cfg.TimelineLimit > prev.timelineLimit
+	tlLower := lower
+	if expanded {
+		tlLower = 0
+		out["unstable_expanded_timeline"] = true
+	}
 	var tl []*room.Event
 	limited := false
 	var firstPos uint64
-	if initial || c.r.LastPos > lower {
+	if initial || expanded || c.r.LastPos > lower {
 		var err error
-		tl, limited, firstPos, err = s.collectTimeline(tx, sess, c.r, lower, upper, min(cfg.TimelineLimit, maxTimelineLimit), nil)
+		tl, limited, firstPos, err = s.collectTimeline(tx, sess, c.r, tlLower, upper, min(cfg.TimelineLimit, maxTimelineLimit), nil)
 		if err != nil {
 			return nil, sent, false, err
 		}
@@ -737,7 +753,7 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	}
 	out["notification_count"], out["highlight_count"] = sent.notif, sent.highlight
 	countsChanged := initial || prev.notif != sent.notif || prev.highlight != sent.highlight
-	if !initial && !configChanged && len(tl) == 0 && len(required) == 0 && !changedMeta && !countsChanged && prev.bump == sent.bump {
+	if !initial && !configChanged && !expanded && len(tl) == 0 && len(required) == 0 && !changedMeta && !countsChanged && prev.bump == sent.bump {
 		return nil, sent, false, nil
 	}
 	out["timeline_events"] = orEmpty(toAny(s.renderAll(tx, tl, sess)))
@@ -750,7 +766,11 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	}
 	numLive := 0
 	if !initial {
-		numLive = len(tl)
+		for _, ev := range tl {
+			if ev.Pos > lower {
+				numLive++
+			}
+		}
 	}
 	out["num_live"] = numLive
 	return out, sent, true, nil

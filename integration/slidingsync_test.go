@@ -301,6 +301,13 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 func TestSlidingSyncUnknownPos(t *testing.T) {
 	n := startNode(t)
 	alice := n.register(t, "")
+	// Clients find sliding sync through /versions.
+	var versions struct {
+		Unstable map[string]bool `json:"unstable_features"`
+	}
+	if _, err := alice.MakeRequest(ctxT(t), http.MethodGet, alice.BuildURL(mautrix.ClientURLPath{"versions"}), nil, &versions); err != nil || !versions.Unstable["org.matrix.simplified_msc3575"] {
+		t.Fatalf("versions: %v %+v", err, versions)
+	}
 	for _, pos := range []string{"nonsense", "abc_1", "0"} {
 		status, r := ssDo(t, alice, pos, 0, map[string]any{})
 		if status != http.StatusBadRequest || r.ErrCode != "M_UNKNOWN_POS" {

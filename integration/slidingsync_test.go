@@ -294,6 +294,23 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 	if j := r3.Rooms[dm.String()]; j.Membership != "join" || !j.Initial || r3.Lists["invites"].Count != 0 || r3.Lists["joined"].Count != 3 {
 		t.Fatalf("after join: %+v lists %+v", j, r3.Lists)
 	}
+	// A rejected invite is sent once as a leave, then no more.
+	other := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Invite: []id.UserID{bob.UserID}})
+	r4 := ssOK(t, bob, r3.Pos, 5000, body)
+	if r4.Rooms[other.String()].Membership != "invite" {
+		t.Fatalf("second invite: %+v", r4.Rooms)
+	}
+	if _, err := bob.LeaveRoom(ctxT(t), other); err != nil {
+		t.Fatal(err)
+	}
+	r5 := ssOK(t, bob, r4.Pos, 5000, body)
+	left := r5.Rooms[other.String()]
+	if left.Membership != "leave" || len(left.TimelineEvents) == 0 || left.TimelineEvents[len(left.TimelineEvents)-1].Content["membership"] != "leave" || r5.Lists["invites"].Count != 0 {
+		t.Fatalf("rejected invite: %+v lists %+v", left, r5.Lists)
+	}
+	if r6 := ssOK(t, bob, r5.Pos, 0, body); len(r6.Rooms) != 0 || r6.Lists["joined"].Count != 3 {
+		t.Fatalf("after the leave was sent: %+v %+v", r6.Rooms, r6.Lists)
+	}
 }
 
 // TestSlidingSyncUnknownPos: a pos the server does not know is 400

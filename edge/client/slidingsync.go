@@ -43,6 +43,8 @@ const (
 	// bumpScanLimit is how far back a room's timeline is searched for
 	// its last message-like event before falling back to the membership.
 	bumpScanLimit = 200
+	// maxSSBumps bounds the rooms whose bump_stamp is remembered.
+	maxSSBumps = 65536
 )
 
 // bumpTypes are the events that move a room up a list (as Synapse's
@@ -53,10 +55,20 @@ var bumpTypes = map[string]bool{
 }
 
 func (s *Server) routesSlidingSync() {
-	conns, _ := lru.New[ssConnKey, *ssConn](maxSSConnections)
+	st := &ssState{}
+	st.conns, _ = lru.New[ssConnKey, *ssConn](maxSSConnections)
+	st.bumps, _ = lru.New[string, [2]uint64](maxSSBumps)
 	s.authed("POST "+slidingSyncPath, func(r *http.Request, sess *Session) (any, error) {
-		return s.slidingSync(r, sess, conns)
+		return s.slidingSync(r, sess, st)
 	})
+}
+
+// ssState is sliding sync's memory: connections, and each room's
+// bump_stamp as of its last timeline position (every request orders all
+// of a user's rooms, and most rooms have not moved since the last one).
+type ssState struct {
+	conns *lru.Cache[ssConnKey, *ssConn]
+	bumps *lru.Cache[string, [2]uint64] // room ID → {LastPos, bump stamp}
 }
 
 // ssRequest is the request body.
@@ -199,7 +211,8 @@ func errUnknownPos() *Error {
 }
 
 // slidingSync: POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync
-func (s *Server) slidingSync(r *http.Request, sess *Session, conns *lru.Cache[ssConnKey, *ssConn]) (any, error) {
+func (s *Server) slidingSync(r *http.Request, sess *Session, st *ssState) (any, error) {
+	conns := st.conns
 	var req ssRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -248,7 +261,7 @@ func (s *Server) slidingSync(r *http.Request, sess *Session, conns *lru.Cache[ss
 		news := false
 		err := s.Store.View(func(tx *store.Tx) error {
 			var err error
-			resp, snap, news, err = s.slidingOnce(tx, sess, &req, base)
+			resp, snap, news, err = s.slidingOnce(tx, st, sess, &req, base)
 			return err
 		})
 		if err != nil {
@@ -336,7 +349,7 @@ type ssCandidate struct {
 
 // ssCandidates gathers the rooms to list: joined, invited and knocked
 // rooms, plus rooms left since the client last saw them (so it learns).
-func (s *Server) ssCandidates(tx *store.Tx, sess *Session, base *ssSnapshot) ([]*ssCandidate, error) {
+func (s *Server) ssCandidates(tx *store.Tx, st *ssState, sess *Session, base *ssSnapshot) ([]*ssCandidate, error) {
 	ms, err := tx.Memberships(sess.UserID)
 	if err != nil {
 		return nil, err
@@ -370,7 +383,7 @@ func (s *Server) ssCandidates(tx *store.Tx, sess *Session, base *ssSnapshot) ([]
 			c.r = r
 			if m.Membership == "join" {
 				c.state, _ = s.Rooms.State(tx, r.State)
-				c.bump = s.bumpStamp(tx, r, m.Pos)
+				c.bump = s.bumpStamp(tx, st, r, m.Pos)
 			}
 		}
 		s.ssRoomFacts(tx, c)
@@ -381,10 +394,18 @@ func (s *Server) ssCandidates(tx *store.Tx, sess *Session, base *ssSnapshot) ([]
 	tx.ScanKV(remoteInviteNS, prefix, func(key string, raw []byte) bool {
 		roomID := strings.TrimPrefix(key, prefix)
 		var ri remoteInvite
-		if seen[roomID] || json.Unmarshal(raw, &ri) != nil || ri.Left || s.overtaken(tx, sess.UserID, roomID, &ri) || ignored[ri.Sender] {
+		if seen[roomID] || json.Unmarshal(raw, &ri) != nil || s.overtaken(tx, sess.UserID, roomID, &ri) || ignored[ri.Sender] {
 			return true
 		}
 		c := &ssCandidate{roomID: roomID, membership: "invite", remote: &ri, bump: ri.Pos, dm: dms[roomID]}
+		if ri.Left {
+			// A rejected or withdrawn invite: shown once, as a leave, to a
+			// client that was sent the invite.
+			if base == nil || base.rooms[roomID].membership != "invite" {
+				return true
+			}
+			c.membership = "leave"
+		}
 		if content, _ := ri.Invite["content"].(map[string]any); content != nil {
 			c.dm, _ = content["is_direct"].(bool)
 		}
@@ -464,8 +485,14 @@ func (s *Server) directRooms(tx *store.Tx, userID string) map[string]bool {
 }
 
 // bumpStamp is the stream position of the room's last message-like event
-// at or before the user can see (fallback: their membership's position).
-func (s *Server) bumpStamp(tx *store.Tx, r *store.Room, fallback uint64) uint64 {
+// (fallback: the user's membership's position).
+func (s *Server) bumpStamp(tx *store.Tx, st *ssState, r *store.Room, fallback uint64) uint64 {
+	if c, ok := st.bumps.Get(r.RoomID); ok && c[0] == r.LastPos {
+		if c[1] == 0 {
+			return fallback
+		}
+		return c[1]
+	}
 	stamp, n := uint64(0), 0
 	tx.Timeline(r.NID, r.LastPos, true, func(pos, nid uint64) bool {
 		n++
@@ -479,10 +506,11 @@ func (s *Server) bumpStamp(tx *store.Tx, r *store.Room, fallback uint64) uint64 
 		}
 		return true
 	})
+	st.bumps.Add(r.RoomID, [2]uint64{r.LastPos, stamp})
 	if stamp == 0 {
 		return fallback
 	}
-	return max(stamp, 1)
+	return stamp
 }
 
 // matches tells whether a candidate passes a list's filters.
@@ -545,7 +573,7 @@ func (s *Server) inSpaces(tx *store.Tx, roomID string, spaces []string) bool {
 // slidingOnce builds one response from base (nil: a new connection) and
 // the snapshot it leaves the client with; news tells whether it carries
 // anything an incremental client would not already have.
-func (s *Server) slidingOnce(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot) (map[string]any, *ssSnapshot, bool, error) {
+func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRequest, base *ssSnapshot) (map[string]any, *ssSnapshot, bool, error) {
 	next := syncToken{pos: tx.Pos(), typing: s.Typing.Serial()}
 	snap := &ssSnapshot{stream: next, rooms: map[string]ssSent{}, lists: map[string]int{}}
 	if base != nil {
@@ -553,7 +581,7 @@ func (s *Server) slidingOnce(tx *store.Tx, sess *Session, req *ssRequest, base *
 			snap.rooms[k] = v
 		}
 	}
-	cands, err := s.ssCandidates(tx, sess, base)
+	cands, err := s.ssCandidates(tx, st, sess, base)
 	if err != nil {
 		return nil, nil, false, err
 	}
@@ -674,11 +702,23 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		return out, sent, true, nil
 	}
 	if c.r == nil {
-		return nil, sent, false, nil
+		// Left a room this server holds nothing of (a remote invite
+		// rejected or withdrawn): the leave event is all there is.
+		var tl []any
+		if c.remote != nil && c.remote.LeaveEv != nil {
+			tl = append(tl, c.remote.LeaveEv)
+		} else if c.m != nil {
+			if ev, err := s.Rooms.Event(tx, c.m.Event); err == nil {
+				tl = append(tl, s.render(tx, ev, sess))
+			}
+		}
+		out["timeline_events"], out["required_state"] = orEmpty(tl), []any{}
+		return out, sent, true, nil
 	}
-	upper := next.pos
+	upper, limit := next.pos, min(cfg.TimelineLimit, maxTimelineLimit)
 	if c.membership != "join" {
-		upper = c.m.Pos // a left room is shown up to the leave
+		// A left room is shown up to the leave, which it always includes.
+		upper, limit = c.m.Pos, max(limit, 1)
 	}
 	sent.pos = upper
 	lower := uint64(0)
@@ -700,7 +740,7 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	var firstPos uint64
 	if initial || expanded || c.r.LastPos > lower {
 		var err error
-		tl, limited, firstPos, err = s.collectTimeline(tx, sess, c.r, tlLower, upper, min(cfg.TimelineLimit, maxTimelineLimit), nil)
+		tl, limited, firstPos, err = s.collectTimeline(tx, sess, c.r, tlLower, upper, limit, nil)
 		if err != nil {
 			return nil, sent, false, err
 		}

@@ -538,3 +538,85 @@ func TestSlidingSyncThreadSubscriptions(t *testing.T) {
 		t.Fatal("unsubscribing did not wake the request")
 	}
 }
+
+// TestSlidingSyncEphemeralAndAccountData covers the account_data,
+// receipts and typing extensions on an incremental request.
+func TestSlidingSyncEphemeralAndAccountData(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{
+		"lists": map[string]any{"l": ssList([][]int{{0, 9}}, 1, nil)},
+		"extensions": map[string]any{
+			"account_data": map[string]any{"enabled": true},
+			"receipts":     map[string]any{"enabled": true},
+			"typing":       map[string]any{"enabled": true},
+		},
+	}
+	r1 := ssOK(t, alice, "", 0, body)
+	if err := alice.SetAccountData(ctxT(t), "org.example.global", map[string]any{"a": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SetRoomAccountData(ctxT(t), roomID, "org.example.room", map[string]any{"b": 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.UserTyping(ctxT(t), roomID, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	evID := mustSendText(t, bob, roomID, "read me")
+	if err := alice.SendReceipt(ctxT(t), roomID, evID, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	r2 := ssOK(t, alice, r1.Pos, 0, body)
+	var ad struct {
+		Global []struct {
+			Type string `json:"type"`
+		} `json:"global"`
+		Rooms map[string][]struct {
+			Type string `json:"type"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r2.Extensions["account_data"], &ad); err != nil {
+		t.Fatal(err)
+	}
+	if len(ad.Global) != 1 || ad.Global[0].Type != "org.example.global" || len(ad.Rooms[roomID.String()]) != 1 || ad.Rooms[roomID.String()][0].Type != "org.example.room" {
+		t.Fatalf("account_data = %s", r2.Extensions["account_data"])
+	}
+	var typing struct {
+		Rooms map[string]struct {
+			Type    string `json:"type"`
+			Content struct {
+				UserIDs []string `json:"user_ids"`
+			} `json:"content"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r2.Extensions["typing"], &typing); err != nil {
+		t.Fatal(err)
+	}
+	if ty := typing.Rooms[roomID.String()]; ty.Type != "m.typing" || len(ty.Content.UserIDs) != 1 || ty.Content.UserIDs[0] != bob.UserID.String() {
+		t.Fatalf("typing = %s", r2.Extensions["typing"])
+	}
+	var receipts struct {
+		Rooms map[string]struct {
+			Type    string                               `json:"type"`
+			Content map[string]map[string]map[string]any `json:"content"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r2.Extensions["receipts"], &receipts); err != nil {
+		t.Fatal(err)
+	}
+	if rc := receipts.Rooms[roomID.String()]; rc.Type != "m.receipt" || rc.Content[evID.String()]["m.read"][alice.UserID.String()] == nil {
+		t.Fatalf("receipts = %s", r2.Extensions["receipts"])
+	}
+	// Nothing new since: the extensions are empty.
+	r3 := ssOK(t, alice, r2.Pos, 0, body)
+	if err := json.Unmarshal(r3.Extensions["account_data"], &ad); err != nil || len(ad.Global) != 0 {
+		t.Fatalf("account_data again = %s", r3.Extensions["account_data"])
+	}
+	if string(r3.Extensions["receipts"]) != `{"rooms":{}}` {
+		t.Fatalf("receipts again = %s", r3.Extensions["receipts"])
+	}
+}

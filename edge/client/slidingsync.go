@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
@@ -225,13 +224,9 @@ func (s *Server) slidingSync(r *http.Request, sess *Session, st *ssState) (any, 
 	if pos == "" {
 		pos = req.Pos
 	}
-	timeout := time.Duration(0)
-	if v := q.Get("timeout"); v != "" {
-		ms, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || ms < 0 {
-			return nil, errInvalidParam("Invalid timeout")
-		}
-		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
+	timeout, err := syncTimeout(q.Get("timeout"))
+	if err != nil {
+		return nil, err
 	}
 	key := ssConnKey{sess.UserID, sess.DeviceID, req.ConnID}
 	var conn *ssConn
@@ -253,40 +248,20 @@ func (s *Server) slidingSync(r *http.Request, sess *Session, st *ssState) (any, 
 	if s.SetPresence != nil {
 		s.SetPresence(sess.UserID, "online")
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
-		var resp map[string]any
-		var snap *ssSnapshot
-		news := false
-		err := s.Store.View(func(tx *store.Tx) error {
-			var err error
+	var resp map[string]any
+	var snap *ssSnapshot
+	err = s.longPoll(r.Context(), sess.UserID, timeout, base != nil, func() (news bool, err error) {
+		err = s.Store.View(func(tx *store.Tx) error {
 			resp, snap, news, err = s.slidingOnce(tx, st, sess, &req, base)
 			return err
 		})
-		if err != nil {
-			w.Close()
-			return nil, err
-		}
-		wait := time.Until(deadline)
-		if news || base == nil || wait <= 0 {
-			w.Close()
-			resp["pos"] = conn.store(snap, baseSeq)
-			return resp, nil
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-w.C:
-		case <-timer.C:
-		case <-r.Context().Done():
-		}
-		timer.Stop()
-		w.Close()
-		if r.Context().Err() != nil {
-			resp["pos"] = conn.store(snap, baseSeq)
-			return resp, nil
-		}
+		return news, err
+	})
+	if err != nil {
+		return nil, err
 	}
+	resp["pos"] = conn.store(snap, baseSeq)
+	return resp, nil
 }
 
 // validate rejects malformed lists and configurations.

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sort"
@@ -102,13 +103,9 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 		}
 		hasSince = true
 	}
-	timeout := time.Duration(0)
-	if v := q.Get("timeout"); v != "" {
-		ms, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || ms < 0 {
-			return nil, errInvalidParam("Invalid timeout")
-		}
-		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
+	timeout, err := syncTimeout(q.Get("timeout"))
+	if err != nil {
+		return nil, err
 	}
 	fullState := q.Get("full_state") == "true"
 	// MSC4222, stable in v1.16; Complement still sends the unstable name too.
@@ -134,28 +131,53 @@ func (s *Server) sync(r *http.Request, sess *Session) (any, error) {
 	default:
 		return nil, errInvalidParam("set_presence must be online, offline or unavailable")
 	}
+	var resp map[string]any
+	err = s.longPoll(r.Context(), sess.UserID, timeout, hasSince, func() (news bool, err error) {
+		resp, news, err = s.syncOnce(sess, since, hasSince, fullState, stateAfter, f)
+		return news, err
+	})
+	return resp, err
+}
+
+// syncTimeout parses a sync's timeout query parameter (milliseconds).
+func syncTimeout(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms < 0 {
+		return 0, errInvalidParam("Invalid timeout")
+	}
+	return min(time.Duration(ms)*time.Millisecond, maxSyncTimeout), nil
+}
+
+// longPoll calls once until it reports news, an error, or timeout passes
+// (or the client goes away), waking when one of the user's streams moves;
+// without wait (an initial sync) once runs just once. /sync and sliding
+// sync share it.
+func (s *Server) longPoll(ctx context.Context, userID string, timeout time.Duration, wait bool, once func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		// Listen before looking, so a commit between the look and the wait still wakes us.
-		w := s.Notifier.Listen(s.syncKeys(sess.UserID)...)
-		resp, news, err := s.syncOnce(sess, since, hasSince, fullState, stateAfter, f)
-		if err != nil || news || !hasSince || timeout == 0 {
+		w := s.Notifier.Listen(s.syncKeys(userID)...)
+		news, err := once()
+		if err != nil || news || !wait || timeout == 0 {
 			w.Close()
-			return resp, err
+			return err
 		}
-		wait := time.Until(deadline)
-		if wait <= 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
 			w.Close()
-			return resp, nil
+			return nil
 		}
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(left)
 		select {
 		case <-w.C:
 		case <-timer.C:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			timer.Stop()
 			w.Close()
-			return resp, nil
+			return nil
 		}
 		timer.Stop()
 		w.Close()

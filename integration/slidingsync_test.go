@@ -55,6 +55,19 @@ type ssResp struct {
 	Rooms      map[string]ssRoomResp      `json:"rooms"`
 	Extensions map[string]json.RawMessage `json:"extensions"`
 	ErrCode    string                     `json:"errcode"`
+	raw        []byte
+}
+
+// roomField is one field of a room entry as raw JSON (nil: absent).
+func (r ssResp) roomField(t testing.TB, roomID id.RoomID, field string) json.RawMessage {
+	t.Helper()
+	var body struct {
+		Rooms map[string]map[string]json.RawMessage `json:"rooms"`
+	}
+	if err := json.Unmarshal(r.raw, &body); err != nil {
+		t.Fatal(err)
+	}
+	return body.Rooms[roomID.String()][field]
 }
 
 // ssDo posts a sliding sync request as c and returns the status and body.
@@ -93,6 +106,7 @@ func ssTry(c *mautrix.Client, pos string, timeoutMS int, body map[string]any) (i
 	if err := json.Unmarshal(data, &out); err != nil {
 		return 0, ssResp{}, fmt.Errorf("body %q: %w", data, err)
 	}
+	out.raw = data
 	return resp.StatusCode, out, nil
 }
 
@@ -234,6 +248,23 @@ func TestSlidingSyncRequiredState(t *testing.T) {
 	if len(members) != 2 {
 		t.Fatalf("m.room.member * = %v", members)
 	}
+	// The MSC's latest form: include/exclude/lazy_members, and range.
+	objectForm := func(rs map[string]any) map[string]bool {
+		r := ssOK(t, alice, "", 0, map[string]any{"lists": map[string]any{"l": map[string]any{"range": []int{0, 9}, "timeline_limit": 1, "required_state": rs}}})
+		out := map[string]bool{}
+		for _, ev := range r.Rooms[roomID.String()].RequiredState {
+			out[ev.Type+"|"+*ev.StateKey] = true
+		}
+		return out
+	}
+	lazyObj := objectForm(map[string]any{"include": []any{map[string]any{"type": "m.room.join_rules"}}, "lazy_members": true})
+	if len(lazyObj) != 2 || !lazyObj["m.room.join_rules|"] || !lazyObj["m.room.member|"+bob.UserID.String()] {
+		t.Fatalf("include join_rules + lazy_members = %v", lazyObj)
+	}
+	allBut := objectForm(map[string]any{"include": []any{map[string]any{}}, "exclude": []any{map[string]any{"type": "m.room.create", "state_key": ""}}})
+	if allBut["m.room.create|"] || !allBut["m.room.power_levels|"] || !allBut["m.room.member|"+alice.UserID.String()] {
+		t.Fatalf("everything but the create event = %v", allBut)
+	}
 	// An incremental request sends a changed state event the client asked for.
 	body := map[string]any{"lists": map[string]any{"l": ssList([][]int{{0, 9}}, 5, [][]string{{"m.room.topic", ""}})}}
 	r1 := ssOK(t, alice, "", 0, body)
@@ -310,6 +341,52 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 	}
 	if r6 := ssOK(t, bob, r5.Pos, 0, body); len(r6.Rooms) != 0 || r6.Lists["joined"].Count != 3 {
 		t.Fatalf("after the leave was sent: %+v %+v", r6.Rooms, r6.Lists)
+	}
+}
+
+// TestSlidingSyncKickAndRemovedName: a removed name is sent as null; a
+// kick reaches the client and stays listed on a new connection, unlike a
+// room the user left themself.
+func TestSlidingSyncKickAndRemovedName(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	kicked := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "named"})
+	left := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	for _, r := range []id.RoomID{kicked, left} {
+		if _, err := bob.JoinRoomByID(ctxT(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := map[string]any{"lists": map[string]any{"l": ssList([][]int{{0, 9}}, 1, nil)}}
+	r1 := ssOK(t, bob, "", 0, body)
+	if r1.Rooms[kicked.String()].Name != "named" {
+		t.Fatalf("name = %+v", r1.Rooms[kicked.String()])
+	}
+	if _, err := alice.SendStateEvent(ctxT(t), kicked, event.StateRoomName, "", map[string]any{}); err != nil {
+		t.Fatal(err)
+	}
+	r2 := ssOK(t, bob, r1.Pos, 0, body)
+	if f := r2.roomField(t, kicked, "name"); string(f) != "null" {
+		t.Fatalf("removed name = %s", f)
+	}
+	if _, err := alice.KickUser(ctxT(t), kicked, &mautrix.ReqKickUser{UserID: bob.UserID, Reason: "bye"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.LeaveRoom(ctxT(t), left); err != nil {
+		t.Fatal(err)
+	}
+	r3 := ssOK(t, bob, r2.Pos, 0, body)
+	for _, r := range []id.RoomID{kicked, left} {
+		if m := r3.Rooms[r.String()].Membership; m != "leave" {
+			t.Fatalf("%s membership = %q (%+v)", r, m, r3.Rooms)
+		}
+	}
+	if f := r3.roomField(t, kicked, "joined_count"); f != nil {
+		t.Fatalf("a kicked user still gets the member count: %s", f)
+	}
+	fresh := ssOK(t, bob, "", 0, map[string]any{"conn_id": "new", "lists": body["lists"]})
+	if _, ok := fresh.Rooms[left.String()]; ok || fresh.Rooms[kicked.String()].Membership != "leave" || fresh.Lists["l"].Count != 1 {
+		t.Fatalf("new connection: %+v %+v", fresh.Rooms, fresh.Lists)
 	}
 }
 

@@ -77,7 +77,11 @@ type ssRequest struct {
 	TxnID string `json:"txn_id"`
 	// Pos belongs in the query string; Complement's MSC4308 test sends it
 	// in the body, so both are read.
-	Pos               string                   `json:"pos"`
+	Pos string `json:"pos"`
+	// Timeout (ms) and SetPresence: the MSC's latest text moves these
+	// into the body too; the query string wins.
+	Timeout           *int64                   `json:"timeout"`
+	SetPresence       string                   `json:"set_presence"`
 	Lists             map[string]*ssList       `json:"lists"`
 	RoomSubscriptions map[string]*ssRoomConfig `json:"room_subscriptions"`
 	Extensions        ssExtensions             `json:"extensions"`
@@ -85,45 +89,143 @@ type ssRequest struct {
 
 // ssRoomConfig is what to send of a room.
 type ssRoomConfig struct {
-	RequiredState [][]string `json:"required_state"`
-	TimelineLimit int        `json:"timeline_limit"`
+	RequiredState ssRequiredState `json:"required_state"`
+	TimelineLimit int             `json:"timeline_limit"`
+	// required are the required_state of every rule the room matched
+	// (an event is sent if any of them asks for it).
+	required []ssRequiredState
 }
 
 type ssList struct {
-	RequiredState [][]string `json:"required_state"`
-	TimelineLimit int        `json:"timeline_limit"`
-	Ranges        [][]int    `json:"ranges"`
-	Filters       *ssFilters `json:"filters"`
+	RequiredState ssRequiredState `json:"required_state"`
+	TimelineLimit int             `json:"timeline_limit"`
+	Ranges        [][]int         `json:"ranges"`
+	// Range is the MSC's latest form: one range.
+	Range   []int      `json:"range"`
+	Filters *ssFilters `json:"filters"`
+}
+
+// ssRequiredState is a rule's required_state, in either form: the
+// [[type, state_key], …] pairs Synapse and Element X use ("*" wildcards,
+// $ME, and ["m.room.member", "$LAZY"] for lazy members), or the MSC's
+// latest {include: [{type, state_key}], exclude: […], lazy_members}.
+type ssRequiredState struct {
+	include, exclude [][2]string // "*" matches anything
+	lazy             bool
+}
+
+func (rs *ssRequiredState) UnmarshalJSON(data []byte) error {
+	var pairs [][]string
+	if json.Unmarshal(data, &pairs) == nil {
+		*rs = ssRequiredState{}
+		for _, p := range pairs {
+			if len(p) != 2 {
+				return errInvalidParam("required_state entries are [event type, state key]")
+			}
+			if p[0] == "m.room.member" && p[1] == "$LAZY" {
+				rs.lazy = true
+				continue
+			}
+			rs.include = append(rs.include, [2]string{p[0], p[1]})
+		}
+		return nil
+	}
+	type element struct {
+		Type     *string `json:"type"`
+		StateKey *string `json:"state_key"`
+	}
+	var obj struct {
+		Include     []element `json:"include"`
+		Exclude     []element `json:"exclude"`
+		LazyMembers bool      `json:"lazy_members"`
+	}
+	if err := json.Unmarshal(data, &obj); err != nil {
+		return errInvalidParam("required_state must be a list of [type, state_key] or an object")
+	}
+	conv := func(els []element) [][2]string {
+		var out [][2]string
+		for _, e := range els {
+			p := [2]string{"*", "*"}
+			if e.Type != nil {
+				p[0] = *e.Type
+			}
+			if e.StateKey != nil {
+				p[1] = *e.StateKey
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	*rs = ssRequiredState{include: conv(obj.Include), exclude: conv(obj.Exclude), lazy: obj.LazyMembers}
+	return nil
+}
+
+// key is a canonical form of rs.
+func (rs ssRequiredState) key() string {
+	var parts []string
+	for _, p := range rs.include {
+		parts = append(parts, "+"+p[0]+"\x1f"+p[1])
+	}
+	for _, p := range rs.exclude {
+		parts = append(parts, "-"+p[0]+"\x1f"+p[1])
+	}
+	if rs.lazy {
+		parts = append(parts, "lazy")
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "\x1d")
+}
+
+// wants tells whether rs asks for a state event (lazy members aside).
+func (rs ssRequiredState) wants(ev *room.Event, self string) bool {
+	match := func(ps [][2]string) bool {
+		for _, p := range ps {
+			if p[0] != "*" && p[0] != ev.Type {
+				continue
+			}
+			if p[1] == "*" || p[1] == *ev.StateKey || (p[1] == "$ME" && *ev.StateKey == self) {
+				return true
+			}
+		}
+		return false
+	}
+	return match(rs.include) && !match(rs.exclude)
 }
 
 type ssFilters struct {
-	IsDM        *bool    `json:"is_dm"`
-	IsEncrypted *bool    `json:"is_encrypted"`
-	IsInvite    *bool    `json:"is_invite"`
-	Spaces      []string `json:"spaces"`
+	IsDM        *bool `json:"is_dm"`
+	IsEncrypted *bool `json:"is_encrypted"`
+	IsInvite    *bool `json:"is_invite"`
+	// IsInvited is is_invite's name in the MSC's latest text.
+	IsInvited *bool    `json:"is_invited"`
+	Spaces    []string `json:"spaces"`
 	// RoomTypes and NotRoomTypes hold null for "no type" (a plain room).
 	RoomTypes    []*string `json:"room_types"`
 	NotRoomTypes []*string `json:"not_room_types"`
 }
 
-// merge widens c to also cover o (a room in several lists).
-func (c *ssRoomConfig) merge(o ssRoomConfig) {
-	c.TimelineLimit = max(c.TimelineLimit, o.TimelineLimit)
-	for _, rs := range o.RequiredState {
-		if !slices.ContainsFunc(c.RequiredState, func(x []string) bool { return slices.Equal(x, rs) }) {
-			c.RequiredState = append(c.RequiredState, rs)
-		}
+// merge widens c to also cover a rule's timeline_limit and required_state
+// (a room in several lists, or also subscribed).
+func (c *ssRoomConfig) merge(limit int, rs ssRequiredState) {
+	c.TimelineLimit = max(c.TimelineLimit, limit)
+	if !slices.ContainsFunc(c.required, func(x ssRequiredState) bool { return x.key() == rs.key() }) {
+		c.required = append(c.required, rs)
 	}
 }
 
 // key is a canonical form, to notice a changed configuration.
 func (c *ssRoomConfig) key() string {
-	parts := make([]string, len(c.RequiredState))
-	for i, rs := range c.RequiredState {
-		parts[i] = strings.Join(rs, "\x1f")
+	parts := make([]string, len(c.required))
+	for i, rs := range c.required {
+		parts[i] = rs.key()
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, "\x1e")
+}
+
+// lazy tells whether any rule asks for lazy members.
+func (c *ssRoomConfig) lazy() bool {
+	return slices.ContainsFunc(c.required, func(rs ssRequiredState) bool { return rs.lazy })
 }
 
 // ssConnKey names a connection.
@@ -156,6 +258,7 @@ type ssSent struct {
 	bump             uint64
 	inviteStatePos   uint64
 	timelineLimit    int
+	dm               bool
 }
 
 func (c *ssConn) token(seq uint64) string { return c.id + "_" + strconv.FormatUint(seq, 10) }
@@ -224,9 +327,17 @@ func (s *Server) slidingSync(r *http.Request, sess *Session, st *ssState) (any, 
 	if pos == "" {
 		pos = req.Pos
 	}
-	timeout, err := syncTimeout(q.Get("timeout"))
+	tv := q.Get("timeout")
+	if tv == "" && req.Timeout != nil {
+		tv = strconv.FormatInt(*req.Timeout, 10)
+	}
+	timeout, err := syncTimeout(tv)
 	if err != nil {
 		return nil, err
+	}
+	presence := q.Get("set_presence")
+	if presence == "" {
+		presence = req.SetPresence
 	}
 	key := ssConnKey{sess.UserID, sess.DeviceID, req.ConnID}
 	var conn *ssConn
@@ -245,8 +356,15 @@ func (s *Server) slidingSync(r *http.Request, sess *Session, st *ssState) (any, 
 		conn = newSSConn()
 		conns.Add(key, conn)
 	}
+	switch presence {
+	case "":
+		presence = "online" // omitted: the polling client is online, as for /sync
+	case "online", "offline", "unavailable":
+	default:
+		return nil, errInvalidParam("set_presence must be online, offline or unavailable")
+	}
 	if s.SetPresence != nil {
-		s.SetPresence(sess.UserID, "online")
+		s.SetPresence(sess.UserID, presence)
 	}
 	var resp map[string]any
 	var snap *ssSnapshot
@@ -269,20 +387,18 @@ func (req *ssRequest) validate() error {
 	if len(req.Lists) > maxSSLists || len(req.RoomSubscriptions) > maxSSLists*10 {
 		return errInvalidParam("Too many lists or room subscriptions")
 	}
-	checkConfig := func(rs [][]string, limit int) error {
+	checkConfig := func(_ ssRequiredState, limit int) error {
 		if limit < 0 {
 			return errInvalidParam("timeline_limit must not be negative")
-		}
-		for _, pair := range rs {
-			if len(pair) != 2 {
-				return errInvalidParam("required_state entries are [event type, state key]")
-			}
 		}
 		return nil
 	}
 	for name, l := range req.Lists {
 		if l == nil {
 			return errInvalidParam("List %q is null", name)
+		}
+		if l.Range != nil {
+			l.Ranges = append(l.Ranges, l.Range)
 		}
 		if len(l.Ranges) > maxSSRanges {
 			return errInvalidParam("Too many ranges")
@@ -343,12 +459,19 @@ func (s *Server) ssCandidates(tx *store.Tx, st *ssState, sess *Session, base *ss
 			}
 		case "knock":
 		case "leave", "ban":
-			if m.Forgotten || base == nil {
+			// A kick or ban stays listed (the user may not have seen it);
+			// a room the user left is shown once, to a connection that
+			// had it, so the client learns of the leave (MSC4186).
+			if m.Forgotten {
 				continue
 			}
-			prev, ok := base.rooms[m.RoomID]
-			if !ok || prev.membership == "leave" || prev.membership == "ban" {
-				continue
+			if !s.removedByOther(tx, sess.UserID, m) {
+				if base == nil {
+					continue
+				}
+				if prev, ok := base.rooms[m.RoomID]; !ok || prev.membership == "leave" || prev.membership == "ban" {
+					continue
+				}
 			}
 		default:
 			continue
@@ -499,6 +622,9 @@ func (f *ssFilters) matches(tx *store.Tx, s *Server, c *ssCandidate) bool {
 	if f.IsEncrypted != nil && *f.IsEncrypted != c.encrypted {
 		return false
 	}
+	if f.IsInvite == nil {
+		f.IsInvite = f.IsInvited
+	}
 	if f.IsInvite != nil && *f.IsInvite != (c.membership == "invite") {
 		return false
 	}
@@ -568,6 +694,7 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 	})
 	news := false
 	want := map[string]*ssRoomConfig{}
+	inLists := map[string][]string{}
 	byID := map[string]*ssCandidate{}
 	for _, c := range cands {
 		byID[c.roomID] = c
@@ -598,7 +725,10 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 					cfg = &ssRoomConfig{}
 					want[in[i].roomID] = cfg
 				}
-				cfg.merge(ssRoomConfig{RequiredState: l.RequiredState, TimelineLimit: l.TimelineLimit})
+				cfg.merge(l.TimelineLimit, l.RequiredState)
+				if ls := inLists[in[i].roomID]; len(ls) == 0 || ls[len(ls)-1] != name {
+					inLists[in[i].roomID] = append(ls, name)
+				}
 			}
 		}
 	}
@@ -611,7 +741,7 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 			cfg = &ssRoomConfig{}
 			want[id] = cfg
 		}
-		cfg.merge(*sub)
+		cfg.merge(sub.TimelineLimit, sub.RequiredState)
 	}
 	roomsOut := map[string]any{}
 	ids := make([]string, 0, len(want))
@@ -632,6 +762,9 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 		}
 		snap.rooms[id] = sent
 		if include {
+			if ls := inLists[id]; len(ls) > 0 {
+				out["lists"] = ls
+			}
 			roomsOut[id] = out
 			news = true
 		}
@@ -648,11 +781,14 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 // ssRoom builds one room's entry; include is false when the client
 // already has all of it.
 func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoomConfig, prev *ssSent, next syncToken) (map[string]any, ssSent, bool, error) {
-	sent := ssSent{membership: c.membership, config: cfg.key(), bump: c.bump, pos: next.pos, timelineLimit: cfg.TimelineLimit}
+	sent := ssSent{membership: c.membership, config: cfg.key(), bump: c.bump, pos: next.pos, timelineLimit: cfg.TimelineLimit, dm: c.dm}
 	initial := prev == nil || prev.membership != c.membership
 	out := map[string]any{"bump_stamp": c.bump, "membership": c.membership}
+	dmChanged := initial || prev.dm != c.dm
 	if initial {
 		out["initial"] = true
+	}
+	if dmChanged {
 		out["is_dm"] = c.dm
 	}
 	switch c.membership {
@@ -674,6 +810,7 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		} else {
 			out["knock_state"] = orEmpty(state)
 		}
+		out["stripped_state"] = orEmpty(state) // the MSC's latest name for both
 		return out, sent, true, nil
 	}
 	if c.r == nil {
@@ -708,7 +845,7 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	tlLower := lower
 	if expanded {
 		tlLower = 0
-		out["unstable_expanded_timeline"] = true
+		out["unstable_expanded_timeline"], out["expanded_timeline"] = true, true
 	}
 	var tl []*room.Event
 	limited := false
@@ -742,26 +879,32 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	if err != nil {
 		return nil, sent, false, err
 	}
-	required := s.requiredState(tx, sess, c.r.RoomID, cfg.RequiredState, st, stateEvs, tl)
-	// Name, avatar, heroes and counts: sent when first seen or changed.
-	summary := s.roomSummary(tx, c.r, sess.UserID)
+	required := s.requiredState(tx, sess, cfg, st, stateEvs, tl)
+	// Name, avatar, heroes and counts: sent when first seen or changed
+	// (null: removed). A room the user is no longer in shows them as of
+	// the leave, without members or counts it may no longer see.
 	sent.name = stateString(tx, s, st, "m.room.name", "name")
 	sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
-	sent.joined, _ = summary["m.joined_member_count"].(int)
-	sent.invited, _ = summary["m.invited_member_count"].(int)
-	heroIDs, _ := summary["m.heroes"].([]string)
-	sent.heroes = strings.Join(heroIDs, " ")
-	changedMeta := initial || prev.name != sent.name || prev.avatar != sent.avatar || prev.joined != sent.joined || prev.invited != sent.invited || prev.heroes != sent.heroes
-	if sent.name != "" {
-		out["name"] = sent.name
+	var heroIDs []string
+	if c.membership == "join" {
+		summary := s.roomSummary(tx, c.r, sess.UserID)
+		sent.joined, _ = summary["m.joined_member_count"].(int)
+		sent.invited, _ = summary["m.invited_member_count"].(int)
+		heroIDs, _ = summary["m.heroes"].([]string)
+		sent.heroes = strings.Join(heroIDs, " ")
+		out["joined_count"], out["invited_count"] = sent.joined, sent.invited
 	}
-	if sent.avatar != "" {
-		out["avatar"] = sent.avatar
+	changedMeta := dmChanged || prev.name != sent.name || prev.avatar != sent.avatar || prev.joined != sent.joined || prev.invited != sent.invited || prev.heroes != sent.heroes
+	for field, v := range map[string]string{"name": sent.name, "avatar": sent.avatar} {
+		if v != "" {
+			out[field] = v
+		} else if !initial && ((field == "name" && prev.name != "") || (field == "avatar" && prev.avatar != "")) {
+			out[field] = nil
+		}
 	}
 	if sent.name == "" && len(heroIDs) > 0 {
 		out["heroes"] = s.heroes(tx, st, heroIDs)
 	}
-	out["joined_count"], out["invited_count"] = sent.joined, sent.invited
 	if s.UnreadCounts != nil && c.membership == "join" {
 		counts := s.UnreadCounts(tx, sess.UserID, c.r.RoomID)
 		sent.notif, sent.highlight = counts["notification_count"], counts["highlight_count"]
@@ -838,74 +981,38 @@ func (s *Server) heroes(tx *store.Tx, st *room.State, ids []string) []any {
 }
 
 // requiredState picks, from the candidate state events evs, those the
-// required_state pairs ask for ("*" wildcards, $ME for the user, $LAZY
-// for members who sent timeline events), and adds $LAZY members of
-// timeline senders the candidates lack.
-func (s *Server) requiredState(tx *store.Tx, sess *Session, roomID string, pairs [][]string, st *room.State, evs []*room.Event, tl []*room.Event) []any {
-	if len(pairs) == 0 {
-		return nil
-	}
-	lazy := false
-	senders := map[string]bool{}
-	for _, ev := range tl {
-		senders[ev.Sender] = true
-	}
-	wanted := func(ev *room.Event) bool {
-		for _, p := range pairs {
-			typ, key := p[0], p[1]
-			if typ != "*" && typ != ev.Type {
-				continue
-			}
-			switch key {
-			case "*":
-				return true
-			case "$ME":
-				if *ev.StateKey == sess.UserID {
-					return true
-				}
-			case "$LAZY":
-				if ev.Type == "m.room.member" && senders[*ev.StateKey] {
-					return true
-				}
-			default:
-				if *ev.StateKey == key {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	for _, p := range pairs {
-		if p[0] == "m.room.member" && p[1] == "$LAZY" {
-			lazy = true
-		}
-	}
+// room's rules ask for, and adds lazy members: those who sent the
+// timeline's events or are the targets of its member events, when the
+// candidates lack them (the client may never have been sent them).
+func (s *Server) requiredState(tx *store.Tx, sess *Session, cfg *ssRoomConfig, st *room.State, evs []*room.Event, tl []*room.Event) []any {
 	var out []any
 	included := map[string]bool{}
 	for _, ev := range evs {
-		if ev.StateKey != nil && wanted(ev) {
-			if ev.Type == "m.room.member" {
-				included[*ev.StateKey] = true
-			}
-			out = append(out, s.render(tx, ev, sess))
+		if ev.StateKey == nil || !slices.ContainsFunc(cfg.required, func(rs ssRequiredState) bool { return rs.wants(ev, sess.UserID) }) {
+			continue
+		}
+		if ev.Type == "m.room.member" {
+			included[*ev.StateKey] = true
+		}
+		out = append(out, s.render(tx, ev, sess))
+	}
+	if !cfg.lazy() {
+		return out
+	}
+	var users []string
+	for _, ev := range tl {
+		users = append(users, ev.Sender)
+		if ev.Type == "m.room.member" && ev.StateKey != nil {
+			users = append(users, *ev.StateKey)
 		}
 	}
-	if lazy {
-		// Members of this response's senders, even if not changed: the
-		// client may never have been sent them.
-		users := make([]string, 0, len(senders))
-		for u := range senders {
-			users = append(users, u)
+	for _, u := range users {
+		if included[u] {
+			continue
 		}
-		sort.Strings(users)
-		for _, u := range users {
-			if included[u] {
-				continue
-			}
-			if ev, _ := s.Rooms.StateEvent(tx, st, "m.room.member", u); ev != nil {
-				included[u] = true
-				out = append(out, s.render(tx, ev, sess))
-			}
+		included[u] = true
+		if ev, _ := s.Rooms.StateEvent(tx, st, "m.room.member", u); ev != nil {
+			out = append(out, s.render(tx, ev, sess))
 		}
 	}
 	return out

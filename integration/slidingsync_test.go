@@ -688,6 +688,14 @@ func TestSlidingSyncEphemeralAndAccountData(t *testing.T) {
 	if rc := receipts.Rooms[roomID.String()]; rc.Type != "m.receipt" || rc.Content[evID.String()]["m.read"][alice.UserID.String()] == nil {
 		t.Fatalf("receipts = %s", r2.Extensions["receipts"])
 	}
+	// The receipts extension narrowed to lists: only those lists' rooms.
+	for list, want := range map[string]bool{"l": true, "other": false} {
+		r := ssOK(t, alice, "", 0, map[string]any{"conn_id": "scoped", "lists": body["lists"],
+			"extensions": map[string]any{"receipts": map[string]any{"enabled": true, "lists": []string{list}}}})
+		if got := bytes.Contains(r.Extensions["receipts"], []byte(roomID.String())); got != want {
+			t.Fatalf("receipts for lists [%s] = %s", list, r.Extensions["receipts"])
+		}
+	}
 	// Nothing new since: the extensions are empty.
 	r3 := ssOK(t, alice, r2.Pos, 0, body)
 	if err := json.Unmarshal(r3.Extensions["account_data"], &ad); err != nil || len(ad.Global) != 0 {

@@ -773,7 +773,7 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 	if req.TxnID != "" {
 		resp["txn_id"] = req.TxnID
 	}
-	ext, extNews := s.ssExtensions(tx, sess, req, base, next, ids)
+	ext, extNews := s.ssExtensions(tx, sess, req, base, next, ids, inLists)
 	resp["extensions"] = ext
 	return resp, snap, news || extNews, nil
 }

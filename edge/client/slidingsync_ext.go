@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,6 +33,37 @@ type ssExtensions struct {
 
 type ssExtToggle struct {
 	Enabled *bool `json:"enabled"`
+	// Lists and Rooms narrow a per-room extension to the rooms of those
+	// lists' windows and those room subscriptions ("*": all); with
+	// neither, it covers every room of the response's window.
+	Lists []string `json:"lists"`
+	Rooms []string `json:"rooms"`
+}
+
+// scope picks the rooms of window an extension covers; inLists gives
+// each room's lists, subs the room subscriptions.
+func (t *ssExtToggle) scope(window []string, inLists map[string][]string, subs map[string]*ssRoomConfig) []string {
+	if t.Lists == nil && t.Rooms == nil {
+		return window
+	}
+	var out []string
+	for _, id := range window {
+		ok := false
+		for _, l := range t.Lists {
+			if l == "*" || slices.Contains(inLists[id], l) {
+				ok = true
+			}
+		}
+		for _, r := range t.Rooms {
+			if _, sub := subs[id]; sub && (r == "*" || r == id) {
+				ok = true
+			}
+		}
+		if ok {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // on tells whether an extension is enabled (present, with enabled true).
@@ -49,7 +81,7 @@ type ssThreadSubsExt struct {
 
 // ssExtensions answers the enabled extensions. rooms are the rooms of the
 // response's window; base is the client's snapshot (nil: new connection).
-func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot, next syncToken, rooms []string) (map[string]any, bool) {
+func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot, next syncToken, window []string, inLists map[string][]string) (map[string]any, bool) {
 	out := map[string]any{}
 	news := false
 	since := uint64(0)
@@ -110,7 +142,7 @@ func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base 
 		}
 		byRoom := map[string]any{}
 		roomAD := &roomAccountData{tx: tx, userID: sess.UserID}
-		for _, id := range rooms {
+		for _, id := range ext.AccountData.scope(window, inLists, req.RoomSubscriptions) {
 			t, _ := roomSince(id)
 			rads, _ := roomAD.room(id, t.pos)
 			var evs []any
@@ -126,17 +158,32 @@ func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base 
 	}
 	if ext.Receipts.on() || ext.Typing.on() {
 		receipts, typing := map[string]any{}, map[string]any{}
-		for _, id := range rooms {
+		receiptRooms, typingRooms := map[string]bool{}, map[string]bool{}
+		if ext.Receipts.on() {
+			for _, id := range ext.Receipts.scope(window, inLists, req.RoomSubscriptions) {
+				receiptRooms[id] = true
+			}
+		}
+		if ext.Typing.on() {
+			for _, id := range ext.Typing.scope(window, inLists, req.RoomSubscriptions) {
+				typingRooms[id] = true
+			}
+		}
+		for _, id := range window {
+			wantR, wantT := receiptRooms[id], typingRooms[id]
+			if !wantR && !wantT {
+				continue
+			}
 			t, incremental := roomSince(id)
 			for _, ev := range s.ephemeral(tx, sess, id, t, incremental, nil) {
-				e := ev.(map[string]any)
+				e, _ := ev.(map[string]any)
 				switch e["type"] {
 				case "m.typing":
-					if ext.Typing.on() && (incremental || !noneTyping(e)) {
+					if wantT && (incremental || !noneTyping(e)) {
 						typing[id] = e
 					}
 				case "m.receipt":
-					if ext.Receipts.on() {
+					if wantR {
 						receipts[id] = mergeReceipts(receipts[id], e)
 					}
 				}

@@ -400,6 +400,9 @@ func (req *ssRequest) validate() error {
 		if l.Range != nil {
 			l.Ranges = append(l.Ranges, l.Range)
 		}
+		if l.Filters != nil && l.Filters.IsInvite == nil {
+			l.Filters.IsInvite = l.Filters.IsInvited
+		}
 		if len(l.Ranges) > maxSSRanges {
 			return errInvalidParam("Too many ranges")
 		}
@@ -621,9 +624,6 @@ func (f *ssFilters) matches(tx *store.Tx, s *Server, c *ssCandidate) bool {
 	}
 	if f.IsEncrypted != nil && *f.IsEncrypted != c.encrypted {
 		return false
-	}
-	if f.IsInvite == nil {
-		f.IsInvite = f.IsInvited
 	}
 	if f.IsInvite != nil && *f.IsInvite != (c.membership == "invite") {
 		return false
@@ -881,17 +881,28 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	}
 	required := s.requiredState(tx, sess, cfg, st, stateEvs, tl)
 	// Name, avatar, heroes and counts: sent when first seen or changed
-	// (null: removed). A room the user is no longer in shows them as of
-	// the leave, without members or counts it may no longer see.
-	sent.name = stateString(tx, s, st, "m.room.name", "name")
-	sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
+	// (null: removed). They change only with state (members: with member
+	// events), so a room without such changes keeps what it was sent. A
+	// room the user is no longer in shows them as of the leave, without
+	// members or counts it may no longer see.
+	if initial || len(stateEvs) > 0 {
+		sent.name = stateString(tx, s, st, "m.room.name", "name")
+		sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
+	} else {
+		sent.name, sent.avatar = prev.name, prev.avatar
+	}
 	var heroIDs []string
 	if c.membership == "join" {
-		summary := s.roomSummary(tx, c.r, sess.UserID)
-		sent.joined, _ = summary["m.joined_member_count"].(int)
-		sent.invited, _ = summary["m.invited_member_count"].(int)
-		heroIDs, _ = summary["m.heroes"].([]string)
-		sent.heroes = strings.Join(heroIDs, " ")
+		if initial || hasMemberEvent(stateEvs) {
+			summary := s.roomSummary(tx, c.r, sess.UserID)
+			sent.joined, _ = summary["m.joined_member_count"].(int)
+			sent.invited, _ = summary["m.invited_member_count"].(int)
+			heroIDs, _ = summary["m.heroes"].([]string)
+			sent.heroes = strings.Join(heroIDs, " ")
+		} else {
+			sent.joined, sent.invited, sent.heroes = prev.joined, prev.invited, prev.heroes
+			heroIDs = strings.Fields(prev.heroes)
+		}
 		out["joined_count"], out["invited_count"] = sent.joined, sent.invited
 	}
 	changedMeta := dmChanged || prev.name != sent.name || prev.avatar != sent.avatar || prev.joined != sent.joined || prev.invited != sent.invited || prev.heroes != sent.heroes

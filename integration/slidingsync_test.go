@@ -292,6 +292,8 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 		"joined":    map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_invite": false}},
 		"encrypted": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_encrypted": true}},
 		"dms":       map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_dm": true}},
+		// is_invite's name in the MSC's latest text
+		"invited": map[string]any{"range": []int{0, 9}, "filters": map[string]any{"is_invited": true}},
 	}}
 	r1 := ssOK(t, bob, "", 0, body)
 	if r1.Lists["invites"].Count != 0 || r1.Lists["joined"].Count != 2 || r1.Lists["encrypted"].Count != 1 || r1.Lists["dms"].Count != 0 {
@@ -302,7 +304,7 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 	}
 	dm := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "chat", Invite: []id.UserID{bob.UserID}, IsDirect: true})
 	r2 := ssOK(t, bob, r1.Pos, 5000, body)
-	if r2.Lists["invites"].Count != 1 || r2.Lists["dms"].Count != 1 || r2.Lists["joined"].Count != 2 {
+	if r2.Lists["invites"].Count != 1 || r2.Lists["invited"].Count != 1 || r2.Lists["dms"].Count != 1 || r2.Lists["joined"].Count != 2 {
 		t.Fatalf("counts after invite = %+v", r2.Lists)
 	}
 	inv, ok := r2.Rooms[dm.String()]

@@ -707,3 +707,57 @@ func TestSlidingSyncEphemeralAndAccountData(t *testing.T) {
 		t.Fatalf("receipts again = %s", r3.Extensions["receipts"])
 	}
 }
+
+// TestSlidingSyncThreadSubscriptionsPaging: more changes than the
+// extension's limit leave a prev_batch, from which MSC4308's companion
+// endpoint pages back to the request's pos.
+func TestSlidingSyncThreadSubscriptionsPaging(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{})
+	const extName = "io.element.msc4308.thread_subscriptions"
+	body := map[string]any{"extensions": map[string]any{extName: map[string]any{"enabled": true, "limit": 2}}}
+	r1 := ssOK(t, alice, "", 0, body)
+	var roots []id.EventID
+	for i := range 3 {
+		root := mustSendText(t, alice, roomID, fmt.Sprint("root ", i))
+		roots = append(roots, root)
+		subPath := []any{"unstable", "io.element.msc4306", "rooms", roomID, "thread", root, "subscription"}
+		if _, err := alice.MakeRequest(ctxT(t), http.MethodPut, alice.BuildClientURL(subPath...), map[string]any{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r2 := ssOK(t, alice, r1.Pos, 0, body)
+	var ext struct {
+		Subscribed map[string]map[string]any `json:"subscribed"`
+		PrevBatch  string                    `json:"prev_batch"`
+	}
+	if err := json.Unmarshal(r2.Extensions[extName], &ext); err != nil {
+		t.Fatal(err)
+	}
+	got := ext.Subscribed[roomID.String()]
+	if len(got) != 2 || got[roots[2].String()] == nil || got[roots[1].String()] == nil || ext.PrevBatch == "" {
+		t.Fatalf("extension = %s", r2.Extensions[extName])
+	}
+	var page struct {
+		Subscribed map[string]map[string]any `json:"subscribed"`
+		End        string                    `json:"end"`
+	}
+	u := alice.BuildURLWithQuery(mautrix.ClientURLPath{"unstable", "io.element.msc4308", "thread_subscriptions"},
+		map[string]string{"dir": "b", "from": ext.PrevBatch, "to": r1.Pos, "limit": "10"})
+	if _, err := alice.MakeRequest(ctxT(t), http.MethodGet, u, nil, &page); err != nil {
+		t.Fatal(err)
+	}
+	if p := page.Subscribed[roomID.String()]; len(p) != 1 || p[roots[0].String()] == nil || page.End != "" {
+		t.Fatalf("page = %+v", page)
+	}
+	// Paging without to reaches back to the beginning, a page at a time.
+	u = alice.BuildURLWithQuery(mautrix.ClientURLPath{"unstable", "io.element.msc4308", "thread_subscriptions"}, map[string]string{"dir": "b", "limit": "2"})
+	page.Subscribed, page.End = nil, ""
+	if _, err := alice.MakeRequest(ctxT(t), http.MethodGet, u, nil, &page); err != nil || len(page.Subscribed[roomID.String()]) != 2 || page.End == "" {
+		t.Fatalf("first page: %v %+v", err, page)
+	}
+	bad := alice.BuildURLWithQuery(mautrix.ClientURLPath{"unstable", "io.element.msc4308", "thread_subscriptions"}, map[string]string{"dir": "f"})
+	_, err := alice.MakeRequest(ctxT(t), http.MethodGet, bad, nil, nil)
+	e2eeWantErr(t, "dir=f", err, http.StatusBadRequest, "M_INVALID_PARAM")
+}

@@ -60,6 +60,7 @@ func (s *Server) routesSlidingSync() {
 	s.authed("POST "+slidingSyncPath, func(r *http.Request, sess *Session) (any, error) {
 		return s.slidingSync(r, sess, st)
 	})
+	s.authed("GET "+threadSubsChangesPath, s.threadSubscriptionChanges)
 }
 
 // ssState is sliding sync's memory: connections, and each room's
@@ -261,15 +262,30 @@ type ssSent struct {
 	dm               bool
 }
 
-func (c *ssConn) token(seq uint64) string { return c.id + "_" + strconv.FormatUint(seq, 10) }
+// token renders a pos: connection, sequence number, and the stream
+// position the snapshot is at (which MSC4308's thread_subscriptions
+// endpoint reads from a pos given as its `to`).
+func (c *ssConn) token(seq, stream uint64) string {
+	return c.id + "_" + strconv.FormatUint(seq, 10) + "_" + strconv.FormatUint(stream, 10)
+}
+
+// posStream is the stream position inside a pos token.
+func posStream(pos string) (uint64, bool) {
+	parts := strings.Split(pos, "_")
+	if len(parts) != 3 {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(parts[2], 10, 64)
+	return v, err == nil
+}
 
 // lookup finds the snapshot a pos names.
 func (c *ssConn) lookup(pos string) (*ssSnapshot, uint64, bool) {
-	id, seqStr, ok := strings.Cut(pos, "_")
-	if !ok || id != c.id {
+	parts := strings.Split(pos, "_")
+	if len(parts) != 3 || parts[0] != c.id {
 		return nil, 0, false
 	}
-	seq, err := strconv.ParseUint(seqStr, 10, 64)
+	seq, err := strconv.ParseUint(parts[1], 10, 64)
 	if err != nil {
 		return nil, 0, false
 	}
@@ -299,7 +315,7 @@ func (c *ssConn) store(snap *ssSnapshot, base uint64) string {
 		}
 		delete(c.positions, oldest)
 	}
-	return c.token(c.seq)
+	return c.token(c.seq, snap.stream.pos)
 }
 
 func newSSConn() *ssConn {

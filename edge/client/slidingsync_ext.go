@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"net/http"
 	"slices"
 	"sort"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 // response's window (lists' ranges and room subscriptions).
 
 const (
+	threadSubsChangesPath  = "/_matrix/client/unstable/io.element.msc4308/thread_subscriptions"
 	threadSubsExtName      = "io.element.msc4308.thread_subscriptions"
 	defaultThreadSubsLimit = 100
 	maxThreadSubsLimit     = 1000
@@ -251,8 +253,22 @@ func mergeReceipts(acc any, e map[string]any) map[string]any {
 
 // threadSubsExt lists the user's thread subscription changes after since
 // (on a new connection, the current subscriptions), newest first, at most
-// limit of them.
+// limit of them; prev_batch pages further back through
+// threadSubscriptionChanges.
 func (s *Server) threadSubsExt(tx *store.Tx, sess *Session, base *ssSnapshot, since uint64, limit int) (map[string]any, bool) {
+	out, n, more, oldest := threadSubChanges(tx, sess.UserID, since, tx.Pos(), base == nil, limit)
+	if more && oldest > 0 {
+		out["prev_batch"] = strconv.FormatUint(oldest-1, 10)
+	}
+	return out, n > 0
+}
+
+// threadSubChanges lists the user's thread subscription changes at
+// positions in (after, upTo], newest first, at most limit of them
+// (currentOnly: only subscriptions, as a new connection needs); more
+// tells whether older ones were left out, oldest is the oldest position
+// included.
+func threadSubChanges(tx *store.Tx, userID string, after, upTo uint64, currentOnly bool, limit int) (out map[string]any, n int, more bool, oldest uint64) {
 	if limit <= 0 {
 		limit = defaultThreadSubsLimit
 	}
@@ -262,7 +278,7 @@ func (s *Server) threadSubsExt(tx *store.Tx, sess *Session, base *ssSnapshot, si
 		sub        threadSub
 	}
 	var changes []change
-	prefix := sess.UserID + "\x1f"
+	prefix := userID + "\x1f"
 	tx.ScanKV(threadSubsKV, prefix, func(key string, raw []byte) bool {
 		roomID, rootID, ok := strings.Cut(strings.TrimPrefix(key, prefix), "\x1f")
 		if !ok {
@@ -272,22 +288,23 @@ func (s *Server) threadSubsExt(tx *store.Tx, sess *Session, base *ssSnapshot, si
 		if json.Unmarshal(raw, &sub) != nil {
 			return true
 		}
-		if base == nil && !sub.Subscribed {
-			return true // a new connection only needs what is subscribed
+		if currentOnly {
+			if !sub.Subscribed {
+				return true
+			}
+		} else if sub.Pos <= after {
+			return true
 		}
-		if base != nil && sub.Pos <= since {
+		if sub.Pos > upTo {
 			return true
 		}
 		changes = append(changes, change{roomID, rootID, sub})
 		return true
 	})
 	sort.Slice(changes, func(i, j int) bool { return changes[i].sub.Pos > changes[j].sub.Pos })
-	out := map[string]any{}
+	out = map[string]any{}
 	if len(changes) > limit {
-		changes = changes[:limit]
-		// Older changes are left out; the position before the oldest sent
-		// one is where a client would page from.
-		out["prev_batch"] = strconv.FormatUint(changes[len(changes)-1].sub.Pos-1, 10)
+		changes, more = changes[:limit], true
 	}
 	subscribed, unsubscribed := map[string]map[string]any{}, map[string]map[string]any{}
 	for _, c := range changes {
@@ -300,6 +317,7 @@ func (s *Server) threadSubsExt(tx *store.Tx, sess *Session, base *ssSnapshot, si
 			target[c.room] = map[string]any{}
 		}
 		target[c.room][c.root] = entry
+		oldest = c.sub.Pos
 	}
 	if len(subscribed) > 0 {
 		out["subscribed"] = subscribed
@@ -307,5 +325,55 @@ func (s *Server) threadSubsExt(tx *store.Tx, sess *Session, base *ssSnapshot, si
 	if len(unsubscribed) > 0 {
 		out["unsubscribed"] = unsubscribed
 	}
-	return out, len(changes) > 0
+	return out, len(changes), more, oldest
+}
+
+// threadSubscriptionChanges: GET /_matrix/client/unstable/io.element.msc4308/thread_subscriptions
+//
+// Pages backwards (dir=b) through thread subscription changes: from (a
+// prev_batch or end token; default: now) down to to (a sliding sync pos;
+// default: the beginning).
+func (s *Server) threadSubscriptionChanges(r *http.Request, sess *Session) (any, error) {
+	q := r.URL.Query()
+	if d := q.Get("dir"); d != "b" {
+		return nil, errInvalidParam("dir must be b")
+	}
+	limit := defaultThreadSubsLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return nil, errInvalidParam("limit must be a positive integer")
+		}
+		limit = n
+	}
+	var to, from uint64
+	if v := q.Get("to"); v != "" {
+		var ok bool
+		if to, ok = posStream(v); !ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return nil, errInvalidParam("Invalid to token")
+			}
+			to = n
+		}
+	}
+	var out map[string]any
+	err := s.Store.View(func(tx *store.Tx) error {
+		from = tx.Pos()
+		if v := q.Get("from"); v != "" {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return errInvalidParam("Invalid from token")
+			}
+			from = n
+		}
+		var more bool
+		var oldest uint64
+		out, _, more, oldest = threadSubChanges(tx, sess.UserID, to, from, false, limit)
+		if more && oldest > 0 {
+			out["end"] = strconv.FormatUint(oldest-1, 10)
+		}
+		return nil
+	})
+	return out, err
 }

@@ -882,15 +882,18 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 			return nil, sent, false, err
 		}
 	}
-	var stateEvs []*room.Event
+	// changed is the state that changed since the room was last sent.
+	var changed, stateEvs []*room.Event
 	var err error
-	if initial || configChanged {
-		stateEvs, err = s.stateDiff(tx, nil, st)
-	} else if c.r.LastPos > lower {
+	if !initial && c.r.LastPos > lower {
 		var old *room.State
 		if old, err = s.stateAtPos(tx, c.r, lower); err == nil {
-			stateEvs, err = s.stateDiff(tx, old, st)
+			changed, err = s.stateDiff(tx, old, st)
 		}
+	}
+	stateEvs = changed
+	if err == nil && (initial || configChanged) {
+		stateEvs, err = s.ssWantedState(tx, st, cfg, sess.UserID)
 	}
 	if err != nil {
 		return nil, sent, false, err
@@ -901,7 +904,7 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	// events), so a room without such changes keeps what it was sent. A
 	// room the user is no longer in shows them as of the leave, without
 	// members or counts it may no longer see.
-	if initial || len(stateEvs) > 0 {
+	if initial || len(changed) > 0 {
 		sent.name = stateString(tx, s, st, "m.room.name", "name")
 		sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
 	} else {
@@ -909,7 +912,7 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	}
 	var heroIDs []string
 	if c.membership == "join" {
-		if initial || hasMemberEvent(stateEvs) {
+		if initial || hasMemberEvent(changed) {
 			summary := s.roomSummary(tx, c.r, sess.UserID)
 			sent.joined, _ = summary["m.joined_member_count"].(int)
 			sent.invited, _ = summary["m.invited_member_count"].(int)
@@ -1005,6 +1008,40 @@ func (s *Server) heroes(tx *store.Tx, st *room.State, ids []string) []any {
 		out = append(out, h)
 	}
 	return out
+}
+
+// ssWantedState is the state a room's rules may ask for: looked up one by
+// one when they name exact types and state keys (as Element X does), or
+// all of it when they use wildcards.
+func (s *Server) ssWantedState(tx *store.Tx, st *room.State, cfg *ssRoomConfig, self string) ([]*room.Event, error) {
+	var keys [][2]string
+	for _, rs := range cfg.required {
+		for _, p := range rs.include {
+			if p[0] == "*" || p[1] == "*" {
+				return s.stateDiff(tx, nil, st)
+			}
+			if p[1] == "$ME" {
+				p[1] = self
+			}
+			keys = append(keys, p)
+		}
+	}
+	var out []*room.Event
+	seen := map[[2]string]bool{}
+	for _, k := range keys {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		ev, err := s.Rooms.StateEvent(tx, st, k[0], k[1])
+		if err != nil {
+			return nil, err
+		}
+		if ev != nil {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
 }
 
 // requiredState picks, from the candidate state events evs, those the

@@ -422,6 +422,17 @@ func TestSlidingSyncUnknownPos(t *testing.T) {
 	if status, out := ssDo(t, bob, r.Pos, 0, map[string]any{"conn_id": "main"}); status != http.StatusBadRequest || out.ErrCode != "M_UNKNOWN_POS" {
 		t.Fatalf("pos of another user: %d %s", status, out.ErrCode)
 	}
+	// A device has at most 16 connections: the least recently used goes.
+	var posOf []string
+	for i := range 17 {
+		posOf = append(posOf, ssOK(t, alice, "", 0, map[string]any{"conn_id": fmt.Sprint("c", i)}).Pos)
+	}
+	if status, out := ssDo(t, alice, posOf[0], 0, map[string]any{"conn_id": "c0"}); status != http.StatusBadRequest || out.ErrCode != "M_UNKNOWN_POS" {
+		t.Fatalf("17th connection did not push out the first: %d %s", status, out.ErrCode)
+	}
+	if status, _ := ssDo(t, alice, posOf[16], 0, map[string]any{"conn_id": "c16"}); status != http.StatusOK {
+		t.Fatalf("newest connection: %d", status)
+	}
 	for _, bad := range []map[string]any{
 		{"lists": map[string]any{"l": map[string]any{"ranges": [][]int{{5, 1}}}}},
 		{"lists": map[string]any{"l": map[string]any{"ranges": [][]int{{0}}}}},

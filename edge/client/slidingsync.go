@@ -44,6 +44,12 @@ const (
 	bumpScanLimit = 200
 	// maxSSBumps bounds the rooms whose bump_stamp is remembered.
 	maxSSBumps = 65536
+	// maxSSPositions bounds the positions a connection remembers (the
+	// client's last pos and the one just handed out, normally).
+	maxSSPositions = 4
+	// maxSSConnsPerDevice bounds one device's connections, so that one
+	// client cannot push everyone else's out of the LRU.
+	maxSSConnsPerDevice = 16
 )
 
 // bumpTypes are the events that move a room up a list (as Synapse's
@@ -67,6 +73,7 @@ func (s *Server) routesSlidingSync() {
 // bump_stamp as of its last timeline position (every request orders all
 // of a user's rooms, and most rooms have not moved since the last one).
 type ssState struct {
+	mu    sync.Mutex // serialises addConn's count-and-evict
 	conns *lru.Cache[ssConnKey, *ssConn]
 	bumps *lru.Cache[string, [2]uint64] // room ID → {LastPos, bump stamp}
 }
@@ -229,6 +236,23 @@ func (c *ssRoomConfig) lazy() bool {
 	return slices.ContainsFunc(c.required, func(rs ssRequiredState) bool { return rs.lazy })
 }
 
+// addConn remembers a new connection, forgetting the device's least
+// recently used one beyond maxSSConnsPerDevice.
+func (st *ssState) addConn(key ssConnKey, conn *ssConn) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.conns.Add(key, conn)
+	var mine []ssConnKey
+	for _, k := range st.conns.Keys() { // oldest first
+		if k.user == key.user && k.device == key.device {
+			mine = append(mine, k)
+		}
+	}
+	for i := 0; i < len(mine)-maxSSConnsPerDevice; i++ {
+		st.conns.Remove(mine[i])
+	}
+}
+
 // ssConnKey names a connection.
 type ssConnKey struct{ user, device, conn string }
 
@@ -308,7 +332,7 @@ func (c *ssConn) store(snap *ssSnapshot, base uint64) string {
 		}
 	}
 	// A client forking from many old positions is still bounded.
-	for len(c.positions) > 8 {
+	for len(c.positions) > maxSSPositions {
 		oldest := c.seq
 		for seq := range c.positions {
 			oldest = min(oldest, seq)
@@ -370,7 +394,7 @@ func (s *Server) slidingSync(r *http.Request, sess *Session, st *ssState) (any, 
 	} else {
 		// A request without pos starts the connection afresh.
 		conn = newSSConn()
-		conns.Add(key, conn)
+		st.addConn(key, conn)
 	}
 	switch presence {
 	case "":

@@ -772,3 +772,49 @@ func TestSlidingSyncThreadSubscriptionsPaging(t *testing.T) {
 	_, err := alice.MakeRequest(ctxT(t), http.MethodGet, bad, nil, nil)
 	e2eeWantErr(t, "dir=f", err, http.StatusBadRequest, "M_INVALID_PARAM")
 }
+
+// TestSlidingSyncRemoteInvite: an invite from another server (a room this
+// server holds nothing of) is listed with its stripped state, and its
+// rejection reaches the client once as a leave.
+func TestSlidingSyncRemoteInvite(t *testing.T) {
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	carol := b.register(t, "carol")
+	body := map[string]any{"lists": map[string]any{
+		"invites": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"is_invite": true}},
+		"all":     map[string]any{"ranges": [][]int{{0, 9}}},
+	}}
+	r1 := ssOK(t, carol, "", 0, body)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "over there", Invite: []id.UserID{carol.UserID}})
+	var inv ssRoomResp
+	pos := r1.Pos
+	deadline := time.Now().Add(20 * time.Second)
+	for inv.Membership == "" && time.Now().Before(deadline) {
+		r := ssOK(t, carol, pos, 2000, body)
+		pos, inv = r.Pos, r.Rooms[roomID.String()]
+	}
+	if inv.Membership != "invite" {
+		t.Fatal("the remote invite never came")
+	}
+	name := ""
+	for _, ev := range inv.InviteState {
+		if ev.Type == "m.room.name" {
+			name, _ = ev.Content["name"].(string)
+		}
+	}
+	if name != "over there" {
+		t.Fatalf("invite_state = %+v", inv.InviteState)
+	}
+	if _, err := carol.LeaveRoom(ctxT(t), roomID, &mautrix.ReqLeave{Reason: "no thanks"}); err != nil {
+		t.Fatal(err)
+	}
+	r := ssOK(t, carol, pos, 5000, body)
+	left := r.Rooms[roomID.String()]
+	if left.Membership != "leave" || len(left.TimelineEvents) != 1 || left.TimelineEvents[0].Content["membership"] != "leave" || r.Lists["invites"].Count != 0 {
+		t.Fatalf("rejection = %+v lists %+v raw %s", left, r.Lists, r.raw)
+	}
+	if again := ssOK(t, carol, r.Pos, 0, body); len(again.Rooms) != 0 {
+		t.Fatalf("the rejection was sent twice: %+v", again.Rooms)
+	}
+}

@@ -161,6 +161,11 @@ func TestSlidingSyncListsOrderingIncremental(t *testing.T) {
 	if len(ra.RequiredState) != 1 || ra.RequiredState[0].Type != "m.room.name" || ra.JoinedCount != 1 || ra.NotificationCount == nil {
 		t.Fatalf("A's required_state/counts = %+v", ra)
 	}
+	// prev_batch pages on with /messages from just before the timeline.
+	msgs, err := alice.Messages(ctxT(t), a, ra.PrevBatch, "", mautrix.DirectionBackward, nil, 1)
+	if err != nil || len(msgs.Chunk) != 1 || msgs.Chunk[0].ID.String() == ra.TimelineEvents[0].EventID {
+		t.Fatalf("/messages from prev_batch: %v %+v", err, msgs)
+	}
 	// Nothing new: a short long-poll answers empty.
 	r2 := ssOK(t, alice, r1.Pos, 200, body)
 	if len(r2.Rooms) != 0 {
@@ -327,6 +332,18 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 	if j := r3.Rooms[dm.String()]; j.Membership != "join" || !j.Initial || r3.Lists["invites"].Count != 0 || r3.Lists["joined"].Count != 3 {
 		t.Fatalf("after join: %+v lists %+v", j, r3.Lists)
 	}
+	// A knock is listed with its stripped state.
+	knockRoom := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "knock here", RoomVersion: "10", InitialState: []*event.Event{{
+		Type: event.StateJoinRules, Content: event.Content{Parsed: &event.JoinRulesEventContent{JoinRule: event.JoinRuleKnock}},
+	}}})
+	if _, err := bob.KnockRoom(ctxT(t), knockRoom.String(), &mautrix.ReqKnockRoom{}); err != nil {
+		t.Fatal(err)
+	}
+	rk := ssOK(t, bob, r3.Pos, 0, body)
+	if k := rk.Rooms[knockRoom.String()]; k.Membership != "knock" || rk.roomField(t, knockRoom, "knock_state") == nil {
+		t.Fatalf("knock = %+v", rk.Rooms)
+	}
+	r3 = rk
 	// A rejected invite is sent once as a leave, then no more.
 	other := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Invite: []id.UserID{bob.UserID}})
 	r4 := ssOK(t, bob, r3.Pos, 5000, body)
@@ -341,7 +358,7 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 	if left.Membership != "leave" || len(left.TimelineEvents) == 0 || left.TimelineEvents[len(left.TimelineEvents)-1].Content["membership"] != "leave" || r5.Lists["invites"].Count != 0 {
 		t.Fatalf("rejected invite: %+v lists %+v", left, r5.Lists)
 	}
-	if r6 := ssOK(t, bob, r5.Pos, 0, body); len(r6.Rooms) != 0 || r6.Lists["joined"].Count != 3 {
+	if r6 := ssOK(t, bob, r5.Pos, 0, body); len(r6.Rooms) != 0 || r6.Lists["joined"].Count != 4 {
 		t.Fatalf("after the leave was sent: %+v %+v", r6.Rooms, r6.Lists)
 	}
 }

@@ -363,6 +363,38 @@ func TestSlidingSyncInvitesAndFilters(t *testing.T) {
 	}
 }
 
+// TestSlidingSyncSpacesAndRoomTypes: the spaces, room_types and
+// not_room_types filters.
+func TestSlidingSyncSpacesAndRoomTypes(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	space := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "space", CreationContent: map[string]any{"type": "m.space"}})
+	child := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "child"})
+	mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "other"})
+	if _, err := alice.SendStateEvent(ctxT(t), space, event.StateSpaceChild, child.String(), map[string]any{"via": []string{"localhost"}}); err != nil {
+		t.Fatal(err)
+	}
+	list := func(filters map[string]any) map[string]any {
+		return map[string]any{"ranges": [][]int{{0, 9}}, "filters": filters}
+	}
+	r := ssOK(t, alice, "", 0, map[string]any{"lists": map[string]any{
+		"in_space": list(map[string]any{"spaces": []string{space.String()}}),
+		"spaces":   list(map[string]any{"room_types": []string{"m.space"}}),
+		"rooms":    list(map[string]any{"not_room_types": []string{"m.space"}}),
+		"plain":    list(map[string]any{"room_types": []any{nil}}),
+		"unknown":  list(map[string]any{"spaces": []string{"!nowhere:localhost"}}),
+	}})
+	want := map[string]int{"in_space": 1, "spaces": 1, "rooms": 2, "plain": 2, "unknown": 0}
+	for name, count := range want {
+		if r.Lists[name].Count != count {
+			t.Fatalf("list %s: count %d, want %d (%+v)", name, r.Lists[name].Count, count, r.Lists)
+		}
+	}
+	if ls := r.roomField(t, child, "lists"); !bytes.Contains(ls, []byte(`"in_space"`)) {
+		t.Fatalf("child's lists = %s", ls)
+	}
+}
+
 // TestSlidingSyncKickAndRemovedName: a removed name is sent as null; a
 // kick reaches the client and stays listed on a new connection, unlike a
 // room the user left themself.

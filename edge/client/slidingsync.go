@@ -210,6 +210,8 @@ type ssFilters struct {
 	// RoomTypes and NotRoomTypes hold null for "no type" (a plain room).
 	RoomTypes    []*string `json:"room_types"`
 	NotRoomTypes []*string `json:"not_room_types"`
+	// children is what Spaces names, worked out once per request.
+	children map[string]bool
 }
 
 // merge widens c to also cover a rule's timeline_limit and required_state
@@ -655,7 +657,7 @@ func (s *Server) bumpStamp(tx *store.Tx, st *ssState, r *store.Room, fallback ui
 }
 
 // matches tells whether a candidate passes a list's filters.
-func (f *ssFilters) matches(tx *store.Tx, s *Server, c *ssCandidate) bool {
+func (f *ssFilters) matches(c *ssCandidate) bool {
 	if f == nil {
 		return true
 	}
@@ -682,15 +684,21 @@ func (f *ssFilters) matches(tx *store.Tx, s *Server, c *ssCandidate) bool {
 	if len(f.NotRoomTypes) > 0 && typeIn(f.NotRoomTypes) {
 		return false
 	}
-	if f.Spaces != nil && !s.inSpaces(tx, c.roomID, f.Spaces) {
+	if f.Spaces != nil && !f.children[c.roomID] {
 		return false
 	}
 	return true
 }
 
-// inSpaces tells whether roomID is a child (m.space.child) of one of spaces.
-func (s *Server) inSpaces(tx *store.Tx, roomID string, spaces []string) bool {
+// spaceChildren are the rooms named by m.space.child events (with a
+// via) of those of spaces the user is joined to; subspaces are not
+// walked (MSC4186).
+func (s *Server) spaceChildren(tx *store.Tx, userID string, spaces []string) map[string]bool {
+	out := map[string]bool{}
 	for _, sp := range spaces {
+		if m, err := tx.Membership(userID, sp); err != nil || m.Membership != "join" {
+			continue
+		}
 		r, err := tx.Room(sp)
 		if err != nil {
 			continue
@@ -699,16 +707,23 @@ func (s *Server) inSpaces(tx *store.Tx, roomID string, spaces []string) bool {
 		if err != nil {
 			continue
 		}
-		if ev, _ := s.Rooms.StateEvent(tx, st, "m.space.child", roomID); ev != nil {
+		evs, err := s.Rooms.StateEvents(tx, st)
+		if err != nil {
+			continue
+		}
+		for _, ev := range evs {
+			if ev.Type != "m.space.child" || ev.StateKey == nil {
+				continue
+			}
 			var content struct {
 				Via []string `json:"via"`
 			}
 			if json.Unmarshal(ev.Content, &content) == nil && len(content.Via) > 0 {
-				return true
+				out[*ev.StateKey] = true
 			}
 		}
 	}
-	return false
+	return out
 }
 
 // slidingOnce builds one response from base (nil: a new connection) and
@@ -747,9 +762,12 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 	sort.Strings(names)
 	for _, name := range names {
 		l := req.Lists[name]
+		if l.Filters != nil && l.Filters.Spaces != nil {
+			l.Filters.children = s.spaceChildren(tx, sess.UserID, l.Filters.Spaces)
+		}
 		var in []*ssCandidate
 		for _, c := range cands {
-			if l.Filters.matches(tx, s, c) {
+			if l.Filters.matches(c) {
 				in = append(in, c)
 			}
 		}

@@ -867,3 +867,40 @@ func TestSlidingSyncRemoteInvite(t *testing.T) {
 		t.Fatalf("the rejection was sent twice: %+v", again.Rooms)
 	}
 }
+
+// TestSlidingSyncInitialReceiptsTrimmed: a room new to the connection
+// gets only the receipts on the events it is sent, and the user's own.
+func TestSlidingSyncInitialReceiptsTrimmed(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	old := mustSendText(t, alice, roomID, "old")
+	if err := bob.SendReceipt(ctxT(t), roomID, old, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	latest := mustSendText(t, alice, roomID, "latest")
+	if err := alice.SendReceipt(ctxT(t), roomID, old, event.ReceiptTypeReadPrivate, nil); err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{"lists": map[string]any{"l": ssList([][]int{{0, 0}}, 1, nil)},
+		"extensions": map[string]any{"receipts": map[string]any{"enabled": true}}}
+	r := ssOK(t, alice, "", 0, body)
+	var receipts struct {
+		Rooms map[string]struct {
+			Content map[string]map[string]map[string]any `json:"content"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r.Extensions["receipts"], &receipts); err != nil {
+		t.Fatal(err)
+	}
+	c := receipts.Rooms[roomID.String()].Content
+	if len(r.Rooms[roomID.String()].TimelineEvents) != 1 || r.Rooms[roomID.String()].TimelineEvents[0].EventID != latest.String() {
+		t.Fatalf("timeline = %+v", r.Rooms[roomID.String()].TimelineEvents)
+	}
+	if c[old.String()]["m.read"][bob.UserID.String()] != nil || c[old.String()]["m.read.private"][alice.UserID.String()] == nil {
+		t.Fatalf("receipts on a room's first sight = %s", r.Extensions["receipts"])
+	}
+}

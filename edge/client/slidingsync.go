@@ -802,6 +802,7 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 		cfg.merge(sub.TimelineLimit, sub.RequiredState)
 	}
 	roomsOut := map[string]any{}
+	sentEvents := map[string]map[string]bool{} // room → timeline event IDs in this response
 	ids := make([]string, 0, len(want))
 	for id := range want {
 		ids = append(ids, id)
@@ -825,13 +826,22 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 			}
 			roomsOut[id] = out
 			news = true
+			evs, _ := out["timeline_events"].([]any)
+			for _, ev := range evs {
+				if ce, ok := ev.(*room.ClientEvent); ok {
+					if sentEvents[id] == nil {
+						sentEvents[id] = map[string]bool{}
+					}
+					sentEvents[id][ce.EventID] = true
+				}
+			}
 		}
 	}
 	resp := map[string]any{"lists": listsOut, "rooms": roomsOut}
 	if req.TxnID != "" {
 		resp["txn_id"] = req.TxnID
 	}
-	ext, extNews := s.ssExtensions(tx, sess, req, base, next, ids, inLists)
+	ext, extNews := s.ssExtensions(tx, sess, req, base, next, ids, inLists, sentEvents)
 	resp["extensions"] = ext
 	return resp, snap, news || extNews, nil
 }
@@ -940,7 +950,11 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	if err != nil {
 		return nil, sent, false, err
 	}
-	required := s.requiredState(tx, sess, cfg, st, stateEvs, tl)
+	var memberUpdates []*room.Event
+	if !initial && !limited {
+		memberUpdates = changed
+	}
+	required := s.requiredState(tx, sess, cfg, st, stateEvs, tl, memberUpdates)
 	// Name, avatar, heroes and counts: sent when first seen or changed
 	// (null: removed). They change only with state (members: with member
 	// events), so a room without such changes keeps what it was sent. A
@@ -1089,8 +1103,10 @@ func (s *Server) ssWantedState(tx *store.Tx, st *room.State, cfg *ssRoomConfig, 
 // requiredState picks, from the candidate state events evs, those the
 // room's rules ask for, and adds lazy members: those who sent the
 // timeline's events or are the targets of its member events, when the
-// candidates lack them (the client may never have been sent them).
-func (s *Server) requiredState(tx *store.Tx, sess *Session, cfg *ssRoomConfig, st *room.State, evs []*room.Event, tl []*room.Event) []any {
+// candidates lack them (the client may never have been sent them), and
+// memberUpdates (every membership change since the last response, given
+// when the timeline is not limited, so a client can keep its member list).
+func (s *Server) requiredState(tx *store.Tx, sess *Session, cfg *ssRoomConfig, st *room.State, evs, tl, memberUpdates []*room.Event) []any {
 	var out []any
 	included := map[string]bool{}
 	for _, ev := range evs {
@@ -1104,6 +1120,12 @@ func (s *Server) requiredState(tx *store.Tx, sess *Session, cfg *ssRoomConfig, s
 	}
 	if !cfg.lazy() {
 		return out
+	}
+	for _, ev := range memberUpdates {
+		if ev.Type == "m.room.member" && ev.StateKey != nil && !included[*ev.StateKey] {
+			included[*ev.StateKey] = true
+			out = append(out, s.render(tx, ev, sess))
+		}
 	}
 	var users []string
 	for _, ev := range tl {

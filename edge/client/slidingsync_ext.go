@@ -83,7 +83,7 @@ type ssThreadSubsExt struct {
 
 // ssExtensions answers the enabled extensions. rooms are the rooms of the
 // response's window; base is the client's snapshot (nil: new connection).
-func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot, next syncToken, window []string, inLists map[string][]string) (map[string]any, bool) {
+func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base *ssSnapshot, next syncToken, window []string, inLists map[string][]string, sentEvents map[string]map[string]bool) (map[string]any, bool) {
 	out := map[string]any{}
 	news := false
 	since := uint64(0)
@@ -186,7 +186,15 @@ func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base 
 					}
 				case "m.receipt":
 					if wantR {
-						receipts[id] = mergeReceipts(receipts[id], e)
+						if !incremental {
+							// A room new to the client: only receipts on the
+							// events it is sent, and the user's own (a big
+							// room's every receipt would swamp the response).
+							e = trimReceipts(e, sentEvents[id], sess.UserID)
+						}
+						if e != nil {
+							receipts[id] = mergeReceipts(receipts[id], e)
+						}
 					}
 				}
 			}
@@ -219,6 +227,33 @@ func noneTyping(e map[string]any) bool {
 	content, _ := e["content"].(map[string]any)
 	users, _ := content["user_ids"].([]string)
 	return len(users) == 0
+}
+
+// trimReceipts keeps, of an m.receipt event, the receipts on events in
+// keep and those of self (nil: none left).
+func trimReceipts(e map[string]any, keep map[string]bool, self string) map[string]any {
+	content, _ := e["content"].(map[string]map[string]map[string]any)
+	out := map[string]map[string]map[string]any{}
+	for evID, byType := range content {
+		for typ, users := range byType {
+			for u, data := range users {
+				if !keep[evID] && u != self {
+					continue
+				}
+				if out[evID] == nil {
+					out[evID] = map[string]map[string]any{}
+				}
+				if out[evID][typ] == nil {
+					out[evID][typ] = map[string]any{}
+				}
+				out[evID][typ][u] = data
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return map[string]any{"type": "m.receipt", "content": out}
 }
 
 // mergeReceipts folds m.receipt event e into acc (one event per room, as

@@ -385,6 +385,11 @@ func TestSlidingSyncSpacesAndRoomTypes(t *testing.T) {
 		"unknown":  list(map[string]any{"spaces": []string{"!nowhere:localhost"}}),
 	}})
 	want := map[string]int{"in_space": 1, "spaces": 1, "rooms": 2, "plain": 2, "unknown": 0}
+	// A list without a range covers all its rooms.
+	whole := ssOK(t, alice, "", 0, map[string]any{"conn_id": "whole", "lists": map[string]any{"all": map[string]any{"timeline_limit": 1}}})
+	if whole.Lists["all"].Count != 3 || len(whole.Rooms) != 3 {
+		t.Fatalf("list without range: %+v, %d rooms", whole.Lists, len(whole.Rooms))
+	}
 	for name, count := range want {
 		if r.Lists[name].Count != count {
 			t.Fatalf("list %s: count %d, want %d (%+v)", name, r.Lists[name].Count, count, r.Lists)

@@ -776,7 +776,11 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 		if base == nil || base.lists[name] != len(in) {
 			news = true
 		}
-		for _, rg := range l.Ranges {
+		ranges := l.Ranges
+		if ranges == nil && len(in) > 0 {
+			ranges = [][]int{{0, len(in) - 1}} // no range: the whole list (MSC4186)
+		}
+		for _, rg := range ranges {
 			for i := rg[0]; i <= rg[1] && i < len(in); i++ {
 				cfg := want[in[i].roomID]
 				if cfg == nil {

@@ -13,6 +13,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"edge/edge/roomfed"
 )
 
 // Simplified sliding sync (MSC4186), driven with raw HTTP: mautrix-go
@@ -907,5 +909,38 @@ func TestSlidingSyncInitialReceiptsTrimmed(t *testing.T) {
 	}
 	if c[old.String()]["m.read"][bob.UserID.String()] != nil || c[old.String()]["m.read.private"][alice.UserID.String()] == nil {
 		t.Fatalf("receipts on a room's first sight = %s", r.Extensions["receipts"])
+	}
+}
+
+// TestSlidingSyncPartialState: a room joined with partial state (faster
+// join) is held back from a list asking for every member until its state
+// is complete, and shown at once to one lazy-loading members.
+func TestSlidingSyncPartialState(t *testing.T) {
+	roomfed.PartialResyncDelay = 3 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b := startRFNode(t, ca), startRFNode(t, ca)
+	_, roomID, _ := partialRoom(t, func(name string) *mautrix.Client { return a.register(t, name) }, 5)
+	bob := b.register(t, "bob")
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	if !roomIsPartial(t, b.Store, roomID) {
+		t.Fatal("the join did not leave the room partial")
+	}
+	all := map[string]any{"conn_id": "all", "lists": map[string]any{"l": ssList([][]int{{0, 9}}, 1, [][]string{{"m.room.member", "*"}})}}
+	lazy := map[string]any{"conn_id": "lazy", "lists": map[string]any{"l": ssList([][]int{{0, 9}}, 1, [][]string{{"m.room.member", "$LAZY"}})}}
+	r1 := ssOK(t, bob, "", 0, all)
+	if _, ok := r1.Rooms[roomID.String()]; ok || r1.Lists["l"].Count != 1 {
+		t.Fatalf("partial room sent to a list wanting all members: %+v", r1)
+	}
+	if r := ssOK(t, bob, "", 0, lazy); r.Rooms[roomID.String()].Membership != "join" {
+		t.Fatalf("lazy list lacks the partial room: %+v", r.Rooms)
+	}
+	waitFor(t, 30*time.Second, "the resync", func() bool { return !roomIsPartial(t, b.Store, roomID) })
+	r2 := ssOK(t, bob, r1.Pos, 0, all)
+	got := r2.Rooms[roomID.String()]
+	if !got.Initial || len(got.RequiredState) != 7 { // alice, five members, bob
+		t.Fatalf("after the resync: %+v", got)
 	}
 }

@@ -233,6 +233,18 @@ func (c *ssRoomConfig) key() string {
 	return strings.Join(parts, "\x1e")
 }
 
+// allMembers tells whether a rule asks for every member event.
+func (c *ssRoomConfig) allMembers() bool {
+	for _, rs := range c.required {
+		for _, p := range rs.include {
+			if (p[0] == "*" || p[0] == "m.room.member") && p[1] == "*" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // lazy tells whether any rule asks for lazy members.
 func (c *ssRoomConfig) lazy() bool {
 	return slices.ContainsFunc(c.required, func(rs ssRequiredState) bool { return rs.lazy })
@@ -804,6 +816,16 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 			want[id] = cfg
 		}
 		cfg.merge(sub.TimelineLimit, sub.RequiredState)
+	}
+	for id, cfg := range want {
+		// As Synapse: a room with partial state (a faster join) is held
+		// back from a client that asks for all its members, until the
+		// state is complete; lazy members need no full member list.
+		if cfg.allMembers() {
+			if _, err := tx.PartialState(id); err == nil {
+				delete(want, id)
+			}
+		}
 	}
 	roomsOut := map[string]any{}
 	sentEvents := map[string]map[string]bool{} // room → timeline event IDs in this response

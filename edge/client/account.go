@@ -50,14 +50,8 @@ func (s *Server) registerAvailable(r *http.Request) (any, error) {
 	if err := s.checkExclusiveUser(s.userID(lp), nil); err != nil {
 		return nil, err
 	}
-	var taken bool
-	_ = s.Store.View(func(tx *store.Tx) error {
-		_, err := tx.User(lp)
-		taken = err == nil
-		return nil
-	})
-	if taken {
-		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	if err := s.checkUserFree(lp); err != nil {
+		return nil, err
 	}
 	return map[string]bool{"available": true}, nil
 }
@@ -146,14 +140,8 @@ func (s *Server) register(r *http.Request) (any, error) {
 			return nil, err
 		}
 	}
-	var taken bool
-	_ = s.Store.View(func(tx *store.Tx) error {
-		_, err := tx.User(lp)
-		taken = err == nil
-		return nil
-	})
-	if taken {
-		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	if err := s.checkUserFree(lp); err != nil {
+		return nil, err
 	}
 	if kind != "guest" && as == nil {
 		params := map[string]any{}
@@ -516,4 +504,18 @@ func (s *Server) deactivate(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	return map[string]string{"id_server_unbind_result": "no-support"}, nil
+}
+
+// checkUserFree answers M_USER_IN_USE when the localpart has an account.
+func (s *Server) checkUserFree(localpart string) error {
+	var taken bool
+	_ = s.Store.View(func(tx *store.Tx) error {
+		_, err := tx.User(localpart)
+		taken = err == nil
+		return nil
+	})
+	if taken {
+		return newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	}
+	return nil
 }

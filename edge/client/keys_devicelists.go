@@ -187,16 +187,5 @@ func (s *Server) e2eeRoomMembers(tx *store.Tx, roomID string) []string {
 	if err != nil {
 		return nil
 	}
-	var out []string
-	st.Each(func(k, nid uint64) bool {
-		evType, sk, err := tx.StateKey(k)
-		if err != nil || evType != "m.room.member" {
-			return true
-		}
-		if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" {
-			out = append(out, sk)
-		}
-		return true
-	})
-	return out
+	return s.joinedUserIDs(tx, st)
 }

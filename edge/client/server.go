@@ -75,6 +75,10 @@ type Server struct {
 	// hierarchy of a room this server is not in (see hierarchy.go); nil:
 	// such rooms are left out.
 	RemoteHierarchy func(ctx context.Context, roomID string, via []string, suggestedOnly bool) (*room.HierarchyAnswer, error)
+	// RemoteEventRelationships asks other servers in q.RoomID for the
+	// thread around q.EventID and stores what they answer (MSC2836, see
+	// event_relationships.go); nil: threads are walked locally only.
+	RemoteEventRelationships func(ctx context.Context, q room.ThreadQuery) error
 	// RemoteBackfillAt is RemoteBackfill for a gap inside the timeline,
 	// just before timeline event eventID; nil: /messages pages past gaps.
 	RemoteBackfillAt func(ctx context.Context, roomID, eventID string, limit int) (int, error)

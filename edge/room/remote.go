@@ -124,6 +124,9 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 			return err
 		}
 		ev.NID, ev.StateBefore, ev.Flags = se.NID, before.ID, flags
+		if flags&(store.FlagRejected|store.FlagSoftFailed) == 0 {
+			IndexRelations(tx, ev, ev.NID) // an outlier is still a thread's event
+		}
 		tx.OnCommit(func() {
 			s.events.Add(ev.NID, ev)
 			Stats.RemoteEvents.Add(1)
@@ -188,9 +191,7 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 	r.Depth = max(r.Depth, ev.Depth)
 	r.LastPos = se.Pos
 	tx.PutRoom(r)
-	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
-		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
-	}
+	IndexRelations(tx, ev, ev.NID)
 	if err := s.redactions(tx, r, ev); err != nil {
 		return err
 	}

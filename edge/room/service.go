@@ -386,9 +386,7 @@ func (s *Service) persist(tx *store.Tx, r *store.Room, st *State, ev *Event) err
 	r.Depth = max(r.Depth, ev.Depth)
 	r.LastPos = pos
 	tx.PutRoom(r)
-	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
-		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
-	}
+	IndexRelations(tx, ev, ev.NID)
 	if err := s.redactions(tx, r, ev); err != nil {
 		return err
 	}

@@ -280,26 +280,7 @@ func TestRoomFedRejoinMessages(t *testing.T) {
 	if _, err := bob.c.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
 		t.Fatal(err)
 	}
-	var bodies []string
-	from := ""
-	for pages := 0; ; pages++ {
-		if pages > 30 {
-			t.Fatal("/messages does not end")
-		}
-		resp, err := bob.c.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range resp.Chunk {
-			if ev.Type.Type == "m.room.message" {
-				bodies = append(bodies, ev.Content.Raw["body"].(string))
-			}
-		}
-		if resp.End == "" {
-			break
-		}
-		from = resp.End
-	}
+	bodies := bodiesOf(paginateBack(t, bob.c, roomID, 5))
 	var want []string
 	for i := n - 1; i >= 0; i-- {
 		want = append(want, fmt.Sprint("away ", i))

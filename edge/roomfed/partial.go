@@ -169,7 +169,15 @@ func (e *Engine) authorizeState(tx *store.Tx, ev *room.Event, st *room.State) er
 	if err != nil {
 		return err
 	}
-	fillFromAuthEvents(tx, e.rooms, ev, m)
+	// The partial state may hold a membership the full state would not
+	// (an event accepted only because members were missing): resolve it
+	// against the event's auth events, as Synapse does. Should that fail
+	// (an auth chain we lack), fill in the missing members only.
+	if r, err := e.rooms.ResolveWithAuthEvents(tx, ev, m); err == nil {
+		m = r
+	} else {
+		fillFromAuthEvents(tx, e.rooms, ev, m)
+	}
 	return room.AuthorizeAgainst(ev, m, e.fed.Keyring.GetKey)
 }
 

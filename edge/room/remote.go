@@ -108,7 +108,8 @@ func (s *Service) AuthStateFor(tx *store.Tx, ev *Event, st *State) (map[StateKey
 // partial-state room checks an event against, as Synapse does. Missing
 // members come from the auth events; a membership the partial state got
 // wrong (accepted from an event the full state rejects) does not by
-// itself reject a later event that its auth events allow.
+// itself reject a later event that its auth events allow. It returns nil
+// when no entry of local differs from one of the auth events.
 func (s *Service) ResolveWithAuthEvents(tx *store.Tx, ev *Event, local map[StateKeyPair]*Event) (map[StateKeyPair]*Event, error) {
 	events := map[string]*Event{}
 	localIDs := make(StateMap, len(local))
@@ -127,6 +128,16 @@ func (s *Service) ResolveWithAuthEvents(tx *store.Tx, ev *Event, local map[State
 		}
 		claimed[StateKeyPair{Type: ae.Type, StateKey: *ae.StateKey}] = ae.ID
 		events[ae.ID] = ae
+	}
+	conflict := false
+	for k, id := range claimed {
+		if l, ok := localIDs[k]; ok && l != id {
+			conflict = true
+			break
+		}
+	}
+	if !conflict {
+		return nil, nil // the common case: nothing to resolve
 	}
 	r := &Resolver{
 		Fetch:  func(eventID string) (*Event, error) { return s.EventByID(tx, eventID) },

@@ -171,9 +171,10 @@ func (e *Engine) authorizeState(tx *store.Tx, ev *room.Event, st *room.State) er
 	}
 	// The partial state may hold a membership the full state would not
 	// (an event accepted only because members were missing): resolve it
-	// against the event's auth events, as Synapse does. Should that fail
-	// (an auth chain we lack), fill in the missing members only.
-	if r, err := e.rooms.ResolveWithAuthEvents(tx, ev, m); err == nil {
+	// against the event's auth events, as Synapse does. With nothing in
+	// conflict, or should that fail (an auth chain we lack), the missing
+	// members are filled in from the auth events.
+	if r, err := e.rooms.ResolveWithAuthEvents(tx, ev, m); err == nil && r != nil {
 		m = r
 	} else {
 		fillFromAuthEvents(tx, e.rooms, ev, m)

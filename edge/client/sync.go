@@ -380,6 +380,9 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 			if err != nil {
 				return nil, false, err
 			}
+			if len(tl) == 0 {
+				startState = current // nothing shown: the state is the current one
+			}
 			stateEvs, err = s.fullSyncState(tx, startState, current, tl)
 			if err != nil {
 				return nil, false, err

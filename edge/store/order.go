@@ -137,32 +137,69 @@ func (t *Tx) EventsByTimestamp(roomNID uint64, ts int64, forward bool, fn func(e
 	}
 }
 
-// migrateOrderings (schema 1 → 2) creates both orderings and fills them
-// from the timelines and backfilled histories already stored.
+// keyOrderingsFill, in the meta bucket, marks orderings still being
+// filled for a store from before them: its value is "f" and the timeline
+// key to go on from (none: the start).
+var keyOrderingsFill = []byte("orderings_fill")
+
+// orderingsFillChunk bounds the timeline events one fill transaction
+// indexes: a transaction's writes are held in memory until it commits,
+// and an old store may hold millions of events.
+var orderingsFillChunk = 20_000
+
+// migrateOrderings (schema 1 → 2) creates both orderings and marks them
+// to be filled (fillOrderings) from the timelines and backfilled
+// histories already stored.
 func migrateOrderings(btx *bolt.Tx) error {
 	for _, b := range [][]byte{bTopo, bTimestamps} {
 		if _, err := btx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
 	}
-	t := &Tx{tx: btx, writable: true}
-	if err := btx.Bucket(bTimeline).ForEach(func(k, v []byte) error {
-		t.indexTimeline(getU64(k), getU64(k[8:]), getU64(v))
-		return nil
-	}); err != nil {
-		return err
-	}
-	t.ScanKV(backfillOrderNS, "", func(k string, v []byte) bool {
-		if len(k) == 32 && len(v) == 8 {
-			room, err1 := parseHex16(k[:16])
-			seq, err2 := parseHex16(k[16:])
-			if err1 == nil && err2 == nil {
-				t.indexBackfilled(room, seq, getU64(v))
+	return btx.Bucket(bMeta).Put(keyOrderingsFill, []byte("f"))
+}
+
+// fillOrderings indexes the events a store held before the orderings
+// existed, a chunk per transaction; it resumes where it stopped if the
+// process did. Indexing an event twice writes the same keys.
+func (s *Store) fillOrderings() error {
+	for {
+		done := false
+		err := s.db.Update(func(btx *bolt.Tx) error {
+			meta := btx.Bucket(bMeta)
+			mark := meta.Get(keyOrderingsFill)
+			if len(mark) == 0 {
+				done = true
+				return nil
 			}
+			from := mark[1:]
+			t := &Tx{tx: btx, writable: true}
+			c := btx.Bucket(bTimeline).Cursor()
+			n := 0
+			k, v := c.Seek(bytes.Clone(from))
+			for ; k != nil && n < orderingsFillChunk; k, v = c.Next() {
+				t.indexTimeline(getU64(k), getU64(k[8:]), getU64(v))
+				n++
+			}
+			if k != nil {
+				return meta.Put(keyOrderingsFill, append([]byte("f"), k...))
+			}
+			t.ScanKV(backfillOrderNS, "", func(k string, v []byte) bool {
+				if len(k) == 32 && len(v) == 8 {
+					room, err1 := parseHex16(k[:16])
+					seq, err2 := parseHex16(k[16:])
+					if err1 == nil && err2 == nil {
+						t.indexBackfilled(room, seq, getU64(v))
+					}
+				}
+				return true
+			})
+			return meta.Delete(keyOrderingsFill)
+		})
+		if err != nil || done {
+			return err
 		}
-		return true
-	})
-	return nil
+	}
 }
 
 func parseHex16(s string) (uint64, error) { return strconv.ParseUint(s, 16, 64) }

@@ -116,8 +116,11 @@ func TestEventsByTimestamp(t *testing.T) {
 }
 
 // A store written before the orderings existed (schema 1) gets them
-// filled on open.
+// filled on open, a chunk per transaction.
 func TestOrderingsMigration(t *testing.T) {
+	chunk := orderingsFillChunk
+	orderingsFillChunk = 1
+	defer func() { orderingsFillChunk = chunk }()
 	s, path := openTemp(t)
 	_ = s.Write(func(tx *Tx) error {
 		putOrdered(t, tx, "bf", 1, 50, 0)
@@ -155,6 +158,9 @@ func TestOrderingsMigration(t *testing.T) {
 		}
 		if got, want := names(tx, byTS), []string{"bf", "late", "E1"}; !slices.Equal(got, want) {
 			t.Errorf("migrated timestamp order = %v, want %v", got, want)
+		}
+		if tx.tx.Bucket(bMeta).Get(keyOrderingsFill) != nil {
+			t.Error("the fill mark is left after the fill")
 		}
 		return nil
 	})

@@ -75,6 +75,10 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.fillOrderings(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: filling the event orderings: %w", path, err)
+	}
 	if err := db.View(func(tx *bolt.Tx) error {
 		s.pos.Store(getU64(tx.Bucket(bMeta).Get(keyPos)))
 		return nil

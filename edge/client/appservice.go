@@ -1,8 +1,10 @@
 package client
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
+	"time"
 
 	"edge/edge/appservice"
 	"edge/edge/store"
@@ -82,4 +84,50 @@ func (s *Server) checkSend(sess *Session) error {
 		return nil
 	}
 	return check(s.limits.send, sess.UserID)
+}
+
+// AppServiceFeed takes the data beside room events that application
+// services ask for: typing, receipts and presence (MSC2409), to-device
+// messages (MSC4203) and device lists and key counts (MSC3202). The
+// appservice pusher implements it; nil when there are no services.
+type AppServiceFeed interface {
+	// EDU gets a committed typing or receipt (roomID) or presence (sender) event.
+	EDU(typ, roomID, sender string, content any)
+	// ToDevice may take a to-device message for a device of an AS's
+	// user in place of its inbox (true), in the storing transaction.
+	ToDevice(tx *store.Tx, sender, evType, userID, deviceID string, content json.RawMessage) bool
+	// DeviceListChanged: userID's devices or keys changed.
+	DeviceListChanged(tx *store.Tx, userID string)
+	// DeviceKeys: a device's one-time or fallback keys changed.
+	DeviceKeys(tx *store.Tx, userID, deviceID string, otk map[string]int, fallback []string)
+}
+
+// feedReceipt passes a public read receipt to the application services
+// once it is committed (private receipts are the user's own business).
+func (s *Server) feedReceipt(tx *store.Tx, rc *store.Receipt) {
+	if s.AppServiceFeed == nil || rc.Type != receiptRead {
+		return
+	}
+	r := map[string]any{"ts": rc.TS}
+	if rc.ThreadID != "" {
+		r["thread_id"] = rc.ThreadID
+	}
+	content := map[string]any{rc.EventID: map[string]any{rc.Type: map[string]any{rc.UserID: r}}}
+	roomID := rc.RoomID
+	tx.OnCommit(func() { s.AppServiceFeed.EDU("m.receipt", roomID, "", content) })
+}
+
+// feedPresence passes a committed presence change to the application services.
+func (s *Server) feedPresence(tx *store.Tx, userID string, rec presenceRecord) {
+	if s.AppServiceFeed == nil {
+		return
+	}
+	tx.OnCommit(func() { s.AppServiceFeed.EDU("m.presence", "", userID, rec.content(time.Now().UnixMilli())) })
+}
+
+// feedDeviceKeys passes a device's current key counts to the application services.
+func (s *Server) feedDeviceKeys(tx *store.Tx, userID, deviceID string) {
+	if s.AppServiceFeed != nil {
+		s.AppServiceFeed.DeviceKeys(tx, userID, deviceID, otkCounts(tx, userID, deviceID), unusedFallbackTypes(tx, userID, deviceID))
+	}
 }

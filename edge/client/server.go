@@ -71,6 +71,8 @@ type Server struct {
 	RemoteTimestamp RemoteTimestampFunc
 	// AppServices are the node's application services (nil: none).
 	AppServices *appservice.Set
+	// AppServiceFeed takes ephemeral and E2EE data for them (nil: none).
+	AppServiceFeed AppServiceFeed
 	// RemoteHierarchy asks other servers (via first) for the federation
 	// hierarchy of a room this server is not in (see hierarchy.go); nil:
 	// such rooms are left out.

@@ -161,9 +161,16 @@ func (s *Server) serveJSON(h handlerFunc) http.Handler {
 			writeError(w, err)
 			return
 		}
+		if c, ok := resp.(created); ok {
+			writeJSON(w, http.StatusCreated, c.body)
+			return
+		}
 		writeJSON(w, http.StatusOK, resp)
 	})
 }
+
+// created wraps a handler's response that answers 201 Created.
+type created struct{ body any }
 
 // Handler is the client API with its middleware: panic recovery, CORS,
 // body limits, and Matrix-shaped 404/405s.

@@ -47,6 +47,13 @@ func (s *Server) appServiceSession(r *http.Request, as *appservice.Registration,
 	return sess, nil
 }
 
+// requestAppService is the AS whose as_token made the request, whatever
+// its ?user_id=: register and login do not assert an identity (the user
+// may not exist yet), as in Synapse; mautrix bridges send user_id there.
+func (s *Server) requestAppService(r *http.Request) *appservice.Registration {
+	return s.AppServices.ByToken(requestToken(r))
+}
+
 // appServiceTS is the origin_server_ts an application service asked for
 // with ?ts= (timestamp massaging, for bridging history); 0 otherwise.
 func appServiceTS(r *http.Request, sess *Session) int64 {

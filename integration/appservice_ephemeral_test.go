@@ -1,0 +1,332 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"edge/edge/config"
+)
+
+// mxBridge is mautrix-go's own application service (the library the
+// mautrix bridges are built on) serving on loopback, with what it parsed
+// out of our transactions collected for the test.
+type mxBridge struct {
+	AS   *appservice.AppService
+	down atomic.Bool // answer 503, as a bridge that is not running
+
+	mu       sync.Mutex
+	events   []*event.Event
+	toDevice []*event.Event
+	otk      []*mautrix.OTKCount
+	devLists []*mautrix.DeviceLists
+	bodies   []map[string]json.RawMessage
+}
+
+// startMXBridge listens on loopback and writes the bridge's registration
+// (made and saved by mautrix-go) into dir.
+func startMXBridge(t *testing.T, dir string) (*mxBridge, *appservice.Registration) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := appservice.CreateRegistration()
+	reg.ID = "mxbridge"
+	reg.URL = "http://" + ln.Addr().String()
+	reg.SenderLocalpart = "mxbot"
+	reg.EphemeralEvents = true
+	reg.MSC3202 = true
+	reg.MSC4190 = true
+	reg.Namespaces.UserIDs.Register(regexp.MustCompile(`@mx_.*:localhost`), true)
+	if err := reg.Save(filepath.Join(dir, "mxbridge.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	b := &mxBridge{AS: appservice.Create()}
+	b.AS.Registration = reg
+	b.AS.HomeserverDomain = "localhost"
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b.down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		if r.Method == http.MethodPut {
+			data, _ := io.ReadAll(r.Body)
+			var body map[string]json.RawMessage
+			_ = json.Unmarshal(data, &body)
+			b.mu.Lock()
+			b.bodies = append(b.bodies, body)
+			b.mu.Unlock()
+			r.Body = io.NopCloser(bytes.NewReader(data))
+		}
+		b.AS.Router.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-b.AS.Events:
+				b.mu.Lock()
+				b.events = append(b.events, ev)
+				b.mu.Unlock()
+			case ev := <-b.AS.ToDeviceEvents:
+				b.mu.Lock()
+				b.toDevice = append(b.toDevice, ev)
+				b.mu.Unlock()
+			case c := <-b.AS.OTKCounts:
+				b.mu.Lock()
+				b.otk = append(b.otk, c)
+				b.mu.Unlock()
+			case dl := <-b.AS.DeviceLists:
+				b.mu.Lock()
+				b.devLists = append(b.devLists, dl)
+				b.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); _ = srv.Close() })
+	return b, reg
+}
+
+// wait polls until cond (called with b.mu held) holds.
+func (b *mxBridge) wait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		b.mu.Lock()
+		ok := cond()
+		b.mu.Unlock()
+		if ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the bridge never received %s", what)
+}
+
+// ephemeral finds the ephemeral events of a type the bridge got.
+func (b *mxBridge) ephemeral(typ string) []*event.Event {
+	var out []*event.Event
+	for _, ev := range b.events {
+		if ev.Type.Type == typ && ev.Type.Class == event.EphemeralEventType {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestAppServiceEphemeralMautrix: a mautrix-go bridge with
+// receive_ephemeral and MSC3202 gets typing, receipts, presence,
+// to-device messages, device lists and key counts in its transactions,
+// also what was sent while it was down across a restart of the server;
+// and it acts as its puppet's own device to upload keys.
+func TestAppServiceEphemeralMautrix(t *testing.T) {
+	regDir := t.TempDir()
+	bridge, _ := startMXBridge(t, regDir)
+	n := startNode(t, func(c *config.Config) { c.AppServices = []string{filepath.Join(regDir, "*.yaml")} })
+	if err := bridge.AS.SetHomeserverURL(n.URL); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+
+	alice := n.register(t, "")
+	puppetID := id.UserID("@mx_alice:localhost")
+	intent := bridge.AS.Intent(puppetID)
+	if err := intent.EnsureRegistered(ctx); err != nil {
+		t.Fatalf("puppet registration: %v", err)
+	}
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{puppetID}})
+	if _, err := intent.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatalf("puppet join: %v", err)
+	}
+
+	// The bridge makes its puppet an encryption device (MSC4190) and acts
+	// as that device (MSC3202 device masquerading) to upload keys.
+	puppet := bridge.AS.Client(puppetID)
+	if err := puppet.CreateDeviceMSC4190(ctx, "MXDEV", "bridge"); err != nil {
+		t.Fatalf("creating the puppet's device: %v", err)
+	}
+	// 201 for a new device, 200 for an existing one; only for the AS.
+	putDevice := func(c *mautrix.Client, userID id.UserID, device string) int {
+		t.Helper()
+		u := n.URL + "/_matrix/client/v3/devices/" + device
+		if userID != "" {
+			u += "?user_id=" + url.QueryEscape(userID.String())
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPut, u, strings.NewReader(`{"display_name":"bridge"}`))
+		req.Header.Set("Authorization", "Bearer "+c.AccessToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := putDevice(puppet, puppetID, "MXDEV2"); got != http.StatusCreated {
+		t.Errorf("AS creating a device: %d, want 201", got)
+	}
+	if got := putDevice(puppet, puppetID, "MXDEV2"); got != http.StatusOK {
+		t.Errorf("AS updating a device: %d, want 200", got)
+	}
+	if got := putDevice(alice, "", "NEWDEV"); got != http.StatusNotFound {
+		t.Errorf("a user creating a device: %d, want 404", got)
+	}
+	if who, err := puppet.Whoami(ctx); err != nil || who.DeviceID != "MXDEV" || who.UserID != puppetID {
+		t.Fatalf("whoami as the puppet's device: %+v %v", who, err)
+	}
+	var up struct {
+		Counts map[string]int `json:"one_time_key_counts"`
+	}
+	_, err := puppet.MakeRequest(ctx, http.MethodPost, puppet.BuildClientURL("v3", "keys", "upload"), map[string]any{
+		"one_time_keys": map[string]any{"curve25519:K1": "a2V5MQ", "curve25519:K2": "a2V5Mg"},
+		"fallback_keys": map[string]any{"curve25519:F1": "ZmFsbGJhY2s"},
+	}, &up)
+	if err != nil || up.Counts["curve25519"] != 2 {
+		t.Fatalf("key upload as the puppet's device: %+v %v", up, err)
+	}
+	bridge.wait(t, "the puppet device's one-time key count", func() bool {
+		return slices.ContainsFunc(bridge.otk, func(c *mautrix.OTKCount) bool {
+			return c.UserID == puppetID && c.DeviceID == "MXDEV" && c.Curve25519 == 2
+		})
+	})
+	bridge.wait(t, "the puppet device's unused fallback key types", func() bool {
+		for _, b := range bridge.bodies {
+			var fb map[string]map[string][]string
+			if json.Unmarshal(b["org.matrix.msc3202.device_unused_fallback_key_types"], &fb) == nil && slices.Contains(fb[puppetID.String()]["MXDEV"], "curve25519") {
+				return true
+			}
+		}
+		return false
+	})
+	// Another user's device is not the bridge's to act as.
+	other := bridge.AS.NewMautrixClient(puppetID)
+	other.DeviceID, other.SetAppServiceDeviceID = "NOSUCH", true
+	_, err = other.Whoami(ctx)
+	wantMatrixErr(t, err, 403, "M_FORBIDDEN")
+
+	// Typing, a read receipt and presence of a user sharing the room.
+	if _, err := alice.UserTyping(ctx, roomID, true, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "alice typing", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.typing"), func(ev *event.Event) bool {
+			return ev.RoomID == roomID && slices.Contains(ev.Content.AsTyping().UserIDs, alice.UserID)
+		})
+	})
+	msg, err := alice.SendText(ctx, roomID, "hello bridge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SendReceipt(ctx, roomID, msg.EventID, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "alice's read receipt", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.receipt"), func(ev *event.Event) bool {
+			_, ok := (*ev.Content.AsReceipt())[msg.EventID][event.ReceiptTypeRead][alice.UserID]
+			return ev.RoomID == roomID && ok
+		})
+	})
+	if err := alice.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "bridging"}); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "alice's presence", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.presence"), func(ev *event.Event) bool {
+			p := ev.Content.AsPresence()
+			return ev.Sender == alice.UserID && p.Presence == event.PresenceOnline && p.StatusMessage == "bridging"
+		})
+	})
+	// Both names of the ephemeral field, as Synapse sends.
+	bridge.mu.Lock()
+	both := slices.ContainsFunc(bridge.bodies, func(b map[string]json.RawMessage) bool {
+		return b["ephemeral"] != nil && bytes.Equal(b["ephemeral"], b["de.sorunome.msc2409.ephemeral"])
+	})
+	bridge.mu.Unlock()
+	if !both {
+		t.Error("no transaction carried both ephemeral and de.sorunome.msc2409.ephemeral")
+	}
+
+	// A to-device message for the puppet's device goes to the bridge,
+	// once, and not to the device's /sync inbox.
+	sendToPuppet := func(tag string) {
+		t.Helper()
+		_, err := alice.SendToDevice(ctx, event.Type{Type: "m.test.bridge", Class: event.ToDeviceEventType}, &mautrix.ReqSendToDevice{
+			Messages: map[id.UserID]map[id.DeviceID]*event.Content{puppetID: {"MXDEV": {Raw: map[string]any{"tag": tag}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	toDeviceTagged := func(tag string) int {
+		n := 0
+		for _, ev := range bridge.toDevice {
+			if ev.ToUserID == puppetID && ev.ToDeviceID == "MXDEV" && ev.Sender == alice.UserID && ev.Content.Raw["tag"] == tag {
+				n++
+			}
+		}
+		return n
+	}
+	sendToPuppet("one")
+	bridge.wait(t, "the to-device message", func() bool { return toDeviceTagged("one") == 1 })
+	if sync, err := puppet.SyncRequest(ctx, 0, "", "", false, ""); err != nil || len(sync.ToDevice.Events) != 0 {
+		t.Fatalf("the puppet device's /sync: %v, to_device %+v, want none", err, sync)
+	}
+
+	// A new device of alice's changes her device list.
+	if _, err := alice.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: alice.UserID.String()}, Password: "correct horse battery"}); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "alice in device_lists.changed", func() bool {
+		return slices.ContainsFunc(bridge.devLists, func(dl *mautrix.DeviceLists) bool { return slices.Contains(dl.Changed, alice.UserID) })
+	})
+
+	// While the bridge is down, what happens waits in the store, across
+	// a restart of the server.
+	bridge.down.Store(true)
+	if _, err := alice.UserTyping(ctx, roomID, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	sendToPuppet("two")
+	time.Sleep(300 * time.Millisecond)
+	n = reopenNode(t, n)
+	bridge.down.Store(false)
+	bridge.wait(t, "the to-device message sent while it was down", func() bool { return toDeviceTagged("two") == 1 })
+	bridge.wait(t, "alice stopping typing while it was down", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.typing"), func(ev *event.Event) bool {
+			return ev.RoomID == roomID && len(ev.Content.AsTyping().UserIDs) == 0
+		})
+	})
+	time.Sleep(200 * time.Millisecond)
+	bridge.mu.Lock()
+	if c := toDeviceTagged("two"); c != 1 {
+		t.Errorf("the held to-device message arrived %d times", c)
+	}
+	bridge.mu.Unlock()
+
+	// Alice leaving the only room she shares with the bridge's users.
+	alice2, _ := mautrix.NewClient(n.URL, alice.UserID, alice.AccessToken)
+	if _, err := alice2.LeaveRoom(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "alice in device_lists.left", func() bool {
+		return slices.ContainsFunc(bridge.devLists, func(dl *mautrix.DeviceLists) bool { return slices.Contains(dl.Left, alice.UserID) })
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"edge/edge/store"
 )
@@ -171,12 +172,29 @@ func (p *Pusher) putEph(tx *store.Tx, r *Registration, toDevice bool, raw json.R
 	mv, _ := json.Marshal(m)
 	tx.PutKV(nsEphMeta, r.ID, mv)
 	if dropped > 0 {
-		tx.OnCommit(func() {
-			p.o.Log.Warn("appservice: ephemeral queue full (is the service down?), dropped the oldest entries",
-				"as", r.ID, "dropped", dropped, "cap", p.o.MaxEphemeral)
-		})
+		tx.OnCommit(func() { p.noteDropped(r.ID, dropped) })
 	}
 	p.wakeOnCommit(tx, r)
+}
+
+// dropLogEvery spaces the log lines about dropped entries: a dead service
+// would otherwise log one per typing notice.
+const dropLogEvery = time.Minute
+
+// noteDropped counts entries dropped from asID's queue and logs the count
+// at most every dropLogEvery.
+func (p *Pusher) noteDropped(asID string, n int) {
+	p.dropMu.Lock()
+	p.dropped[asID] += n
+	total := p.dropped[asID]
+	if time.Since(p.dropLogged[asID]) < dropLogEvery {
+		p.dropMu.Unlock()
+		return
+	}
+	p.dropped[asID], p.dropLogged[asID] = 0, time.Now()
+	p.dropMu.Unlock()
+	p.o.Log.Warn("appservice: ephemeral queue full (is the service down?), dropped the oldest entries",
+		"as", asID, "dropped", total, "cap", p.o.MaxEphemeral)
 }
 
 // eduInterested: presence of the AS's users or of users sharing a room

@@ -61,6 +61,10 @@ type Pusher struct {
 	anyEphemeral bool // some AS asked for ephemeral data
 	roomsMu      sync.Mutex
 	rooms        map[string]map[string]bool // AS ID → rooms its users are joined to
+
+	dropMu     sync.Mutex
+	dropped    map[string]int       // AS ID → entries dropped since the last log line
+	dropLogged map[string]time.Time // AS ID → when that line was written
 }
 
 // inflight is the transaction being sent; Extra holds its ephemeral and
@@ -89,7 +93,8 @@ func NewPusher(o Options) *Pusher {
 		o.MaxEphemeral = DefaultMaxEphemeral
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pusher{o: o, cancel: cancel, wake: map[string]chan struct{}{}, more: make(chan struct{}, 1), rooms: map[string]map[string]bool{}}
+	p := &Pusher{o: o, cancel: cancel, wake: map[string]chan struct{}{}, more: make(chan struct{}, 1),
+		rooms: map[string]map[string]bool{}, dropped: map[string]int{}, dropLogged: map[string]time.Time{}}
 	needRooms := false
 	for _, r := range o.Regs {
 		if r.URL == "" {

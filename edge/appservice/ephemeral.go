@@ -204,19 +204,20 @@ func (p *Pusher) eduInterested(tx *store.Tx, r *Registration, e edu) bool {
 	if e.typ == "m.presence" {
 		return r.InterestedInUser(e.sender) || p.sharesRoom(tx, r, e.sender)
 	}
-	return r.InterestedInRoom(e.roomID) || p.roomHasUser(tx, r, e.roomID)
+	return r.InterestedInRoom(e.roomID) || p.hasASRoom(r, e.roomID)
 }
 
 // sharesRoom tells whether userID is joined to a room one of r's users
 // is joined to. A local user's memberships are indexed; a remote user is
-// looked up in each room with one of r's users.
+// looked up in each room with one of r's users. It runs inside writes,
+// so it reads the in-memory room sets rather than room states.
 func (p *Pusher) sharesRoom(tx *store.Tx, r *Registration, userID string) bool {
 	if len(r.Namespaces.Users) == 0 && r.Sender == "" {
 		return false
 	}
 	if ms, err := tx.Memberships(userID); err == nil && len(ms) > 0 {
 		for _, m := range ms {
-			if m.Membership == "join" && p.roomHasUser(tx, r, m.RoomID) {
+			if m.Membership == "join" && p.hasASRoom(r, m.RoomID) {
 				return true
 			}
 		}
@@ -272,6 +273,13 @@ func (p *Pusher) loadRooms() {
 			return true
 		})
 	})
+}
+
+// hasASRoom tells whether one of r's users is joined to roomID, as last seen.
+func (p *Pusher) hasASRoom(r *Registration, roomID string) bool {
+	p.roomsMu.Lock()
+	defer p.roomsMu.Unlock()
+	return p.rooms[r.ID][roomID]
 }
 
 func (p *Pusher) setASRoom(r *Registration, roomID string, in bool) {
@@ -384,19 +392,20 @@ func (p *Pusher) takeEphemeral(tx *store.Tx, r *Registration) map[string]json.Ra
 // is "changed", one sharing none any more is "left".
 func (p *Pusher) memberChange(tx *store.Tx, r *Registration, roomID, userID, membership string) {
 	if r.InterestedInUser(userID) {
-		in := p.roomHasUser(tx, r, roomID)
-		tx.OnCommit(func() { p.setASRoom(r, roomID, in) })
+		// A cache of what the store says: set at once, so that ephemeral
+		// data handled in the same batch already sees the room.
+		p.setASRoom(r, roomID, p.roomHasUser(tx, r, roomID))
 	}
 	if !r.MSC3202 || r.InterestedInUser(userID) {
 		return
 	}
 	switch membership {
 	case "join":
-		if p.roomHasUser(tx, r, roomID) {
+		if p.hasASRoom(r, roomID) {
 			p.putDevList(tx, r, userID, "changed")
 		}
 	case "leave", "ban":
-		if p.roomHasUser(tx, r, roomID) && !p.sharesRoom(tx, r, userID) {
+		if p.hasASRoom(r, roomID) && !p.sharesRoom(tx, r, userID) {
 			p.putDevList(tx, r, userID, "left")
 		}
 	}

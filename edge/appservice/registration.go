@@ -32,6 +32,7 @@ type Registration struct {
 	// receipts, presence and to-device messages in transactions.
 	ReceiveEphemeral bool `yaml:"receive_ephemeral"`
 	PushEphemeral    bool `yaml:"de.sorunome.msc2409.push_ephemeral"`
+	PushEphemeralOld bool `yaml:"push_ephemeral"` // Complement writes this name too
 	// MSC3202 asks for device list changes and one-time/fallback key
 	// counts of the AS's users' devices (end-to-bridge encryption).
 	MSC3202    bool `yaml:"org.matrix.msc3202"`
@@ -125,7 +126,9 @@ func (r *Registration) OwnsUser(userID string) bool {
 
 // Ephemeral tells whether the AS asked for ephemeral data and to-device
 // messages (MSC2409, MSC4203).
-func (r *Registration) Ephemeral() bool { return r.ReceiveEphemeral || r.PushEphemeral }
+func (r *Registration) Ephemeral() bool {
+	return r.ReceiveEphemeral || r.PushEphemeral || r.PushEphemeralOld
+}
 
 // OwnsExclusively tells whether userID is the AS's sender or in one of
 // its exclusive user namespaces: a user no one else may be, whose

@@ -92,6 +92,7 @@ func TestRegistrationEphemeralFlags(t *testing.T) {
 	}{
 		{"", false, false},
 		{"receive_ephemeral: true\n", true, false},
+		{"push_ephemeral: true\n", true, false},
 		{"de.sorunome.msc2409.push_ephemeral: true\norg.matrix.msc3202: true\n", true, true},
 	} {
 		r, err := Parse([]byte(reg+tc.extra), "example.org")

@@ -190,6 +190,17 @@ func TestAppServiceEphemeralMautrix(t *testing.T) {
 	if got := putDevice(alice, "", "NEWDEV"); got != http.StatusNotFound {
 		t.Errorf("a user creating a device: %d, want 404", got)
 	}
+	if got := putDevice(puppet, puppetID, strings.Repeat("D", 256)); got != http.StatusBadRequest {
+		t.Errorf("AS creating a device with a 256-byte ID: %d, want 400", got)
+	}
+	// The AS deletes its user's device without UIA.
+	req, _ := http.NewRequestWithContext(ctx, http.MethodDelete, n.URL+"/_matrix/client/v3/devices/MXDEV2?user_id="+url.QueryEscape(puppetID.String()), strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer "+puppet.AccessToken)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("AS deleting a device: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if who, err := puppet.Whoami(ctx); err != nil || who.DeviceID != "MXDEV" || who.UserID != puppetID {
 		t.Fatalf("whoami as the puppet's device: %+v %v", who, err)
 	}

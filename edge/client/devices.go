@@ -87,7 +87,7 @@ func (s *Server) updateDevice(r *http.Request, sess *Session) (any, error) {
 		return nil, newErr(http.StatusBadRequest, "M_TOO_LARGE", "Device display name is too long (max %d)", maxDeviceNameChars)
 	}
 	deviceID := r.PathValue("deviceId")
-	if !validPathValue(deviceID) {
+	if !validPathValue(deviceID) || len(deviceID) > 255 {
 		return nil, errInvalidParam("Invalid device ID")
 	}
 	isNew := false

@@ -256,6 +256,45 @@ func TestAppServiceEphemeralMautrix(t *testing.T) {
 			return ev.RoomID == roomID && ok
 		})
 	})
+	// Not sent: typing in a room without the bridge's users, and private
+	// receipts. Both go before a public receipt the bridge does get.
+	room2 := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if _, err := alice.UserTyping(ctx, room2, true, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	msg2, err := alice.SendText(ctx, roomID, "second")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SendReceipt(ctx, roomID, msg2.EventID, event.ReceiptTypeReadPrivate, nil); err != nil {
+		t.Fatal(err)
+	}
+	msg3, err := alice.SendText(ctx, roomID, "third")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SendReceipt(ctx, roomID, msg3.EventID, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "alice's second read receipt", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.receipt"), func(ev *event.Event) bool {
+			_, ok := (*ev.Content.AsReceipt())[msg3.EventID][event.ReceiptTypeRead][alice.UserID]
+			return ok
+		})
+	})
+	bridge.mu.Lock()
+	for _, ev := range bridge.ephemeral("m.typing") {
+		if ev.RoomID == room2 {
+			t.Errorf("typing in a room without the bridge's users reached it: %+v", ev)
+		}
+	}
+	for _, ev := range bridge.ephemeral("m.receipt") {
+		if _, ok := (*ev.Content.AsReceipt())[msg2.EventID]; ok {
+			t.Errorf("a private receipt reached the bridge: %+v", ev.Content.Raw)
+		}
+	}
+	bridge.mu.Unlock()
+
 	if err := alice.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "bridging"}); err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,12 @@ type mxBridge struct {
 // startMXBridge listens on loopback and writes the bridge's registration
 // (made and saved by mautrix-go) into dir.
 func startMXBridge(t *testing.T, dir string) (*mxBridge, *appservice.Registration) {
+	return startMXBridgeOn(t, dir, "localhost")
+}
+
+// startMXBridgeOn is startMXBridge for a node whose server name is
+// serverName ("": not known yet, so its users are @mx_* on any server).
+func startMXBridgeOn(t *testing.T, dir, serverName string) (*mxBridge, *appservice.Registration) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -54,13 +60,17 @@ func startMXBridge(t *testing.T, dir string) (*mxBridge, *appservice.Registratio
 	reg.EphemeralEvents = true
 	reg.MSC3202 = true
 	reg.MSC4190 = true
-	reg.Namespaces.UserIDs.Register(regexp.MustCompile(`@mx_.*:localhost`), true)
+	users := `@mx_.*`
+	if serverName != "" {
+		users += ":" + regexp.QuoteMeta(serverName)
+	}
+	reg.Namespaces.UserIDs.Register(regexp.MustCompile(users), true)
 	if err := reg.Save(filepath.Join(dir, "mxbridge.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	b := &mxBridge{AS: appservice.Create()}
 	b.AS.Registration = reg
-	b.AS.HomeserverDomain = "localhost"
+	b.AS.HomeserverDomain = serverName
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b.down.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -378,5 +388,72 @@ func TestAppServiceEphemeralMautrix(t *testing.T) {
 	}
 	bridge.wait(t, "alice in device_lists.left", func() bool {
 		return slices.ContainsFunc(bridge.devLists, func(dl *mautrix.DeviceLists) bool { return slices.Contains(dl.Left, alice.UserID) })
+	})
+}
+
+// TestAppServiceEphemeralFederated: typing, presence and device list
+// changes of a user on another server who shares a room with a bridged
+// user reach the bridge, and so does that user leaving the room.
+func TestAppServiceEphemeralFederated(t *testing.T) {
+	ca := newRFCA(t)
+	regDir := t.TempDir()
+	bridge, _ := startMXBridgeOn(t, regDir, "")
+	a := startRFNode(t, ca, func(c *config.Config) { c.AppServices = []string{filepath.Join(regDir, "*.yaml")} })
+	b := startRFNode(t, ca)
+	bridge.AS.HomeserverDomain = a.Name
+	if err := bridge.AS.SetHomeserverURL(a.URL); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+
+	alice := a.register(t, "")
+	bob := &rfSyncer{c: b.register(t, "")}
+	puppetID := id.NewUserID("mx_carol", a.Name)
+	intent := bridge.AS.Intent(puppetID)
+	if err := intent.EnsureRegistered(ctx); err != nil {
+		t.Fatalf("puppet registration: %v", err)
+	}
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := intent.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatalf("puppet join: %v", err)
+	}
+	if _, err := bob.c.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins through A: %v", err)
+	}
+	bridge.wait(t, "bob's join", func() bool {
+		return slices.ContainsFunc(bridge.events, func(ev *event.Event) bool {
+			return ev.Type == event.StateMember && ev.GetStateKey() == bob.c.UserID.String()
+		})
+	})
+
+	if _, err := bob.c.UserTyping(ctx, roomID, true, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "bob typing, over federation", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.typing"), func(ev *event.Event) bool {
+			return ev.RoomID == roomID && slices.Contains(ev.Content.AsTyping().UserIDs, bob.c.UserID)
+		})
+	})
+	if err := bob.c.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "remote"}); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "bob's presence, over federation", func() bool {
+		return slices.ContainsFunc(bridge.ephemeral("m.presence"), func(ev *event.Event) bool {
+			return ev.Sender == bob.c.UserID && ev.Content.AsPresence().StatusMessage == "remote"
+		})
+	})
+	// A new device of bob's: B tells A, A tells the bridge.
+	if _, err := bob.c.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: bob.c.UserID.String()}, Password: "correct horse battery"}); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "bob in device_lists.changed", func() bool {
+		return slices.ContainsFunc(bridge.devLists, func(dl *mautrix.DeviceLists) bool { return slices.Contains(dl.Changed, bob.c.UserID) })
+	})
+	if _, err := bob.c.LeaveRoom(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "bob in device_lists.left", func() bool {
+		return slices.ContainsFunc(bridge.devLists, func(dl *mautrix.DeviceLists) bool { return slices.Contains(dl.Left, bob.c.UserID) })
 	})
 }

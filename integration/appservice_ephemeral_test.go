@@ -238,6 +238,15 @@ func TestAppServiceEphemeralMautrix(t *testing.T) {
 		}
 		return false
 	})
+	// A claim by someone else lowers the count the bridge hears of.
+	if _, err := alice.ClaimKeys(ctx, &mautrix.ReqClaimKeys{OneTimeKeys: mautrix.OneTimeKeysRequest{puppetID: {"MXDEV": id.KeyAlgorithmCurve25519}}}); err != nil {
+		t.Fatal(err)
+	}
+	bridge.wait(t, "the count after a claim", func() bool {
+		return slices.ContainsFunc(bridge.otk, func(c *mautrix.OTKCount) bool {
+			return c.UserID == puppetID && c.DeviceID == "MXDEV" && c.Curve25519 == 1
+		})
+	})
 	// Another user's device is not the bridge's to act as.
 	other := bridge.AS.NewMautrixClient(puppetID)
 	other.DeviceID, other.SetAppServiceDeviceID = "NOSUCH", true

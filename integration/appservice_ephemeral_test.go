@@ -158,6 +158,18 @@ func TestAppServiceEphemeralMautrix(t *testing.T) {
 	}
 	ctx := ctxT(t)
 
+	// The connection check mautrix bridges make at start (spec v1.7 ping).
+	bot := bridge.AS.BotIntent()
+	if !bot.EnsureAppserviceConnection(ctx) {
+		t.Fatal("the bridge's ping through the homeserver failed")
+	}
+	_, err := bot.AppservicePing(ctx, "someone-else", "t1")
+	wantMatrixErr(t, err, 403, "M_FORBIDDEN")
+	bridge.down.Store(true)
+	_, err = bot.AppservicePing(ctx, bridge.AS.Registration.ID, "t2")
+	wantMatrixErr(t, err, 502, "M_BAD_STATUS")
+	bridge.down.Store(false)
+
 	alice := n.register(t, "")
 	puppetID := id.UserID("@mx_alice:localhost")
 	intent := bridge.AS.Intent(puppetID)
@@ -217,7 +229,7 @@ func TestAppServiceEphemeralMautrix(t *testing.T) {
 	var up struct {
 		Counts map[string]int `json:"one_time_key_counts"`
 	}
-	_, err := puppet.MakeRequest(ctx, http.MethodPost, puppet.BuildClientURL("v3", "keys", "upload"), map[string]any{
+	_, err = puppet.MakeRequest(ctx, http.MethodPost, puppet.BuildClientURL("v3", "keys", "upload"), map[string]any{
 		"one_time_keys": map[string]any{"curve25519:K1": "a2V5MQ", "curve25519:K2": "a2V5Mg"},
 		"fallback_keys": map[string]any{"curve25519:F1": "ZmFsbGJhY2s"},
 	}, &up)

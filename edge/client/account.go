@@ -23,6 +23,7 @@ func (s *Server) routesAccount() {
 	s.authed("POST /account/password", s.changePassword)
 	s.authed("POST /account/deactivate", s.deactivate)
 	s.handle("GET /_matrix/client/v1/register/m.login.registration_token/validity", s.tokenValidity)
+	s.routesAppService()
 }
 
 // localpartRE is the spec's user ID localpart grammar for new users.

@@ -1,7 +1,10 @@
 package client
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -45,6 +48,54 @@ func (s *Server) appServiceSession(r *http.Request, as *appservice.Registration,
 		return nil, err
 	}
 	return sess, nil
+}
+
+// routesAppService registers the application service endpoints of the
+// client API.
+func (s *Server) routesAppService() {
+	s.handle("POST /_matrix/client/v1/appservice/{appserviceId}/ping", s.pingAppService)
+}
+
+// pingAppService: POST /_matrix/client/v1/appservice/{appserviceId}/ping
+// The homeserver calls the AS's /_matrix/app/v1/ping and reports how it
+// went; mautrix bridges do this at start and stop when it fails.
+func (s *Server) pingAppService(r *http.Request) (any, error) {
+	as := s.requestAppService(r)
+	if as == nil || as.ID != r.PathValue("appserviceId") {
+		return nil, errForbidden("Provided access token is not the appservice's as_token")
+	}
+	var req struct {
+		TransactionID *string `json:"transaction_id"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if as.URL == "" {
+		return nil, newErr(http.StatusBadRequest, "M_URL_NOT_SET", "Application service doesn't have a URL configured")
+	}
+	txnID := ""
+	if req.TransactionID != nil {
+		txnID = *req.TransactionID
+	}
+	start := time.Now()
+	status, body, err := s.AppServices.Ping(r.Context(), as, txnID)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return nil, newErr(http.StatusGatewayTimeout, "M_CONNECTION_TIMEOUT", "Connection to application service timed out")
+	case err != nil:
+		return nil, newErr(http.StatusBadGateway, "M_CONNECTION_FAILED", "Connection to application service failed")
+	case status/100 != 2:
+		e := newErr(http.StatusBadGateway, "M_BAD_STATUS", "Ping returned status %d", status)
+		e.Extra = map[string]any{"status": status, "body": string(body)}
+		return nil, e
+	}
+	return map[string]any{"duration_ms": time.Since(start).Milliseconds()}, nil
+}
+
+// isTimeout tells whether err is a network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // requestAppService is the AS whose as_token made the request, whatever

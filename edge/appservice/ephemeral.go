@@ -111,10 +111,17 @@ func (p *Pusher) DeviceListChanged(tx *store.Tx, userID string) {
 
 // DeviceKeys records a device's one-time key counts and unused fallback
 // key types after they changed, for the MSC3202 service owning the user.
-func (p *Pusher) DeviceKeys(tx *store.Tx, userID, deviceID string, otk map[string]int, fallback []string) {
+func (p *Pusher) DeviceKeys(tx *store.Tx, userID, deviceID string, counts func() (map[string]int, []string)) {
+	var otk map[string]int
+	var fallback []string
+	read := false
 	for _, r := range p.o.Regs {
 		if p.wake[r.ID] == nil || !r.MSC3202 || !r.OwnsUser(userID) {
 			continue
+		}
+		if !read {
+			otk, fallback = counts()
+			read = true
 		}
 		if otk == nil {
 			otk = map[string]int{}

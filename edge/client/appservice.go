@@ -156,8 +156,9 @@ type AppServiceFeed interface {
 	ToDevice(tx *store.Tx, sender, evType, userID, deviceID string, content json.RawMessage) bool
 	// DeviceListChanged: userID's devices or keys changed.
 	DeviceListChanged(tx *store.Tx, userID string)
-	// DeviceKeys: a device's one-time or fallback keys changed.
-	DeviceKeys(tx *store.Tx, userID, deviceID string, otk map[string]int, fallback []string)
+	// DeviceKeys: a device's one-time or fallback keys changed; counts
+	// reads them, only for a device an AS wants them of.
+	DeviceKeys(tx *store.Tx, userID, deviceID string, counts func() (otk map[string]int, fallback []string))
 }
 
 // feedReceipt passes a public read receipt to the application services
@@ -186,6 +187,8 @@ func (s *Server) feedPresence(tx *store.Tx, userID string, rec presenceRecord) {
 // feedDeviceKeys passes a device's current key counts to the application services.
 func (s *Server) feedDeviceKeys(tx *store.Tx, userID, deviceID string) {
 	if s.AppServiceFeed != nil {
-		s.AppServiceFeed.DeviceKeys(tx, userID, deviceID, otkCounts(tx, userID, deviceID), unusedFallbackTypes(tx, userID, deviceID))
+		s.AppServiceFeed.DeviceKeys(tx, userID, deviceID, func() (map[string]int, []string) {
+			return otkCounts(tx, userID, deviceID), unusedFallbackTypes(tx, userID, deviceID)
+		})
 	}
 }

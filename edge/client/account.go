@@ -23,6 +23,7 @@ func (s *Server) routesAccount() {
 	s.authed("POST /account/password", s.changePassword)
 	s.authed("POST /account/deactivate", s.deactivate)
 	s.handle("GET /_matrix/client/v1/register/m.login.registration_token/validity", s.tokenValidity)
+	s.routesAppService()
 }
 
 // localpartRE is the spec's user ID localpart grammar for new users.
@@ -101,11 +102,7 @@ func (s *Server) register(r *http.Request) (any, error) {
 	// as_token and no UIA (spec: m.login.application_service).
 	var as *appservice.Registration
 	if req.Type == "m.login.application_service" {
-		sess, err := s.authenticate(r)
-		if err != nil {
-			return nil, err
-		}
-		if as = sess.AppService; as == nil {
+		if as = s.requestAppService(r); as == nil {
 			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Registering as m.login.application_service needs an as_token")
 		}
 		if kind == "guest" {
@@ -311,11 +308,7 @@ func (s *Server) login(r *http.Request) (any, error) {
 	switch req.Type {
 	case "m.login.password":
 	case "m.login.application_service":
-		sess, err := s.authenticate(r)
-		if err != nil {
-			return nil, err
-		}
-		if as = sess.AppService; as == nil {
+		if as = s.requestAppService(r); as == nil {
 			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "m.login.application_service needs an as_token")
 		}
 	default:

@@ -26,6 +26,9 @@ func (s *Server) markDeviceListChange(tx *store.Tx, userID, viewer string) {
 	pk := posKey(tx.NextPos())
 	tx.PutKV(nsDevListPos, pk, []byte(uk))
 	tx.PutKV(nsDevListUser, uk, []byte(pk))
+	if viewer == "" && s.AppServiceFeed != nil {
+		s.AppServiceFeed.DeviceListChanged(tx, userID)
+	}
 	keys := []string{notify.UserKey(userID)}
 	if viewer != "" {
 		keys = []string{notify.UserKey(viewer)}

@@ -235,7 +235,9 @@ func (s *Server) storeRemoteReceipt(tx *store.Tx, roomID, userID, threadID, even
 	if ts <= 0 {
 		ts = time.Now().UnixMilli()
 	}
-	tx.PutReceipt(&store.Receipt{RoomID: roomID, Type: receiptRead, UserID: userID, ThreadID: threadID, EventID: eventID, TS: ts})
+	rc := &store.Receipt{RoomID: roomID, Type: receiptRead, UserID: userID, ThreadID: threadID, EventID: eventID, TS: ts}
+	tx.PutReceipt(rc)
+	s.feedReceipt(tx, rc)
 	tx.OnCommit(func() { s.Notifier.Notify(notify.RoomKey(roomID)) })
 }
 

@@ -71,6 +71,8 @@ type Server struct {
 	RemoteTimestamp RemoteTimestampFunc
 	// AppServices are the node's application services (nil: none).
 	AppServices *appservice.Set
+	// AppServiceFeed takes ephemeral and E2EE data for them (nil: none).
+	AppServiceFeed AppServiceFeed
 	// RemoteHierarchy asks other servers (via first) for the federation
 	// hierarchy of a room this server is not in (see hierarchy.go); nil:
 	// such rooms are left out.
@@ -166,9 +168,16 @@ func (s *Server) serveJSON(h handlerFunc) http.Handler {
 			writeError(w, err)
 			return
 		}
+		if c, ok := resp.(created); ok {
+			writeJSON(w, http.StatusCreated, c.body)
+			return
+		}
 		writeJSON(w, http.StatusOK, resp)
 	})
 }
+
+// created wraps a handler's response that answers 201 Created.
+type created struct{ body any }
 
 // Handler is the client API with its middleware: panic recovery, CORS,
 // body limits, and Matrix-shaped 404/405s.

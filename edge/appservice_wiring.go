@@ -35,6 +35,10 @@ func (n *Node) attachAppServices() error {
 	n.Client.AppServices = &appservice.Set{Regs: regs}
 	p := appservice.NewPusher(appservice.Options{Store: n.Store, Rooms: n.Rooms, Regs: regs, Log: n.Log.With("component", "appservice")})
 	n.appServices = p
+	n.Client.AppServiceFeed = p
+	n.Typing.OnChange = func(roomID string, userIDs []string) {
+		p.EDU("m.typing", roomID, "", map[string]any{"user_ids": userIDs})
+	}
 	next := n.Rooms.OnEvent
 	n.Rooms.OnEvent = func(ev *room.Event) {
 		next(ev)

@@ -17,6 +17,7 @@ func (n *Node) attachRoomFederation() error {
 	n.Client.RemoteBackfillAt = eng.BackfillAt
 	n.Client.AwaitFullState = eng.AwaitFullState
 	n.Client.RemoteHierarchy = eng.Hierarchy
+	n.Client.RemoteEventRelationships = eng.EventRelationships
 	n.Client.SetRemoteMembership(client.RemoteMembership{Invite: eng.Invite, Leave: eng.Leave})
 	eng.ServeInvites(n.Client.AcceptRemoteInvite)
 	eng.OnFullState(n.Client.FullStateReached)

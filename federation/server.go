@@ -70,7 +70,8 @@ type Server struct {
 	// The room federation engine plugs in here; nil answers no results.
 	OnPDUs func(ctx context.Context, origin string, pdus []json.RawMessage) map[string]error
 	// OnEDU receives each EDU of an inbound transaction (room-scoped ones
-	// filtered by the server ACLs); nil drops them.
+	// filtered by the server ACLs) whose type no HandleEDU claimed; nil
+	// drops them.
 	OnEDU func(ctx context.Context, origin string, edu EDU)
 	// ACLSource returns the content of the room's current m.room.server_acl
 	// (nil when the room has none or is unknown) and the room's version.
@@ -85,6 +86,7 @@ type Server struct {
 	maxBody int64
 	now     func() time.Time
 	mux     *http.ServeMux
+	edus    map[string]EDUFunc
 	txns    group[string, []byte]
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -138,6 +140,19 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /_matrix/key/v2/query", s.serveNotaryPost)
 	s.mux.HandleFunc("GET /_matrix/federation/v1/version", s.serveVersion)
 	s.Handle("PUT /_matrix/federation/v1/send/{txnId}", s.serveSend)
+}
+
+// EDUFunc handles one inbound EDU's content. EDUs get no answer, so an
+// error only drops the EDU (and is logged).
+type EDUFunc func(ctx context.Context, origin string, content json.RawMessage) error
+
+// HandleEDU registers fn for the EDUs of one type, replacing any handler
+// registered before for it. Call it before the server is serving.
+func (s *Server) HandleEDU(eduType string, fn EDUFunc) {
+	if s.edus == nil {
+		s.edus = make(map[string]EDUFunc)
+	}
+	s.edus[eduType] = fn
 }
 
 // Handle registers an X-Matrix-authenticated route (Go ServeMux pattern,

@@ -127,7 +127,15 @@ func (s *Server) processTxn(ctx context.Context, origin string, pdus []json.RawM
 		}
 	}
 	for _, e := range edus {
-		if e, ok := s.filterEDU(origin, e); ok && s.OnEDU != nil {
+		e, ok := s.filterEDU(origin, e)
+		switch fn := s.edus[e.Type]; {
+		case !ok:
+		case fn != nil:
+			if err := fn(ctx, origin, e.Content); err != nil {
+				// Debug, not Warn: a peer can send any number of bad EDUs.
+				s.log.Debug("dropping EDU", "type", e.Type, "origin", origin, "err", err)
+			}
+		case s.OnEDU != nil:
 			s.OnEDU(ctx, origin, e)
 		}
 	}

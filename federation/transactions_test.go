@@ -217,3 +217,44 @@ func TestFederationSendInboundACL(t *testing.T) {
 		t.Fatalf("open room endpoint: %v", err)
 	}
 }
+
+// TestFederationHandleEDU: a handler registered for a type gets that
+// type's EDUs (an error drops only that EDU); OnEDU gets the others.
+func TestFederationHandleEDU(t *testing.T) {
+	rec := &recorder{}
+	var mu sync.Mutex
+	var typing []string
+	a := startNode(t, nodeOpts{})
+	b := startNode(t, nodeOpts{setup: func(s *Server) {
+		rec.hook(s)
+		s.HandleEDU("m.typing", func(_ context.Context, origin string, content json.RawMessage) error {
+			mu.Lock()
+			defer mu.Unlock()
+			typing = append(typing, origin+" "+string(content))
+			if strings.Contains(string(content), "bad") {
+				return errors.New("bad typing EDU")
+			}
+			return nil
+		})
+	}})
+	txn := map[string]any{
+		"origin": a.name, "origin_server_ts": 1,
+		"edus": []EDU{
+			{Type: "m.typing", Content: json.RawMessage(`{"n":"bad"}`)},
+			{Type: "org.example.other", Content: json.RawMessage(`{}`)},
+			{Type: "m.typing", Content: json.RawMessage(`{"n":2}`)},
+		},
+	}
+	if err := a.srv.Client.Put(ctxT(t), b.name, "/_matrix/federation/v1/send/e1", txn, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := fmt.Sprint(typing)
+	mu.Unlock()
+	if want := fmt.Sprint([]string{a.name + ` {"n":"bad"}`, a.name + ` {"n":2}`}); got != want {
+		t.Fatalf("typing handler got %s, want %s", got, want)
+	}
+	if _, edus, _ := rec.snapshot(); len(edus) != 1 || edus[0].Type != "org.example.other" {
+		t.Fatalf("OnEDU got %+v, want only the other type", edus)
+	}
+}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"net/http"
 	"slices"
 	"testing"
@@ -426,4 +427,60 @@ func TestKeysFedDeviceListAfterRejoin(t *testing.T) {
 		dk := e2eeQuery(t, alice.Client, bob.UserID).DeviceKeys[bob.UserID][bob.DeviceID]
 		return dk.Keys[id.NewDeviceKeyID(id.KeyAlgorithmCurve25519, bob.DeviceID)] == newCurve
 	})
+}
+
+// TestKeysFedDeviceListGapSameList: B tells A of a change to bob's list
+// with a prev_id A never saw; A refetches the list, which is the one it
+// already holds. The update is still news: bob goes into alice's
+// device_lists.changed (her client may hold an older copy). Complement's
+// "Device list tracked for new members in partial state room" sends such
+// updates.
+func TestKeysFedDeviceListGapSameList(t *testing.T) {
+	a, b, _, aliceC, bob := dlFedPair(t, newFedCA(t), nil)
+	stats := keysfed.StatsFor(a.Name)
+	ctx := ctxT(t)
+
+	// A token after every change so far has been seen.
+	resp, err := aliceC.SyncRequest(ctx, 0, "", "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := resp.NextBatch
+	for quiet := false; !quiet; {
+		resp, err := aliceC.SyncRequest(ctx, 1500, since, "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		quiet = !slices.Contains(resp.DeviceLists.Changed, bob.UserID)
+		since = resp.NextBatch
+	}
+
+	resyncs, gaps := stats.Resyncs.Load(), stats.Gaps.Load()
+	edu := fedEDU("m.device_list_update", map[string]any{
+		"user_id": bob.UserID, "device_id": bob.DeviceID,
+		"stream_id": 1_000_000, "prev_id": []int64{999_999}, "deleted": false,
+	})
+	if err := b.Fed.Client.Put(ctx, a.Name, "/_matrix/federation/v1/send/gap-same-list", json.RawMessage(fedTxn(b.Name, edu)), nil); err != nil {
+		t.Fatalf("B → A transaction: %v", err)
+	}
+	waitFor(t, 20*time.Second, "A resyncing bob's list after the gap", func() bool {
+		return stats.Gaps.Load() > gaps && stats.Resyncs.Load() > resyncs
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := aliceC.SyncRequest(ctx, 1000, since, "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(resp.DeviceLists.Changed, bob.UserID) {
+			break
+		}
+		since = resp.NextBatch
+		if time.Now().After(deadline) {
+			t.Fatal("bob's refetched (unchanged) list did not put him in alice's device_lists.changed")
+		}
+	}
+	if got := dlDeviceIDs(e2eeQuery(t, aliceC, bob.UserID), bob.UserID); !slices.Equal(got, []string{bob.DeviceID.String()}) {
+		t.Fatalf("A lists bob's devices %v after the resync", got)
+	}
 }

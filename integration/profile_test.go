@@ -121,8 +121,8 @@ func TestProfileErrors(t *testing.T) {
 	}{
 		{"someone else's", alice, bob.UserID, "displayname", map[string]any{"displayname": "Bobby"}, 403, "M_FORBIDDEN"},
 		{"no token", anon, alice.UserID, "displayname", map[string]any{"displayname": "x"}, 401, "M_MISSING_TOKEN"},
-		{"http avatar", alice, alice.UserID, "avatar_url", map[string]any{"avatar_url": "https://example.org/a.png"}, 400, "M_INVALID_PARAM"},
-		{"mxc without media id", alice, alice.UserID, "avatar_url", map[string]any{"avatar_url": "mxc://localhost/"}, 400, "M_INVALID_PARAM"},
+		{"numeric avatar", alice, alice.UserID, "avatar_url", map[string]any{"avatar_url": 7}, 400, "M_INVALID_PARAM"},
+		{"long avatar", alice, alice.UserID, "avatar_url", map[string]any{"avatar_url": "mxc://localhost/" + strings.Repeat("a", 2000)}, 400, "M_INVALID_PARAM"},
 		{"long displayname", alice, alice.UserID, "displayname", map[string]any{"displayname": strings.Repeat("é", 257)}, 400, "M_INVALID_PARAM"},
 		{"numeric displayname", alice, alice.UserID, "displayname", map[string]any{"displayname": 42}, 400, "M_INVALID_PARAM"},
 		{"null value", alice, alice.UserID, "displayname", []byte(`{"displayname":null}`), 400, "M_INVALID_PARAM"},
@@ -139,8 +139,20 @@ func TestProfileErrors(t *testing.T) {
 			udWantStatus(t, st, body, tc.status, tc.code)
 		})
 	}
+	// A non-mxc avatar is stored and reaches the member events, as Synapse
+	// does (the spec asks clients for mxc:// but gives servers no error).
+	room, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, body := put(alice, alice.UserID, "avatar_url", map[string]any{"avatar_url": "LemurLover"})
+	udWantStatus(t, st, body, 200, "")
+	var member map[string]any
+	if err := alice.StateEvent(ctxT(t), room.RoomID, event.StateMember, alice.UserID.String(), &member); err != nil || member["avatar_url"] != "LemurLover" {
+		t.Fatalf("member after non-mxc avatar = %v, %v", member, err)
+	}
 	// A 256-character name is the longest allowed.
-	st, body := put(alice, alice.UserID, "displayname", map[string]any{"displayname": strings.Repeat("é", 256)})
+	st, body = put(alice, alice.UserID, "displayname", map[string]any{"displayname": strings.Repeat("é", 256)})
 	udWantStatus(t, st, body, 200, "")
 	// None of the refused writes touched bob's profile.
 	prof, err := alice.GetProfile(ctxT(t), bob.UserID)

@@ -21,21 +21,29 @@ import (
 // no end token is given, returning every event, newest first.
 func paginateBack(t *testing.T, c *mautrix.Client, roomID id.RoomID, limit int) []*event.Event {
 	t.Helper()
+	evs, _ := paginate(t, c, roomID, "", mautrix.DirectionBackward, limit)
+	return evs
+}
+
+// paginate follows /messages in dir from the token from until no end token
+// is given, returning every event in the order served and the token the
+// last page was asked from.
+func paginate(t *testing.T, c *mautrix.Client, roomID id.RoomID, from string, dir mautrix.Direction, limit int) ([]*event.Event, string) {
+	t.Helper()
 	var out []*event.Event
-	from := ""
 	for range 50 {
-		resp, err := c.Messages(ctxT(t), roomID, from, "", mautrix.DirectionBackward, nil, limit)
+		resp, err := c.Messages(ctxT(t), roomID, from, "", dir, nil, limit)
 		if err != nil {
 			t.Fatalf("messages from %q: %v", from, err)
 		}
 		out = append(out, resp.Chunk...)
 		if resp.End == "" {
-			return out
+			return out, from
 		}
 		from = resp.End
 	}
 	t.Fatalf("/messages never ended; %d events so far", len(out))
-	return nil
+	return nil, ""
 }
 
 func messageBodies(evs []*event.Event) []string {

@@ -108,26 +108,8 @@ func TestRoomFedGapMessages(t *testing.T) {
 	if verdict := h.send(last, lastID); verdict != "" {
 		t.Fatalf("the event after the gap: %q", verdict)
 	}
-	var bodies []string
-	from := ""
-	for pages := 0; ; pages++ {
-		if pages > 40 {
-			t.Fatal("/messages does not end")
-		}
-		resp, err := alice.c.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range resp.Chunk {
-			if ev.Type.Type == "m.room.message" {
-				bodies = append(bodies, ev.Content.Raw["body"].(string))
-			}
-		}
-		if resp.End == "" {
-			break
-		}
-		from = resp.End
-	}
+	back, from := paginate(t, alice.c, roomID, "", mautrix.DirectionBackward, 10)
+	bodies := bodiesOf(back)
 	var want []string
 	for i := gap - 1; i >= 0; i-- {
 		want = append(want, fmt.Sprint("unseen ", i))
@@ -138,22 +120,8 @@ func TestRoomFedGapMessages(t *testing.T) {
 	}
 	// Forwards from the oldest point back to the newest: the gap's
 	// history comes before the event after it, in order.
-	var forward []string
-	for pages := 0; from != ""; pages++ {
-		if pages > 40 {
-			t.Fatal("/messages forwards does not end")
-		}
-		resp, err := alice.c.Messages(ctx, roomID, from, "", mautrix.DirectionForward, nil, 7)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range resp.Chunk {
-			if ev.Type.Type == "m.room.message" {
-				forward = append(forward, ev.Content.Raw["body"].(string))
-			}
-		}
-		from = resp.End
-	}
+	fwd, _ := paginate(t, alice.c, roomID, from, mautrix.DirectionForward, 7)
+	forward := bodiesOf(fwd)
 	slices.Reverse(want)
 	if fmt.Sprint(forward) != fmt.Sprint(want) {
 		t.Fatalf("/messages forwards across the gap:\n got %q\nwant %q", forward, want)

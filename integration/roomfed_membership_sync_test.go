@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -205,16 +206,9 @@ func rfLooseJSON(t *testing.T, v any) []byte {
 // copy of the room may still have the ban) (Complement's TestUnbanViaInvite).
 func TestRoomFedUnbanInviteJoin(t *testing.T) {
 	ca := newRFCA(t)
-	hold := make(chan struct{})
-	var holding atomic.Bool
-	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
-				<-hold
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
+	gate := newSendGate()
+	defer gate.release() // before the nodes stop: none may wait on the gate
+	b := startRFNodeWrapped(t, ca, gate.wrap)
 	a := startRFNode(t, ca)
 	alice := &rfSyncer{c: a.register(t, "alice")}
 	bob := &rfSyncer{c: b.register(t, "bob")}
@@ -232,15 +226,14 @@ func TestRoomFedUnbanInviteJoin(t *testing.T) {
 		_ = b.Store.View(func(tx *store.Tx) error { m, _ = tx.Membership(bob.c.UserID.String(), roomID.String()); return nil })
 		return m != nil && m.Membership == "ban"
 	})
-	holding.Store(true)
+	gate.hold()
 	if _, err := alice.c.UnbanUser(ctx, roomID, &mautrix.ReqUnbanUser{UserID: bob.c.UserID}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := alice.c.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.c.UserID}); err != nil {
 		t.Fatal(err)
 	}
-	holding.Store(false)
-	close(hold) // the unban now arrives, after the invite
+	gate.release() // the unban now arrives, after the invite
 	waitFor(t, 10*time.Second, "B applies the unban", func() bool {
 		var m *store.Membership
 		_ = b.Store.View(func(tx *store.Tx) error { m, _ = tx.Membership(bob.c.UserID.String(), roomID.String()); return nil })
@@ -287,26 +280,7 @@ func TestRoomFedRejoinMessages(t *testing.T) {
 	if _, err := bob.c.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
 		t.Fatal(err)
 	}
-	var bodies []string
-	from := ""
-	for pages := 0; ; pages++ {
-		if pages > 30 {
-			t.Fatal("/messages does not end")
-		}
-		resp, err := bob.c.Messages(ctx, roomID, from, "", mautrix.DirectionBackward, nil, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range resp.Chunk {
-			if ev.Type.Type == "m.room.message" {
-				bodies = append(bodies, ev.Content.Raw["body"].(string))
-			}
-		}
-		if resp.End == "" {
-			break
-		}
-		from = resp.End
-	}
+	bodies := bodiesOf(paginateBack(t, bob.c, roomID, 5))
 	var want []string
 	for i := n - 1; i >= 0; i-- {
 		want = append(want, fmt.Sprint("away ", i))
@@ -383,16 +357,9 @@ func TestRoomFedInviteRescinded(t *testing.T) {
 // held): bob2 can still reject it, through A.
 func TestRoomFedRejectInviteBeforeItsEvent(t *testing.T) {
 	ca := newRFCA(t)
-	hold := make(chan struct{})
-	var holding atomic.Bool
-	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
-				<-hold
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
+	gate := newSendGate()
+	defer gate.release() // before the nodes stop: none may wait on the gate
+	b := startRFNodeWrapped(t, ca, gate.wrap)
 	a := startRFNode(t, ca)
 	alice := a.register(t, "alice")
 	bob := b.register(t, "bob")
@@ -402,16 +369,7 @@ func TestRoomFedRejectInviteBeforeItsEvent(t *testing.T) {
 	if _, err := bob.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
 		t.Fatal(err)
 	}
-	holding.Store(true)
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			holding.Store(false)
-			close(hold)
-		}
-	}
-	defer release()
+	gate.hold()
 	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob2.UserID}); err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +377,7 @@ func TestRoomFedRejectInviteBeforeItsEvent(t *testing.T) {
 	if _, err := bob2.LeaveRoom(ctx, roomID); err != nil {
 		t.Fatalf("bob2 rejects the invite before its event reached B: %v", err)
 	}
-	release()
+	gate.release()
 	waitFor(t, 10*time.Second, "A sees bob2's rejection", func() bool { return rfMembership(t, alice, roomID, bob2.UserID) == "leave" })
 }
 
@@ -428,16 +386,9 @@ func TestRoomFedRejectInviteBeforeItsEvent(t *testing.T) {
 // than being refused by B's copy of the room, which lacks it.
 func TestRoomFedJoinInviteBeforeItsEvent(t *testing.T) {
 	ca := newRFCA(t)
-	hold := make(chan struct{})
-	var holding atomic.Bool
-	b := startRFNodeWrapped(t, ca, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
-				<-hold
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
+	gate := newSendGate()
+	defer gate.release() // before the nodes stop: none may wait on the gate
+	b := startRFNodeWrapped(t, ca, gate.wrap)
 	a := startRFNode(t, ca)
 	alice := a.register(t, "alice")
 	bob := b.register(t, "bob")
@@ -450,16 +401,7 @@ func TestRoomFedJoinInviteBeforeItsEvent(t *testing.T) {
 	if _, err := bob.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
 		t.Fatal(err)
 	}
-	holding.Store(true)
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			holding.Store(false)
-			close(hold)
-		}
-	}
-	defer release()
+	gate.hold()
 	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob2.UserID}); err != nil {
 		t.Fatal(err)
 	}
@@ -472,9 +414,38 @@ func TestRoomFedJoinInviteBeforeItsEvent(t *testing.T) {
 	// The invite event is released while the join waits (a join made on
 	// B's copy without it is refused at once).
 	time.Sleep(300 * time.Millisecond)
-	release()
+	gate.release()
 	if err := <-joined; err != nil {
 		t.Fatalf("bob2 joins before the invite event reached B: %v", err)
 	}
 	waitFor(t, 10*time.Second, "A sees bob2 joined", func() bool { return rfMembership(t, alice, roomID, bob2.UserID) == "join" })
+}
+
+// sendGate holds a node's inbound federation transactions (/send) from
+// hold until release, so a test can order what the node learns.
+type sendGate struct {
+	holding atomic.Bool
+	once    sync.Once
+	open    chan struct{}
+}
+
+func newSendGate() *sendGate { return &sendGate{open: make(chan struct{})} }
+
+func (g *sendGate) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.holding.Load() && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+			<-g.open
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (g *sendGate) hold() { g.holding.Store(true) }
+
+// release lets held and later transactions through; a gate opens once.
+func (g *sendGate) release() {
+	g.once.Do(func() {
+		g.holding.Store(false)
+		close(g.open)
+	})
 }

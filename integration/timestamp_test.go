@@ -134,3 +134,38 @@ func TestTimestampToEventFederated(t *testing.T) {
 	}
 	wantJump(t, jump(t, bob, roomID, stamps[0], "f"), ids[0].String())
 }
+
+// TestEventStampsBetweenClockReadings: an event's origin_server_ts is
+// strictly after any time its client read before the request that made it
+// and strictly before any time read after the answer, even when the
+// request takes less than a millisecond; so timestamp_to_event, inclusive
+// at ts, finds nothing before a room created after ts was read, nor a
+// later event at a ts read right after an earlier one (Complement's
+// TestJumpToDateEndpoint raced this).
+func TestEventStampsBetweenClockReadings(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	ctx := ctxT(t)
+	before := time.Now().UnixMilli()
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	afterCreate := time.Now().UnixMilli()
+	wantJump(t, jump(t, alice, roomID, before, "b"), "")
+	wantJump(t, jump(t, alice, roomID, afterCreate, "f"), "")
+	for i := range 20 {
+		before := time.Now().UnixMilli()
+		resp, err := alice.SendMessageEvent(ctx, roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": strconv.Itoa(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := time.Now().UnixMilli()
+		ev, err := alice.GetEvent(ctx, roomID, resp.EventID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Timestamp <= before || ev.Timestamp >= after {
+			t.Fatalf("message %d stamped %d, not strictly between the clock readings %d and %d around its send", i, ev.Timestamp, before, after)
+		}
+		wantJump(t, jump(t, alice, roomID, before, "f"), resp.EventID.String())
+		wantJump(t, jump(t, alice, roomID, after, "b"), resp.EventID.String())
+	}
+}

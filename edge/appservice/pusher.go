@@ -39,6 +39,9 @@ type Options struct {
 	Client *http.Client
 	// Backoff bounds between failed attempts (defaults 1s and 5m).
 	MinBackoff, MaxBackoff time.Duration
+	// MaxEphemeral caps each AS's queue of ephemeral events and to-device
+	// messages (default DefaultMaxEphemeral).
+	MaxEphemeral int
 }
 
 // Pusher delivers events to application services in transactions, in
@@ -52,12 +55,24 @@ type Pusher struct {
 
 	mu      sync.Mutex
 	pending []*room.Event
+	edus    []edu
 	more    chan struct{}
+
+	anyEphemeral bool // some AS asked for ephemeral data
+	roomsMu      sync.Mutex
+	rooms        map[string]map[string]bool // AS ID → rooms its users are joined to
+
+	dropMu     sync.Mutex
+	dropped    map[string]int       // AS ID → entries dropped since the last log line
+	dropLogged map[string]time.Time // AS ID → when that line was written
 }
 
+// inflight is the transaction being sent; Extra holds its ephemeral and
+// E2EE fields, frozen so that a resend is the same transaction.
 type inflight struct {
-	TxnID string   `json:"txn_id"`
-	NIDs  []uint64 `json:"nids"`
+	TxnID string                     `json:"txn_id"`
+	NIDs  []uint64                   `json:"nids"`
+	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }
 
 // NewPusher starts delivery to every registration with a URL; Close stops it.
@@ -74,17 +89,27 @@ func NewPusher(o Options) *Pusher {
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = 5 * time.Minute
 	}
+	if o.MaxEphemeral <= 0 {
+		o.MaxEphemeral = DefaultMaxEphemeral
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pusher{o: o, cancel: cancel, wake: map[string]chan struct{}{}, more: make(chan struct{}, 1)}
+	p := &Pusher{o: o, cancel: cancel, wake: map[string]chan struct{}{}, more: make(chan struct{}, 1),
+		rooms: map[string]map[string]bool{}, dropped: map[string]int{}, dropLogged: map[string]time.Time{}}
+	needRooms := false
 	for _, r := range o.Regs {
 		if r.URL == "" {
 			continue
 		}
+		p.anyEphemeral = p.anyEphemeral || r.Ephemeral()
+		needRooms = needRooms || r.Ephemeral() || r.MSC3202
 		ch := make(chan struct{}, 1)
 		ch <- struct{}{} // deliver what a previous run left queued
 		p.wake[r.ID] = ch
 		p.wg.Add(1)
 		go p.deliver(ctx, r, ch)
+	}
+	if needRooms {
+		p.loadRooms()
 	}
 	p.wg.Add(1)
 	go p.enqueueLoop(ctx)
@@ -121,17 +146,30 @@ func (p *Pusher) enqueueLoop(ctx context.Context) {
 		case <-p.more:
 		}
 		p.mu.Lock()
-		evs := p.pending
-		p.pending = nil
+		evs, edus := p.pending, p.edus
+		p.pending, p.edus = nil, nil
 		p.mu.Unlock()
 		woken := map[string]bool{}
 		err := p.o.Store.Write(func(tx *store.Tx) error {
 			clear(woken)
 			for _, ev := range evs {
 				for _, r := range p.o.Regs {
-					if p.wake[r.ID] != nil && p.interested(tx, r, ev) {
+					if p.wake[r.ID] == nil {
+						continue
+					}
+					if ev.Type == "m.room.member" && ev.StateKey != nil {
+						p.memberChange(tx, r, ev.RoomID, *ev.StateKey, ev.Membership())
+					}
+					if p.interested(tx, r, ev) {
 						tx.PutKV(nsQueue, queueKey(r.ID, ev.NID), nil)
 						woken[r.ID] = true
+					}
+				}
+			}
+			for _, e := range edus {
+				for _, r := range p.o.Regs {
+					if p.wake[r.ID] != nil && r.Ephemeral() && p.eduInterested(tx, r, e) {
+						p.putEph(tx, r, false, e.raw)
 					}
 				}
 			}
@@ -158,10 +196,12 @@ func (p *Pusher) interested(tx *store.Tx, r *Registration, ev *room.Event) bool 
 	if r.InterestedInUser(ev.Sender) || (ev.StateKey != nil && r.InterestedInUser(*ev.StateKey)) || r.InterestedInRoom(ev.RoomID) {
 		return true
 	}
-	if len(r.Namespaces.Users) == 0 {
-		return false
-	}
-	rm, err := tx.Room(ev.RoomID)
+	return p.roomHasUser(tx, r, ev.RoomID)
+}
+
+// roomHasUser tells whether one of r's users is joined to roomID.
+func (p *Pusher) roomHasUser(tx *store.Tx, r *Registration, roomID string) bool {
+	rm, err := tx.Room(roomID)
 	if err != nil {
 		return false
 	}
@@ -231,6 +271,7 @@ func (p *Pusher) sendOne(ctx context.Context, r *Registration) (bool, error) {
 		if raw, err := tx.GetKV(nsInflight, r.ID); err == nil && json.Unmarshal(raw, &cur) == nil && cur.TxnID != "" {
 			// resend as it was
 		} else {
+			cur.Extra = p.takeEphemeral(tx, r)
 			var keys []string
 			tx.ScanKV(nsQueue, r.ID+"/", func(k string, _ []byte) bool {
 				nid, err := strconv.ParseUint(strings.TrimPrefix(k, r.ID+"/"), 10, 64)
@@ -240,7 +281,7 @@ func (p *Pusher) sendOne(ctx context.Context, r *Registration) (bool, error) {
 				keys = append(keys, k)
 				return len(keys) < maxBatch
 			})
-			if len(keys) == 0 {
+			if len(keys) == 0 && cur.Extra == nil {
 				return nil
 			}
 			for _, k := range keys {
@@ -272,7 +313,7 @@ func (p *Pusher) sendOne(ctx context.Context, r *Registration) (bool, error) {
 	if err != nil || cur.TxnID == "" {
 		return false, err
 	}
-	if err := p.put(ctx, r, cur.TxnID, events); err != nil {
+	if err := p.put(ctx, r, cur.TxnID, events, cur.Extra); err != nil {
 		return false, err
 	}
 	return true, p.o.Store.Write(func(tx *store.Tx) error {
@@ -282,11 +323,15 @@ func (p *Pusher) sendOne(ctx context.Context, r *Registration) (bool, error) {
 }
 
 // put: PUT {url}/_matrix/app/v1/transactions/{txnId} with the hs_token.
-func (p *Pusher) put(ctx context.Context, r *Registration, txnID string, events []json.RawMessage) error {
+func (p *Pusher) put(ctx context.Context, r *Registration, txnID string, events []json.RawMessage, extra map[string]json.RawMessage) error {
 	if events == nil {
 		events = []json.RawMessage{}
 	}
-	body, err := json.Marshal(map[string]any{"events": events})
+	fields := map[string]any{"events": events}
+	for k, v := range extra {
+		fields[k] = v
+	}
+	body, err := json.Marshal(fields)
 	if err != nil {
 		return err
 	}

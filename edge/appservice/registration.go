@@ -28,7 +28,15 @@ type Registration struct {
 	HSToken         string `yaml:"hs_token"`
 	SenderLocalpart string `yaml:"sender_localpart"`
 	RateLimited     *bool  `yaml:"rate_limited"`
-	Namespaces      struct {
+	// ReceiveEphemeral (MSC2409, or its unstable name) asks for typing,
+	// receipts, presence and to-device messages in transactions.
+	ReceiveEphemeral bool `yaml:"receive_ephemeral"`
+	PushEphemeral    bool `yaml:"de.sorunome.msc2409.push_ephemeral"`
+	PushEphemeralOld bool `yaml:"push_ephemeral"` // Complement writes this name too
+	// MSC3202 asks for device list changes and one-time/fallback key
+	// counts of the AS's users' devices (end-to-bridge encryption).
+	MSC3202    bool `yaml:"org.matrix.msc3202"`
+	Namespaces struct {
 		Users   []Namespace `yaml:"users"`
 		Aliases []Namespace `yaml:"aliases"`
 		Rooms   []Namespace `yaml:"rooms"`
@@ -114,6 +122,19 @@ func matchAny(list []Namespace, s string, exclusiveOnly bool) bool {
 // in its users namespaces.
 func (r *Registration) OwnsUser(userID string) bool {
 	return userID == r.Sender || matchAny(r.Namespaces.Users, userID, false)
+}
+
+// Ephemeral tells whether the AS asked for ephemeral data and to-device
+// messages (MSC2409, MSC4203).
+func (r *Registration) Ephemeral() bool {
+	return r.ReceiveEphemeral || r.PushEphemeral || r.PushEphemeralOld
+}
+
+// OwnsExclusively tells whether userID is the AS's sender or in one of
+// its exclusive user namespaces: a user no one else may be, whose
+// to-device messages therefore go to the AS.
+func (r *Registration) OwnsExclusively(userID string) bool {
+	return userID == r.Sender || matchAny(r.Namespaces.Users, userID, true)
 }
 
 // InterestedInUser tells whether events of userID concern the AS.

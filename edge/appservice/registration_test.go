@@ -82,3 +82,29 @@ func TestRegistrationLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestRegistrationEphemeralFlags: the stable and unstable MSC2409 names
+// and MSC3202's flag are read; without them nothing extra is pushed.
+func TestRegistrationEphemeralFlags(t *testing.T) {
+	for _, tc := range []struct {
+		extra     string
+		eph, e2ee bool
+	}{
+		{"", false, false},
+		{"receive_ephemeral: true\n", true, false},
+		{"push_ephemeral: true\n", true, false},
+		{"de.sorunome.msc2409.push_ephemeral: true\norg.matrix.msc3202: true\n", true, true},
+	} {
+		r, err := Parse([]byte(reg+tc.extra), "example.org")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Ephemeral() != tc.eph || r.MSC3202 != tc.e2ee {
+			t.Errorf("%q: ephemeral %v msc3202 %v", tc.extra, r.Ephemeral(), r.MSC3202)
+		}
+		// To-device messages go to the AS only for users it owns exclusively.
+		if !r.OwnsExclusively("@irc_x:example.org") || !r.OwnsExclusively("@ircbot:example.org") || r.OwnsExclusively("@shared_x:example.org") {
+			t.Error("OwnsExclusively")
+		}
+	}
+}

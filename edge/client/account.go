@@ -23,6 +23,7 @@ func (s *Server) routesAccount() {
 	s.authed("POST /account/password", s.changePassword)
 	s.authed("POST /account/deactivate", s.deactivate)
 	s.handle("GET /_matrix/client/v1/register/m.login.registration_token/validity", s.tokenValidity)
+	s.routesAppService()
 }
 
 // localpartRE is the spec's user ID localpart grammar for new users.
@@ -50,14 +51,8 @@ func (s *Server) registerAvailable(r *http.Request) (any, error) {
 	if err := s.checkExclusiveUser(s.userID(lp), nil); err != nil {
 		return nil, err
 	}
-	var taken bool
-	_ = s.Store.View(func(tx *store.Tx) error {
-		_, err := tx.User(lp)
-		taken = err == nil
-		return nil
-	})
-	if taken {
-		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	if err := s.checkUserFree(lp); err != nil {
+		return nil, err
 	}
 	return map[string]bool{"available": true}, nil
 }
@@ -107,11 +102,7 @@ func (s *Server) register(r *http.Request) (any, error) {
 	// as_token and no UIA (spec: m.login.application_service).
 	var as *appservice.Registration
 	if req.Type == "m.login.application_service" {
-		sess, err := s.authenticate(r)
-		if err != nil {
-			return nil, err
-		}
-		if as = sess.AppService; as == nil {
+		if as = s.requestAppService(r); as == nil {
 			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Registering as m.login.application_service needs an as_token")
 		}
 		if kind == "guest" {
@@ -146,14 +137,8 @@ func (s *Server) register(r *http.Request) (any, error) {
 			return nil, err
 		}
 	}
-	var taken bool
-	_ = s.Store.View(func(tx *store.Tx) error {
-		_, err := tx.User(lp)
-		taken = err == nil
-		return nil
-	})
-	if taken {
-		return nil, newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	if err := s.checkUserFree(lp); err != nil {
+		return nil, err
 	}
 	if kind != "guest" && as == nil {
 		params := map[string]any{}
@@ -323,11 +308,7 @@ func (s *Server) login(r *http.Request) (any, error) {
 	switch req.Type {
 	case "m.login.password":
 	case "m.login.application_service":
-		sess, err := s.authenticate(r)
-		if err != nil {
-			return nil, err
-		}
-		if as = sess.AppService; as == nil {
+		if as = s.requestAppService(r); as == nil {
 			return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "m.login.application_service needs an as_token")
 		}
 	default:
@@ -516,4 +497,18 @@ func (s *Server) deactivate(r *http.Request, sess *Session) (any, error) {
 		return nil, err
 	}
 	return map[string]string{"id_server_unbind_result": "no-support"}, nil
+}
+
+// checkUserFree answers M_USER_IN_USE when the localpart has an account.
+func (s *Server) checkUserFree(localpart string) error {
+	var taken bool
+	_ = s.Store.View(func(tx *store.Tx) error {
+		_, err := tx.User(localpart)
+		taken = err == nil
+		return nil
+	})
+	if taken {
+		return newErr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	}
+	return nil
 }

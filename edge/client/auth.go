@@ -26,14 +26,18 @@ type Session struct {
 	AppService *appservice.Registration
 }
 
+// requestToken is the request's access token: the Authorization header or
+// the deprecated access_token query parameter.
+func requestToken(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		return strings.TrimSpace(strings.TrimPrefix(h, "Bearer "))
+	}
+	return r.URL.Query().Get("access_token")
+}
+
 // authenticate resolves the request's access token.
 func (s *Server) authenticate(r *http.Request) (*Session, error) {
-	token := ""
-	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		token = strings.TrimSpace(strings.TrimPrefix(h, "Bearer "))
-	} else if q := r.URL.Query().Get("access_token"); q != "" {
-		token = q
-	}
+	token := requestToken(r)
 	if token == "" {
 		return nil, newErr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Missing access token")
 	}

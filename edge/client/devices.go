@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"net/http"
+	"time"
 	"unicode/utf8"
 
 	"edge/edge/store"
@@ -73,8 +74,8 @@ func (s *Server) getDevice(r *http.Request, sess *Session) (any, error) {
 }
 
 // updateDevice: PUT /devices/{deviceId}
-// Creating devices this way is for application services only, so an
-// unknown device is a 404 here.
+// An application service creates its users' devices this way (201; spec
+// v1.17, MSC4190); for anyone else an unknown device is a 404.
 func (s *Server) updateDevice(r *http.Request, sess *Session) (any, error) {
 	var req struct {
 		DisplayName *string `json:"display_name"`
@@ -85,8 +86,30 @@ func (s *Server) updateDevice(r *http.Request, sess *Session) (any, error) {
 	if req.DisplayName != nil && utf8.RuneCountInString(*req.DisplayName) > maxDeviceNameChars {
 		return nil, newErr(http.StatusBadRequest, "M_TOO_LARGE", "Device display name is too long (max %d)", maxDeviceNameChars)
 	}
-	return empty{}, s.Store.Write(func(tx *store.Tx) error {
-		d, err := ownDevice(tx, sess.UserID, r.PathValue("deviceId"))
+	deviceID := r.PathValue("deviceId")
+	if !validPathValue(deviceID) || len(deviceID) > 255 {
+		return nil, errInvalidParam("Invalid device ID")
+	}
+	isNew := false
+	err := s.Store.Write(func(tx *store.Tx) error {
+		isNew = false
+		d, err := ownDevice(tx, sess.UserID, deviceID)
+		if err != nil && sess.AppService != nil && toError(err).Status == http.StatusNotFound {
+			if as := sess.AppService; as.RateLimited == nil || *as.RateLimited {
+				if err := check(s.limits.login, sess.UserID); err != nil {
+					return err
+				}
+			}
+			isNew = true
+			d = &store.Device{UserID: sess.UserID, DeviceID: deviceID, CreatedTS: time.Now().UnixMilli()}
+			if req.DisplayName != nil {
+				d.DisplayName = *req.DisplayName
+			}
+			tx.PutDevice(d)
+			s.markDeviceListChange(tx, sess.UserID, "")
+			s.sendDeviceListUpdate(tx, sess.UserID, d.DeviceID, false)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -100,6 +123,13 @@ func (s *Server) updateDevice(r *http.Request, sess *Session) (any, error) {
 		s.sendDeviceListUpdate(tx, sess.UserID, d.DeviceID, false)
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	if isNew {
+		return created{empty{}}, nil
+	}
+	return empty{}, nil
 }
 
 // deleteDevice: DELETE /devices/{deviceId}
@@ -111,8 +141,11 @@ func (s *Server) deleteDevice(r *http.Request, sess *Session) (any, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	if err := s.uiaCheck(req.Auth, sess.UserID, passwordFlows, nil, s.passwordStage(sess.UserID)); err != nil {
-		return nil, err
+	// Application services skip UIA (spec v1.17, MSC4190).
+	if sess.AppService == nil {
+		if err := s.uiaCheck(req.Auth, sess.UserID, passwordFlows, nil, s.passwordStage(sess.UserID)); err != nil {
+			return nil, err
+		}
 	}
 	return empty{}, s.Store.Write(func(tx *store.Tx) error {
 		return s.removeDevice(tx, sess.UserID, r.PathValue("deviceId"))
@@ -131,8 +164,11 @@ func (s *Server) deleteDevices(r *http.Request, sess *Session) (any, error) {
 	if req.Devices == nil {
 		return nil, errMissingParam("Missing devices")
 	}
-	if err := s.uiaCheck(req.Auth, sess.UserID, passwordFlows, nil, s.passwordStage(sess.UserID)); err != nil {
-		return nil, err
+	// Application services skip UIA (spec v1.17, MSC4190).
+	if sess.AppService == nil {
+		if err := s.uiaCheck(req.Auth, sess.UserID, passwordFlows, nil, s.passwordStage(sess.UserID)); err != nil {
+			return nil, err
+		}
 	}
 	return empty{}, s.Store.Write(func(tx *store.Tx) error {
 		for _, id := range *req.Devices {

@@ -364,30 +364,43 @@ func publicRoomsFromQuery(q url.Values) (publicRoomsQuery, error) {
 
 // publicRoomsPost: POST /publicRooms
 func (s *Server) publicRoomsPost(r *http.Request, sess *Session) (any, error) {
-	var req struct {
-		Limit                int    `json:"limit"`
-		Since                string `json:"since"`
-		IncludeAllNetworks   bool   `json:"include_all_networks"`
-		ThirdPartyInstanceID string `json:"third_party_instance_id"`
-		Filter               *struct {
-			GenericSearchTerm string          `json:"generic_search_term"`
-			RoomTypes         json.RawMessage `json:"room_types"`
-		} `json:"filter"`
-	}
+	var req publicRoomsBody
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	pq := publicRoomsQuery{Limit: req.Limit, Since: req.Since, IncludeAllNetworks: req.IncludeAllNetworks, ThirdPartyInstanceID: req.ThirdPartyInstanceID}
-	if f := req.Filter; f != nil {
+	pq, err := req.query()
+	if err != nil {
+		return nil, err
+	}
+	return s.publicRooms(r, pq)
+}
+
+// publicRoomsBody is POST /publicRooms's body, on the client and the
+// federation API alike.
+type publicRoomsBody struct {
+	Limit                int    `json:"limit"`
+	Since                string `json:"since"`
+	IncludeAllNetworks   bool   `json:"include_all_networks"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id"`
+	Filter               *struct {
+		GenericSearchTerm string          `json:"generic_search_term"`
+		RoomTypes         json.RawMessage `json:"room_types"`
+	} `json:"filter"`
+}
+
+func (b *publicRoomsBody) query() (publicRoomsQuery, error) {
+	pq := publicRoomsQuery{Limit: b.Limit, Since: b.Since, IncludeAllNetworks: b.IncludeAllNetworks, ThirdPartyInstanceID: b.ThirdPartyInstanceID}
+	if f := b.Filter; f != nil {
 		pq.SearchTerm = f.GenericSearchTerm
+		// room_types: null is "no filter"; [null] is "rooms without a type".
 		if len(f.RoomTypes) > 0 && string(f.RoomTypes) != "null" {
 			if err := json.Unmarshal(f.RoomTypes, &pq.RoomTypes); err != nil {
-				return nil, errBadJSON("filter.room_types must be a list of strings and nulls")
+				return pq, errBadJSON("filter.room_types must be a list of strings and nulls")
 			}
 			pq.RoomTypesSet = true
 		}
 	}
-	return s.publicRooms(r, pq)
+	return pq, nil
 }
 
 // publicRooms lists the published rooms that are joinable or world-readable

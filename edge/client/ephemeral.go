@@ -186,6 +186,7 @@ func (s *Server) putReceipt(tx *store.Tx, userID, rType, threadID string, ev *ro
 		EventID: ev.ID, TS: time.Now().UnixMilli()}
 	tx.PutReceipt(rc)
 	s.federateReceipt(tx, rc)
+	s.feedReceipt(tx, rc)
 	roomID := ev.RoomID
 	tx.OnCommit(func() {
 		s.forgetUnread(userID) // a threaded receipt changes what counts

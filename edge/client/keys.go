@@ -253,6 +253,9 @@ func (s *Server) applyUpload(tx *store.Tx, sess *Session, up *preparedUpload) er
 		v, _ := json.Marshal(fallbackKey{KeyID: k.alg + ":" + k.id, Key: k.raw})
 		tx.PutKV(nsFallback, key, v)
 	}
+	if len(up.otks)+len(up.fallbacks) > 0 {
+		s.feedDeviceKeys(tx, sess.UserID, sess.DeviceID)
+	}
 	return nil
 }
 
@@ -758,6 +761,7 @@ func (s *Server) claimLocalKeys(tx *store.Tx, req map[string]map[string]string) 
 				claimed[userID] = map[string]map[string]json.RawMessage{}
 			}
 			claimed[userID][deviceID] = map[string]json.RawMessage{keyID: key}
+			s.feedDeviceKeys(tx, userID, deviceID)
 		}
 	}
 	return claimed

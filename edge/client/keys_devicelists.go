@@ -26,6 +26,9 @@ func (s *Server) markDeviceListChange(tx *store.Tx, userID, viewer string) {
 	pk := posKey(tx.NextPos())
 	tx.PutKV(nsDevListPos, pk, []byte(uk))
 	tx.PutKV(nsDevListUser, uk, []byte(pk))
+	if viewer == "" && s.AppServiceFeed != nil {
+		s.AppServiceFeed.DeviceListChanged(tx, userID)
+	}
 	keys := []string{notify.UserKey(userID)}
 	if viewer != "" {
 		keys = []string{notify.UserKey(viewer)}
@@ -187,16 +190,5 @@ func (s *Server) e2eeRoomMembers(tx *store.Tx, roomID string) []string {
 	if err != nil {
 		return nil
 	}
-	var out []string
-	st.Each(func(k, nid uint64) bool {
-		evType, sk, err := tx.StateKey(k)
-		if err != nil || evType != "m.room.member" {
-			return true
-		}
-		if ev, err := s.Rooms.Event(tx, nid); err == nil && ev.Membership() == "join" {
-			out = append(out, sk)
-		}
-		return true
-	})
-	return out
+	return s.joinedUserIDs(tx, st)
 }

@@ -4,18 +4,19 @@ import (
 	"slices"
 
 	"edge/edge/notify"
+	"edge/edge/room"
 	"edge/edge/store"
 )
 
 // FullStateReached is told, after the commit, that a room joined with
-// partial state (a faster join at stream position joinPos, through the
-// resident servers named in servers) now has its full state. Its syncs
-// wake (eager syncs show the room only now), and the device list changes
-// local members made meanwhile go to the room's servers the partial state
-// did not show, which missed them (as Synapse does once a room is no
-// longer partial); and remote users who turn out not to share a room with
-// ours stop being tracked.
-func (s *Server) FullStateReached(roomID string, joinPos uint64, servers []string) {
+// partial state (our join event joinEventID, a faster join at stream
+// position joinPos, through the resident servers named in servers) now
+// has its full state. Its syncs wake (eager syncs show the room only
+// now), and the device list changes local members made meanwhile go to
+// the servers that may have been in the room while the partial state hid
+// them (partialStateDests); and remote users who turn out not to share a
+// room with ours stop being tracked.
+func (s *Server) FullStateReached(roomID, joinEventID string, joinPos uint64, servers []string) {
 	s.Notifier.Notify(notify.RoomKey(roomID))
 	if s.e2eeFed() == nil {
 		return
@@ -27,14 +28,9 @@ func (s *Server) FullStateReached(roomID string, joinPos uint64, servers []strin
 			if err != nil {
 				return err
 			}
-			var dests []string
-			for _, srv := range s.otherServersIn(tx, roomID) {
-				if !slices.Contains(servers, srv) {
-					dests = append(dests, srv)
-				}
-			}
-			if len(dests) == 0 {
-				return nil
+			dests, err := s.partialStateDests(tx, roomID, joinEventID, st, servers)
+			if err != nil || len(dests) == 0 {
+				return err
 			}
 			for _, u := range s.joinedUserIDs(tx, st) {
 				if !s.isLocalUser(u) {
@@ -60,4 +56,75 @@ func (s *Server) FullStateReached(roomID string, joinPos uint64, servers []strin
 		// Remote users the partial state showed joined may not be.
 		s.SweepRemoteDeviceLists()
 	}()
+}
+
+// partialStateDests is, as Synapse reckons it once a room is no longer
+// partial, the servers that may have been in the room at some time since
+// our join without our knowing: those of the members whose membership
+// differs between the (now full) state at the join and the current state
+// (a server that joined and left meanwhile, or one the partial state
+// wrongly showed kicked, still missed the changes made while it was in),
+// and those joined now; less the servers the join named, which got every
+// change as it happened, and ourselves.
+func (s *Server) partialStateDests(tx *store.Tx, roomID, joinEventID string, cur *room.State, named []string) ([]string, error) {
+	set := map[string]bool{}
+	for _, srv := range s.otherServersIn(tx, roomID) {
+		set[srv] = true
+	}
+	join, err := s.Rooms.EventByID(tx, joinEventID)
+	if err != nil {
+		return nil, err
+	}
+	atJoin, err := s.Rooms.State(tx, join.StateBefore)
+	if err != nil {
+		return nil, err
+	}
+	members := func(st *room.State) (map[string]uint64, error) {
+		out := map[string]uint64{}
+		var err error
+		st.Each(func(k, nid uint64) bool {
+			var evType, sk string
+			if evType, sk, err = tx.StateKey(k); err != nil {
+				return false
+			}
+			if evType == "m.room.member" {
+				out[sk] = nid
+			}
+			return true
+		})
+		return out, err
+	}
+	before, err := members(atJoin)
+	if err != nil {
+		return nil, err
+	}
+	now, err := members(cur)
+	if err != nil {
+		return nil, err
+	}
+	changed := func(user string) {
+		if srv, ok := userServer(user); ok {
+			set[srv] = true
+		}
+	}
+	for u, nid := range before {
+		if now[u] != nid {
+			changed(u)
+		}
+	}
+	for u, nid := range now {
+		if before[u] != nid {
+			changed(u)
+		}
+	}
+	delete(set, s.Config.ServerName)
+	for _, srv := range named {
+		delete(set, srv)
+	}
+	out := make([]string, 0, len(set))
+	for srv := range set {
+		out = append(out, srv)
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -94,6 +94,7 @@ func (s *Server) storePresence(tx *store.Tx, userID string, rec presenceRecord, 
 	tx.PutKV(presenceNamespace, userID, v)
 	if changed {
 		s.federatePresence(tx, userID, rec)
+		s.feedPresence(tx, userID, rec)
 	}
 	if len(keys) > 0 {
 		tx.OnCommit(func() { s.Notifier.Notify(keys...) })

@@ -32,6 +32,7 @@ func (s *Server) routesRelations() {
 	s.authed("GET "+base+"/relations/{eventId}/{relType}", s.relations)
 	s.authed("GET "+base+"/relations/{eventId}/{relType}/{eventType}", s.relations)
 	s.authed("GET "+base+"/threads", s.threads)
+	s.authed("POST /_matrix/client/unstable/event_relationships", s.eventRelationships)
 }
 
 // eventRelation reads content.m.relates_to of an event.

@@ -235,7 +235,9 @@ func (s *Server) storeRemoteReceipt(tx *store.Tx, roomID, userID, threadID, even
 	if ts <= 0 {
 		ts = time.Now().UnixMilli()
 	}
-	tx.PutReceipt(&store.Receipt{RoomID: roomID, Type: receiptRead, UserID: userID, ThreadID: threadID, EventID: eventID, TS: ts})
+	rc := &store.Receipt{RoomID: roomID, Type: receiptRead, UserID: userID, ThreadID: threadID, EventID: eventID, TS: ts}
+	tx.PutReceipt(rc)
+	s.feedReceipt(tx, rc)
 	tx.OnCommit(func() { s.Notifier.Notify(notify.RoomKey(roomID)) })
 }
 
@@ -507,28 +509,13 @@ func (s *Server) remoteSharesJoined(tx *store.Tx, userID string, rooms map[strin
 func (s *Server) FederationPublicRooms(query url.Values, body json.RawMessage) (any, error) {
 	var pq publicRoomsQuery
 	if body != nil {
-		var req struct {
-			Limit                int    `json:"limit"`
-			Since                string `json:"since"`
-			IncludeAllNetworks   bool   `json:"include_all_networks"`
-			ThirdPartyInstanceID string `json:"third_party_instance_id"`
-			Filter               *struct {
-				GenericSearchTerm string          `json:"generic_search_term"`
-				RoomTypes         json.RawMessage `json:"room_types"`
-			} `json:"filter"`
-		}
+		var req publicRoomsBody
 		if err := json.Unmarshal(body, &req); err != nil {
 			return nil, errBadJSON("%s", jsonMessage(err))
 		}
-		pq = publicRoomsQuery{Limit: req.Limit, Since: req.Since, IncludeAllNetworks: req.IncludeAllNetworks, ThirdPartyInstanceID: req.ThirdPartyInstanceID}
-		if f := req.Filter; f != nil {
-			pq.SearchTerm = f.GenericSearchTerm
-			if len(f.RoomTypes) > 0 && string(f.RoomTypes) != "null" {
-				if err := json.Unmarshal(f.RoomTypes, &pq.RoomTypes); err != nil {
-					return nil, errBadJSON("filter.room_types must be a list of strings and nulls")
-				}
-				pq.RoomTypesSet = true
-			}
+		var err error
+		if pq, err = req.query(); err != nil {
+			return nil, err
 		}
 	} else {
 		var err error

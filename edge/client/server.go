@@ -71,10 +71,16 @@ type Server struct {
 	RemoteTimestamp RemoteTimestampFunc
 	// AppServices are the node's application services (nil: none).
 	AppServices *appservice.Set
+	// AppServiceFeed takes ephemeral and E2EE data for them (nil: none).
+	AppServiceFeed AppServiceFeed
 	// RemoteHierarchy asks other servers (via first) for the federation
 	// hierarchy of a room this server is not in (see hierarchy.go); nil:
 	// such rooms are left out.
 	RemoteHierarchy func(ctx context.Context, roomID string, via []string, suggestedOnly bool) (*room.HierarchyAnswer, error)
+	// RemoteEventRelationships asks other servers in q.RoomID for the
+	// thread around q.EventID and stores what they answer (MSC2836, see
+	// event_relationships.go); nil: threads are walked locally only.
+	RemoteEventRelationships func(ctx context.Context, q room.ThreadQuery) error
 	// RemoteBackfillAt is RemoteBackfill for a gap inside the timeline,
 	// just before timeline event eventID; nil: /messages pages past gaps.
 	RemoteBackfillAt func(ctx context.Context, roomID, eventID string, limit int) (int, error)
@@ -142,6 +148,9 @@ func (s *Server) handle(pattern string, h handlerFunc) {
 
 // authed registers a handler that requires an access token.
 func (s *Server) authed(pattern string, h authedFunc) {
+	if createsEvents(pattern) {
+		h = stampedApart(h)
+	}
 	s.handle(pattern, func(r *http.Request) (any, error) {
 		sess, err := s.authenticate(r)
 		if err != nil {
@@ -162,9 +171,16 @@ func (s *Server) serveJSON(h handlerFunc) http.Handler {
 			writeError(w, err)
 			return
 		}
+		if c, ok := resp.(created); ok {
+			writeJSON(w, http.StatusCreated, c.body)
+			return
+		}
 		writeJSON(w, http.StatusOK, resp)
 	})
 }
+
+// created wraps a handler's response that answers 201 Created.
+type created struct{ body any }
 
 // Handler is the client API with its middleware: panic recovery, CORS,
 // body limits, and Matrix-shaped 404/405s.

@@ -364,7 +364,15 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 	if hasSince && !full {
 		lower = since.pos
 	}
-	tl, limited, firstPos, err := s.collectTimeline(tx, sess, r, lower, next.pos, f.TimelineLimit(defaultTimelineLimit, maxTimelineLimit), f.RoomTimeline())
+	limit, tf := f.TimelineLimit(defaultTimelineLimit, maxTimelineLimit), f.RoomTimeline()
+	var tl []*room.Event
+	var limited bool
+	var firstPos uint64
+	if lower == 0 {
+		tl, limited, firstPos, err = s.collectTimelineTopological(tx, sess, r, next.pos, limit, tf)
+	} else {
+		tl, limited, firstPos, err = s.collectTimeline(tx, sess, r, lower, next.pos, limit, tf)
+	}
 	if err != nil {
 		return nil, false, err
 	}
@@ -390,15 +398,26 @@ func (s *Server) syncJoined(tx *store.Tx, sess *Session, m *store.Membership, si
 		if err != nil {
 			return nil, false, err
 		}
-		var base *room.State
-		if !full {
-			if base, err = s.stateAtPos(tx, r, since.pos); err != nil {
+		if full {
+			current, err := s.Rooms.State(tx, r.State)
+			if err != nil {
 				return nil, false, err
 			}
-		}
-		stateEvs, err = s.stateDiff(tx, base, startState)
-		if err != nil {
-			return nil, false, err
+			if len(tl) == 0 {
+				startState = current // nothing shown: the state is the current one
+			}
+			stateEvs, err = s.fullSyncState(tx, startState, current, tl)
+			if err != nil {
+				return nil, false, err
+			}
+		} else {
+			base, err := s.stateAtPos(tx, r, since.pos)
+			if err != nil {
+				return nil, false, err
+			}
+			if stateEvs, err = s.stateDiff(tx, base, startState); err != nil {
+				return nil, false, err
+			}
 		}
 	}
 	sf := f.RoomState()

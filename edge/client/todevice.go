@@ -121,6 +121,9 @@ func (s *Server) storeToDevice(tx *store.Tx, sender, evType, userID string, devi
 		return false, err
 	}
 	for _, t := range targets {
+		if s.AppServiceFeed != nil && s.AppServiceFeed.ToDevice(tx, sender, evType, userID, t.deviceID, t.content) {
+			continue // an application service's device: the AS gets it
+		}
 		if *pos == 0 {
 			*pos = tx.NextPos()
 		}

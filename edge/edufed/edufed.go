@@ -29,8 +29,7 @@ type Deps struct {
 }
 
 // Install connects the client API's typing, receipt, profile and alias
-// handlers to federation and registers the routes and EDU handlers. An
-// OnEDU hook already set is kept for the EDU types edufed does not handle.
+// handlers to federation and registers the routes and EDU handlers.
 func Install(d Deps) {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
@@ -86,26 +85,14 @@ func Install(d Deps) {
 		return resp, fedError(err)
 	})
 	installOpenID(d)
-	prev := d.Fed.OnEDU
-	d.Fed.OnEDU = func(ctx context.Context, origin string, edu federation.EDU) {
-		var err error
-		switch edu.Type {
-		case "m.typing":
-			err = d.Client.FederationTyping(origin, edu.Content)
-		case "m.receipt":
-			err = d.Client.FederationReceipt(origin, edu.Content)
-		case "m.presence":
-			err = d.Client.FederationPresence(origin, edu.Content)
-		default:
-			if prev != nil {
-				prev(ctx, origin, edu)
-			}
-			return
-		}
-		if err != nil {
-			// EDUs get no answer: a bad one is dropped.
-			log.Debug("dropping EDU", "type", edu.Type, "origin", origin, "err", err)
-		}
+	for eduType, fn := range map[string]func(origin string, content json.RawMessage) error{
+		"m.typing":   d.Client.FederationTyping,
+		"m.receipt":  d.Client.FederationReceipt,
+		"m.presence": d.Client.FederationPresence,
+	} {
+		d.Fed.HandleEDU(eduType, func(_ context.Context, origin string, content json.RawMessage) error {
+			return fn(origin, content)
+		})
 	}
 }
 

@@ -410,8 +410,12 @@ func (c *cache) onDeviceListUpdate(ctx context.Context, origin string, content j
 			reason = "unknown prev_id"
 			c.stats.Gaps.Add(1)
 		}
-		if _, err := c.resync(ctx, u.UserID, reason); err != nil {
-			// Stale now; its users still hear that the list changed.
+		// The update is news even when the refetched list equals the
+		// cached one (the origin says the list changed, and a client may
+		// hold an older copy): resync tells only of a different list, so
+		// the rest are told here. A failed resync leaves the list stale;
+		// its users still hear that it changed.
+		if changed, err := c.resync(ctx, u.UserID, reason); err != nil || !changed {
 			c.notifyChanged(u.UserID)
 		}
 		return nil

@@ -26,8 +26,7 @@ type Deps struct {
 }
 
 // Install connects the client API's E2EE handlers to federation and
-// registers the routes and EDU handlers. An OnEDU hook already set is
-// kept for the EDU types keysfed does not handle.
+// registers the routes and EDU handlers.
 func Install(d Deps) {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
@@ -76,27 +75,11 @@ func Install(d Deps) {
 		}
 		return resp, nil
 	})
-	prev := d.Fed.OnEDU
-	d.Fed.OnEDU = func(ctx context.Context, origin string, edu federation.EDU) {
-		var err error
-		switch edu.Type {
-		case "m.direct_to_device":
-			err = d.Client.FederationToDevice(origin, edu.Content)
-		case "m.device_list_update":
-			err = devlists.onDeviceListUpdate(ctx, origin, edu.Content)
-		case "m.signing_key_update":
-			err = devlists.onSigningKeyUpdate(ctx, origin, edu.Content)
-		default:
-			if prev != nil {
-				prev(ctx, origin, edu)
-			}
-			return
-		}
-		if err != nil {
-			// EDUs get no answer: a bad one is dropped.
-			log.Warn("dropping EDU", "type", edu.Type, "origin", origin, "err", err)
-		}
-	}
+	d.Fed.HandleEDU("m.direct_to_device", func(_ context.Context, origin string, content json.RawMessage) error {
+		return d.Client.FederationToDevice(origin, content)
+	})
+	d.Fed.HandleEDU("m.device_list_update", devlists.onDeviceListUpdate)
+	d.Fed.HandleEDU("m.signing_key_update", devlists.onSigningKeyUpdate)
 }
 
 func badJSON(msg string) error {

@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -61,5 +62,26 @@ func TestTypingExpiresAndWakes(t *testing.T) {
 	}
 	if ty.Serial() <= start {
 		t.Fatal("serial did not grow")
+	}
+}
+
+// TestTypingOnChange: the hook hears each change of a room's typing users,
+// the expiry of a notice included, and not a repeat of the same state.
+func TestTypingOnChange(t *testing.T) {
+	ty := NewTyping(New())
+	got := make(chan string, 10)
+	ty.OnChange = func(roomID string, users []string) { got <- roomID + " " + strings.Join(users, ",") }
+	ty.Set("!r", "@a", true, time.Second)
+	ty.Set("!r", "@a", true, time.Second) // still typing: no change
+	ty.Set("!r", "@b", true, 5*time.Second)
+	for _, want := range []string{"!r @a", "!r @a,@b", "!r @b"} {
+		select {
+		case g := <-got:
+			if g != want {
+				t.Fatalf("OnChange %q, want %q", g, want)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("no OnChange, want %q", want)
+		}
 	}
 }

@@ -14,6 +14,9 @@ type Typing struct {
 	rooms  map[string]*roomTyping
 	n      *Notifier
 	now    func() time.Time
+	// OnChange, if set before use, hears each room's typing users after
+	// a change (application services get them as m.typing).
+	OnChange func(roomID string, userIDs []string)
 }
 
 type roomTyping struct {
@@ -46,13 +49,18 @@ func (t *Typing) Set(roomID, userID string, typing bool, timeout time.Duration) 
 		delete(rt.until, userID)
 	}
 	changed := was != typing
+	var users []string
 	if changed {
 		t.serial++
 		rt.serial = t.serial
+		users = rt.users()
 	}
 	t.mu.Unlock()
 	if changed {
 		t.n.Notify(RoomKey(roomID))
+		if t.OnChange != nil {
+			t.OnChange(roomID, users)
+		}
 	}
 	if typing {
 		time.AfterFunc(min(max(timeout, time.Second), MaxTypingTimeout)+10*time.Millisecond, t.expire)
@@ -63,6 +71,7 @@ func (t *Typing) Set(roomID, userID string, typing bool, timeout time.Duration) 
 func (t *Typing) expire() {
 	now := t.now()
 	var woke []string
+	changes := map[string][]string{}
 	t.mu.Lock()
 	for roomID, rt := range t.rooms {
 		changed := false
@@ -76,10 +85,16 @@ func (t *Typing) expire() {
 			t.serial++
 			rt.serial = t.serial
 			woke = append(woke, RoomKey(roomID))
+			changes[roomID] = rt.users()
 		}
 	}
 	t.mu.Unlock()
 	t.n.Notify(woke...)
+	if t.OnChange != nil {
+		for roomID, users := range changes {
+			t.OnChange(roomID, users)
+		}
+	}
 }
 
 // Serial is the latest typing stream position.
@@ -97,10 +112,15 @@ func (t *Typing) Since(roomID string, since uint64) (users []string, changed boo
 	if rt == nil || (since != 0 && rt.serial <= since) || (since == 0 && len(rt.until) == 0) {
 		return nil, false
 	}
-	users = make([]string, 0, len(rt.until))
+	return rt.users(), true
+}
+
+// users lists who is typing, sorted; the caller holds t.mu.
+func (rt *roomTyping) users() []string {
+	users := make([]string, 0, len(rt.until))
 	for u := range rt.until {
 		users = append(users, u)
 	}
 	sort.Strings(users)
-	return users, true
+	return users
 }

@@ -102,6 +102,65 @@ func (s *Service) AuthStateFor(tx *store.Tx, ev *Event, st *State) (map[StateKey
 	return out, nil
 }
 
+// ResolveWithAuthEvents resolves local, the entries of a state we know
+// only partly that the auth rules look at for ev (AuthStateFor), against
+// ev's own auth events, with the room version's state resolution: what a
+// partial-state room checks an event against, as Synapse does. Missing
+// members come from the auth events; a membership the partial state got
+// wrong (accepted from an event the full state rejects) does not by
+// itself reject a later event that its auth events allow. It returns nil
+// when no entry of local differs from one of the auth events.
+func (s *Service) ResolveWithAuthEvents(tx *store.Tx, ev *Event, local map[StateKeyPair]*Event) (map[StateKeyPair]*Event, error) {
+	events := map[string]*Event{}
+	localIDs := make(StateMap, len(local))
+	for k, e := range local {
+		localIDs[k] = e.ID
+		events[e.ID] = e
+	}
+	claimed := StateMap{}
+	for _, aid := range ev.AuthEvents {
+		ae, err := s.EventByID(tx, aid)
+		if err != nil {
+			return nil, err
+		}
+		if ae.StateKey == nil || ae.Flags&store.FlagRejected != 0 {
+			continue
+		}
+		claimed[StateKeyPair{Type: ae.Type, StateKey: *ae.StateKey}] = ae.ID
+		events[ae.ID] = ae
+	}
+	conflict := false
+	for k, id := range claimed {
+		if l, ok := localIDs[k]; ok && l != id {
+			conflict = true
+			break
+		}
+	}
+	if !conflict {
+		return nil, nil // the common case: nothing to resolve
+	}
+	r := &Resolver{
+		Fetch:  func(eventID string) (*Event, error) { return s.EventByID(tx, eventID) },
+		GetKey: s.getKey,
+		Chains: s.chains,
+	}
+	resolved, err := r.Resolve(ev.Version, []StateMap{localIDs, claimed})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[StateKeyPair]*Event, len(resolved))
+	for k, id := range resolved {
+		e := events[id]
+		if e == nil {
+			if e, err = s.EventByID(tx, id); err != nil {
+				return nil, err
+			}
+		}
+		out[k] = e
+	}
+	return out, nil
+}
+
 // PersistRemote stores a remote event whose state before is before. With
 // flags holding FlagRejected, FlagSoftFailed or FlagOutlier the event is
 // only stored (it answers federation, it is not shown); otherwise it joins
@@ -124,6 +183,9 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 			return err
 		}
 		ev.NID, ev.StateBefore, ev.Flags = se.NID, before.ID, flags
+		if flags&(store.FlagRejected|store.FlagSoftFailed) == 0 {
+			IndexRelations(tx, ev, ev.NID) // an outlier is still a thread's event
+		}
 		tx.OnCommit(func() {
 			s.events.Add(ev.NID, ev)
 			Stats.RemoteEvents.Add(1)
@@ -188,9 +250,7 @@ func (s *Service) PersistRemote(tx *store.Tx, ev *Event, before *State, flags st
 	r.Depth = max(r.Depth, ev.Depth)
 	r.LastPos = se.Pos
 	tx.PutRoom(r)
-	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
-		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
-	}
+	IndexRelations(tx, ev, ev.NID)
 	if err := s.redactions(tx, r, ev); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	jsonv2 "encoding/json/v2"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"maunium.net/go/mautrix/crypto/canonicaljson"
 	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
 
@@ -225,6 +226,12 @@ func (s *Service) build(tx *store.Tx, r *store.Room, st *State, p Proto) (*Event
 	if len(p.Content) == 0 || p.Content[0] != '{' {
 		return nil, fmt.Errorf("%w: content must be a JSON object", ErrBadEvent)
 	}
+	// What this server signs has canonical JSON's numbers in every room
+	// version: v1-v5 allowed floats and big integers, but how they are
+	// written (and so signed) would depend on each peer's encoder.
+	if _, err := canonicaljson.CanonicalJSON(p.Content); err != nil {
+		return nil, fmt.Errorf("%w: content: floats and integers beyond 2^53 are not allowed", ErrBadEvent)
+	}
 	rv := Features(r.Version)
 	probe := &pdu.PDU{Type: p.Type, StateKey: p.StateKey, Sender: id.UserID(p.Sender), Content: jsonValue(p.Content)}
 	var authIDs []string
@@ -379,9 +386,7 @@ func (s *Service) persist(tx *store.Tx, r *store.Room, st *State, ev *Event) err
 	r.Depth = max(r.Depth, ev.Depth)
 	r.LastPos = pos
 	tx.PutRoom(r)
-	if rel := relatesTo(ev.Content); rel.EventID != "" && rel.RelType != "" {
-		tx.AddRelation(rel.EventID, rel.RelType, ev.NID)
-	}
+	IndexRelations(tx, ev, ev.NID)
 	if err := s.redactions(tx, r, ev); err != nil {
 		return err
 	}

@@ -11,8 +11,8 @@ import (
 // date): forward, the first with origin_server_ts >= ts; backward, the
 // last with origin_server_ts <= ts. Events with the same timestamp are
 // ordered topologically (depth, then arrival), so forward takes the first
-// of them and backward the last. Nil when there is none. It reads every
-// event of the room: a linear scan, fine for the rooms a small server holds.
+// of them and backward the last, as Synapse orders them. Nil when there
+// is none.
 func (s *Service) EventAtTimestamp(tx *store.Tx, roomID string, ts int64, forward bool) (*Event, error) {
 	r, err := tx.Room(roomID)
 	if errors.Is(err, store.ErrNotFound) {
@@ -20,23 +20,12 @@ func (s *Service) EventAtTimestamp(tx *store.Tx, roomID string, ts int64, forwar
 	} else if err != nil {
 		return nil, err
 	}
-	type key struct {
-		ts, depth int64
-		order     int64
-	}
-	less := func(a, b key) bool {
-		if a.ts != b.ts {
-			return a.ts < b.ts
-		}
-		if a.depth != b.depth {
-			return a.depth < b.depth
-		}
-		return a.order < b.order
-	}
+	// The store's timestamp ordering (timeline and backfilled events, by
+	// origin_server_ts, depth, then order in the room) gives the answer in
+	// one seek; an event that cannot be loaded is passed over.
 	var best *Event
-	var bestKey key
 	var ferr error
-	consider := func(nid uint64, order int64) bool {
+	tx.EventsByTimestamp(r.NID, ts, forward, func(nid uint64) bool {
 		ev, err := s.Event(tx, nid)
 		if errors.Is(err, ErrEventNotFound) {
 			return true
@@ -44,19 +33,8 @@ func (s *Service) EventAtTimestamp(tx *store.Tx, roomID string, ts int64, forwar
 			ferr = err
 			return false
 		}
-		k := key{ev.OriginServerTS, ev.Depth, order}
-		if forward && ev.OriginServerTS >= ts && (best == nil || less(k, bestKey)) ||
-			!forward && ev.OriginServerTS <= ts && (best == nil || less(bestKey, k)) {
-			best, bestKey = ev, k
-		}
-		return true
-	}
-	// Backfilled history is older than the timeline; its seq grows towards
-	// the past.
-	tx.Backfilled(r.NID, 0, func(seq, nid uint64) bool { return consider(nid, -int64(seq)) })
-	if ferr != nil {
-		return nil, ferr
-	}
-	tx.Timeline(r.NID, 0, false, func(pos, nid uint64) bool { return consider(nid, int64(pos)) })
+		best = ev
+		return false
+	})
 	return best, ferr
 }

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"maunium.net/go/mautrix/crypto/canonicaljson"
 	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
 
@@ -150,7 +149,7 @@ func CheckPDU(version string, raw []byte) (*Checked, error) {
 	}
 	c := &Checked{}
 	// Content hash: the event without unsigned, signatures and hashes.
-	body, err := canonicaljson.CanonicalJSON(joinMembers(make([]byte, 0, len(raw)), ms, func(n string) bool {
+	body, err := canonicalFor(rv, joinMembers(make([]byte, 0, len(raw)), ms, func(n string) bool {
 		return n != "signatures" && n != "hashes"
 	}, nil))
 	if err != nil {
@@ -182,7 +181,7 @@ func CheckPDU(version string, raw []byte) (*Checked, error) {
 	redacted := joinMembers(make([]byte, 0, len(raw)), ms, func(n string) bool {
 		return n != "signatures" && (n == "content" || slices.Contains(keep, n))
 	}, replace)
-	if c.signed, err = canonicaljson.CanonicalJSON(redacted); err != nil {
+	if c.signed, err = canonicalFor(rv, redacted); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
 	if len(sigs) > 0 {

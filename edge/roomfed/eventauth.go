@@ -104,8 +104,14 @@ func (e *Engine) storeOutliers(tx *store.Tx, r *store.Room, evs []*room.Event, s
 		} else {
 			accepted[ev.ID] = ev
 		}
-		if err := tx.PutEvent(&store.Event{EventID: ev.ID, RoomNID: r.NID, Flags: flags, JSON: ev.Raw}); err != nil {
+		se := &store.Event{EventID: ev.ID, RoomNID: r.NID, Flags: flags, JSON: ev.Raw}
+		if err := tx.PutEvent(se); err != nil {
 			return err
+		}
+		if flags&store.FlagRejected == 0 {
+			// a thread's events fetched by /event_relationships are
+			// outliers that later walks find by their parent
+			room.IndexRelations(tx, ev, se.NID)
 		}
 		*stored++
 	}

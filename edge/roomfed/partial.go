@@ -114,15 +114,15 @@ type partialRunner struct {
 	// running maps a room to a channel closed when its resync ends.
 	running map[string]chan struct{}
 	// onFull is told of each room that got its full state (after commit).
-	onFull func(roomID string, joinPos uint64, servers []string)
+	onFull func(roomID, joinEventID string, joinPos uint64, servers []string)
 }
 
 // OnFullState sets what is told, after the commit, that a partial-state
-// room got its full state, with the stream position of the join and the
-// servers it named: the client API wakes the room's syncs (which show the
+// room got its full state, with our join event, its stream position and
+// the servers it named: the client API wakes the room's syncs (which show the
 // room to clients that do not lazy-load members only now) and sends the
 // servers the partial state hid the device list changes they missed.
-func (e *Engine) OnFullState(f func(roomID string, joinPos uint64, servers []string)) {
+func (e *Engine) OnFullState(f func(roomID, joinEventID string, joinPos uint64, servers []string)) {
 	e.partial.onFull = f
 }
 
@@ -169,7 +169,16 @@ func (e *Engine) authorizeState(tx *store.Tx, ev *room.Event, st *room.State) er
 	if err != nil {
 		return err
 	}
-	fillFromAuthEvents(tx, e.rooms, ev, m)
+	// The partial state may hold a membership the full state would not
+	// (an event accepted only because members were missing): resolve it
+	// against the event's auth events, as Synapse does. With nothing in
+	// conflict, or should that fail (an auth chain we lack), the missing
+	// members are filled in from the auth events.
+	if r, err := e.rooms.ResolveWithAuthEvents(tx, ev, m); err == nil && r != nil {
+		m = r
+	} else {
+		fillFromAuthEvents(tx, e.rooms, ev, m)
+	}
 	return room.AuthorizeAgainst(ev, m, e.fed.Keyring.GetKey)
 }
 
@@ -618,7 +627,7 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 		tx.PutRoom(r)
 		tx.CompletePartialState(ps.RoomID)
 		if f := e.partial.onFull; f != nil {
-			tx.OnCommit(func() { f(ps.RoomID, join.Pos, ps.Servers) })
+			tx.OnCommit(func() { f(ps.RoomID, join.ID, join.Pos, ps.Servers) })
 		}
 		return nil
 	})

@@ -26,6 +26,7 @@ func (e *Engine) routes() {
 	e.fed.HandleRoom("GET /_matrix/federation/v1/make_knock/{roomId}/{userId}", e.serveMakeKnock)
 	e.fed.HandleRoom("PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}", e.serveSendKnock)
 	e.fed.HandleRoom("GET /_matrix/federation/v1/hierarchy/{roomId}", e.serveHierarchy)
+	e.fed.Handle("POST "+threadPath, e.serveEventRelationships) // room ID in the body: ACL checked there
 }
 
 // v1Answer serves a deprecated v1 send_join or send_leave with its v2

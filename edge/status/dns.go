@@ -2,9 +2,7 @@ package status
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -16,84 +14,39 @@ import (
 )
 
 // lookup asks the configured nameservers directly (not the host's stub),
-// so `edge status` sees what the node's resolver sees. It is separate from
-// the resolver's lookups because the report wants both SRV names, which
-// discovery itself stops short of.
+// through wellknown's DNS client, so `edge status` sees what the node's
+// resolver sees; unlike discovery, which stops at the first SRV name that
+// answers, the report asks both SRV names and every target's addresses.
 type lookup struct {
-	servers []string
-	timeout time.Duration
-	dns     *DNS
-	seen    map[string]bool // hosts already in dns.Hosts
+	wk   *wellknown.Lookup
+	dns  *DNS
+	seen map[string]bool // hosts already in dns.Hosts
 }
 
-// ask sends one question to each nameserver in turn until one answers.
-func (l *lookup) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	m.SetEdns0(1232, false)
-	var errs []error
-	for _, s := range l.servers {
-		c := &dns.Client{Net: "udp", Timeout: l.timeout}
-		resp, _, err := c.ExchangeContext(ctx, m, s)
-		if err == nil && resp.Truncated {
-			c.Net = "tcp"
-			resp, _, err = c.ExchangeContext(ctx, m, s)
-		}
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: %w", s, err))
-		case resp.Rcode == dns.RcodeSuccess || resp.Rcode == dns.RcodeNameError:
-			return resp, nil
-		default:
-			errs = append(errs, fmt.Errorf("%s: %s", s, dns.RcodeToString[resp.Rcode]))
-		}
-	}
-	if len(errs) == 0 {
-		return nil, errors.New("no nameservers")
-	}
-	return nil, errors.Join(errs...)
+func newLookup(servers []string, timeout time.Duration, d *DNS) *lookup {
+	return &lookup{wk: wellknown.NewLookup(servers, timeout), dns: d, seen: map[string]bool{}}
 }
 
 // records returns name's records of qtype, following CNAMEs (recorded in
-// the report) within answers and by asking again.
+// the report).
 func (l *lookup) records(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
-	cur := dns.Fqdn(name)
-	for range 8 {
-		resp, err := l.ask(ctx, cur, qtype)
-		if err != nil {
-			return nil, err
-		}
-		asked := cur
-		for {
-			next := ""
-			for _, rr := range resp.Answer {
-				if c, ok := rr.(*dns.CNAME); ok && strings.EqualFold(c.Hdr.Name, cur) {
-					next = c.Target
-				}
-			}
-			if next == "" || strings.EqualFold(next, cur) {
-				break
-			}
-			l.cname(cur, next)
-			cur = next
-		}
-		var out []dns.RR
-		for _, rr := range resp.Answer {
-			if h := rr.Header(); h.Rrtype == qtype && strings.EqualFold(h.Name, cur) {
-				out = append(out, rr)
-			}
-		}
-		if len(out) > 0 || cur == asked || resp.Rcode == dns.RcodeNameError {
-			return out, nil
-		}
-	}
-	return nil, fmt.Errorf("more than 8 CNAME hops from %s", name)
+	rrs, trace, err := l.wk.Records(ctx, name, qtype)
+	l.cnames(trace)
+	return rrs, err
 }
 
-func (l *lookup) cname(from, to string) {
-	s := strings.TrimSuffix(from, ".") + " → " + strings.TrimSuffix(to, ".")
-	if !slices.Contains(l.dns.CNAMEs, s) {
-		l.dns.CNAMEs = append(l.dns.CNAMEs, s)
+// cnames records every CNAME the questions met, once each.
+func (l *lookup) cnames(trace []wellknown.DNSQuery) {
+	for _, q := range trace {
+		for _, a := range q.Answers {
+			if a.Type != "CNAME" {
+				continue
+			}
+			s := strings.TrimSuffix(a.Name, ".") + " → " + strings.TrimSuffix(strings.TrimSpace(a.Value), ".")
+			if !slices.Contains(l.dns.CNAMEs, s) {
+				l.dns.CNAMEs = append(l.dns.CNAMEs, s)
+			}
+		}
 	}
 }
 
@@ -102,32 +55,10 @@ func (l *lookup) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
-	var out []netip.Addr
-	var errs []error
-	for _, qt := range []uint16{dns.TypeAAAA, dns.TypeA} {
-		rrs, err := l.records(ctx, host, qt)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s %s: %w", dns.TypeToString[qt], host, err))
-			continue
-		}
-		for _, rr := range rrs {
-			var ip net.IP
-			switch rr := rr.(type) {
-			case *dns.AAAA:
-				ip = rr.AAAA
-			case *dns.A:
-				ip = rr.A.To4()
-			}
-			if a, ok := netip.AddrFromSlice(ip); ok {
-				out = append(out, a)
-			}
-		}
-	}
-	var err error
-	if len(out) == 0 {
-		if err = errors.Join(errs...); err == nil {
-			err = fmt.Errorf("%s has no A or AAAA record", host)
-		}
+	out, trace, err := l.wk.Addrs(ctx, host)
+	l.cnames(trace)
+	if len(out) == 0 && err == nil {
+		err = fmt.Errorf("%s has no A or AAAA record", host)
 	}
 	key := strings.ToLower(strings.TrimSuffix(host, "."))
 	if !l.seen[key] {

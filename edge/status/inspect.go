@@ -190,7 +190,7 @@ func (in *inspector) wellKnownSection(rrep *wellknown.Report) {
 // dnsSection looks up what discovery looks up, but both SRV names always.
 func (in *inspector) dnsSection(ctx context.Context, rrep *wellknown.Report) {
 	d := &in.rep.DNS
-	l := &lookup{servers: d.Nameservers, timeout: in.opts.Timeout, dns: d, seen: map[string]bool{}}
+	l := newLookup(d.Nameservers, in.opts.Timeout, d)
 	name, err := wellknown.ParseServerName(in.rep.ServerName)
 	if err != nil {
 		return
@@ -399,7 +399,7 @@ func (in *inspector) dialer(port int) func(ctx context.Context, network, addr st
 		if port != 0 {
 			p = strconv.Itoa(port)
 		}
-		l := &lookup{servers: in.rep.DNS.Nameservers, timeout: in.opts.Timeout, dns: &DNS{}, seen: map[string]bool{}}
+		l := newLookup(in.rep.DNS.Nameservers, in.opts.Timeout, &DNS{})
 		addrs, err := l.addrs(ctx, host)
 		if err != nil {
 			return nil, err

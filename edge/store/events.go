@@ -322,6 +322,7 @@ func (t *Tx) Rooms(fn func(*Room) bool) error {
 // AppendTimeline places an event at stream position pos in its room's timeline.
 func (t *Tx) AppendTimeline(roomNID, pos, eventNID uint64) {
 	must(t.tx.Bucket(bTimeline).Put(nidPos(roomNID, pos), u64(eventNID)))
+	t.indexTimeline(roomNID, pos, eventNID)
 }
 
 // Timeline walks a room's timeline from position from (inclusive), forwards
@@ -435,6 +436,7 @@ func (t *Tx) AddBackfilled(roomNID, eventNID uint64) uint64 {
 	t.PutKV(backfillNextNS, hex16(roomNID), []byte(hex16(seq)))
 	t.PutKV(backfillOrderNS, hex16(roomNID)+hex16(seq), u64(eventNID))
 	t.PutKV(backfillIndexNS, hex16(eventNID), []byte(hex16(seq)))
+	t.indexBackfilled(roomNID, seq, eventNID)
 	return seq
 }
 

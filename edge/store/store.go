@@ -40,7 +40,7 @@ type writeReq struct {
 
 // schemaVersion is the version this code writes; migrations bring older
 // files up to it, one step at a time, each in its own transaction.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var migrations = []func(*bolt.Tx) error{
 	// 0 → 1: the initial catalog.
@@ -52,6 +52,8 @@ var migrations = []func(*bolt.Tx) error{
 		}
 		return nil
 	},
+	// 1 → 2: the topological and timestamp orderings of room events.
+	migrateOrderings,
 }
 
 // Open opens or creates the database at path and migrates it.
@@ -72,6 +74,10 @@ func Open(path string) (*Store, error) {
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if err := s.fillOrderings(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: filling the event orderings: %w", path, err)
 	}
 	if err := db.View(func(tx *bolt.Tx) error {
 		s.pos.Store(getU64(tx.Bucket(bMeta).Get(keyPos)))

@@ -120,6 +120,23 @@ func BenchmarkJoinLargeRoom(b *testing.B) {
 	}
 	b.ReportMetric(float64(time.Since(t0).Milliseconds()), "partial-first-event-ms")
 	b.ReportMetric(float64(vmHWM(b, joiner.proc.cmd.Process.Pid))/1024, "partial-joiner-RSS-MiB")
+	// Then until the resync has the whole state: an eager sync shows the
+	// room only then. The joiner's peak is the resync's.
+	for {
+		resp, err := bob.SyncRequest(context.Background(), 0, "", `{"room":{"timeline":{"limit":1}}}`, false, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, ok := resp.Rooms.Join[roomID]; ok {
+			break
+		}
+		if time.Since(t0) > 10*time.Minute {
+			b.Fatal("the partially joined room's resync never ended")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b.ReportMetric(float64(time.Since(t0).Milliseconds()), "partial-full-state-ms")
+	b.ReportMetric(float64(vmHWM(b, joiner.proc.cmd.Process.Pid))/1024, "resync-joiner-peak-RSS-MiB")
 	joiner.proc.kill()
 }
 

@@ -26,6 +26,9 @@ var (
 	ErrForbidden     = errors.New("forbidden by the room's auth rules")
 	ErrTooLarge      = errors.New("event exceeds 65536 bytes")
 	ErrUnsupported   = errors.New("unsupported room version")
+	// ErrTooComplex refuses a join whose answer holds more events than
+	// this server is configured to take.
+	ErrTooComplex = errors.New("room too large to join")
 )
 
 // Signer is the identity that signs this node's events.

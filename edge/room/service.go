@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	jsonv2 "encoding/json/v2"
@@ -43,6 +44,12 @@ type Service struct {
 	signer Signer
 	states *stateCache
 	events *lru.Cache[uint64, *Event]
+	// evictVer is the Version of the latest write that evicted an event:
+	// a reader from an older snapshot may hold the record as it was, and
+	// does not cache it. evictMu orders that check and the caching
+	// against evictions.
+	evictMu  sync.Mutex
+	evictVer uint64
 	// chains and resolutions serve the resolutions of forks (forks.go).
 	chains      *AuthChainLRU
 	resolutions *weighted[string, uint64]
@@ -78,7 +85,10 @@ func New(signer Signer, sizes CacheSizes) *Service {
 // the event cache, now and again when tx commits (a reader may have cached
 // the old record meanwhile). Cached events are shared and never mutated.
 func (s *Service) Evict(tx *store.Tx, nid uint64) {
+	s.evictMu.Lock()
+	s.evictVer = max(s.evictVer, tx.Version())
 	s.events.Remove(nid)
+	s.evictMu.Unlock()
 	tx.OnCommit(func() { s.events.Remove(nid) })
 }
 
@@ -121,7 +131,15 @@ func (s *Service) Event(tx *store.Tx, nid uint64) (*Event, error) {
 	if tx.Writable() {
 		tx.OnCommit(func() { s.events.Add(nid, ev) })
 	} else {
-		s.events.Add(nid, ev)
+		// A read that began before a write rewrote this record (its
+		// snapshot is older) would cache the old record after the
+		// write's commit-time eviction, for every later reader: a
+		// partial-state room's join kept its partial state that way.
+		s.evictMu.Lock()
+		if tx.Version() >= s.evictVer {
+			s.events.Add(nid, ev)
+		}
+		s.evictMu.Unlock()
 	}
 	return ev, nil
 }

@@ -33,11 +33,12 @@ const (
 	// DefaultMaxJoinEvents bounds the events a join (or a resync's state
 	// fetch) holds parsed until its final transaction, the answer's byte
 	// bound being no bound on them: 1 GiB of tiny events is ~5 million.
-	// A 100k-member join peaks at 222-257 MiB (BENCHMARKS.md), ~2.4 KiB
-	// an event with the GC's headroom; a hostile answer's tiny events
-	// cost less (see TestRoomFedJoinEventCap). 400,000 keeps the joiner
-	// under ~1 GiB and takes rooms four times Matrix HQ's membership.
-	DefaultMaxJoinEvents = 400_000
+	// Measured on a 100k-member room (BENCHMARKS.md): a full join peaks
+	// at 236 MiB, ~2.4 KiB an event with the GC's headroom; a faster
+	// join's resync at ~500 MiB, ~5 KiB an event (it completes the state
+	// in one transaction). 200,000 keeps either under ~1 GiB and takes a
+	// room twice that size; a hostile answer's tiny events cost less.
+	DefaultMaxJoinEvents = 200_000
 )
 
 // joinEvent is a checked event of the answer, and whether the answer

@@ -9,7 +9,8 @@ import (
 // federation transport, the room service and the client API's joins,
 // knocks, invites, leaves and backfill.
 func (n *Node) attachRoomFederation() error {
-	eng := roomfed.New(roomfed.Deps{Fed: n.Fed, Rooms: n.Rooms, Store: n.Store, Log: n.Log, FasterJoins: n.Config.Federation.FasterJoins})
+	eng := roomfed.New(roomfed.Deps{Fed: n.Fed, Rooms: n.Rooms, Store: n.Store, Log: n.Log, FasterJoins: n.Config.Federation.FasterJoins,
+		MaxJoinEvents: n.Config.Federation.MaxJoinEvents})
 	n.Client.RemoteJoin = eng.Join
 	n.Client.RemoteKnock = eng.Knock
 	n.Client.RemoteBackfill = eng.Backfill

@@ -65,6 +65,9 @@ func toError(err error) *Error {
 		return errForbidden("%s", err.Error())
 	case errors.Is(err, room.ErrTooLarge):
 		return newErr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Event too large")
+	case errors.Is(err, room.ErrTooComplex):
+		// As Synapse refuses a room over its complexity limit.
+		return newErr(http.StatusBadRequest, "M_RESOURCE_LIMIT_EXCEEDED", "%s", err.Error())
 	case errors.Is(err, room.ErrUnsupported):
 		return newErr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "%s", err.Error())
 	case errors.Is(err, room.ErrBadEvent):

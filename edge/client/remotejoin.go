@@ -52,7 +52,7 @@ func (s *Server) remoteJoinVia(r *http.Request, sess *Session, roomID string, se
 	switch {
 	case errors.Is(err, room.ErrRoomNotFound):
 		return nil, errNotFound("No server could join %s", roomID)
-	case errors.Is(err, room.ErrForbidden), errors.Is(err, room.ErrUnsupported):
+	case errors.Is(err, room.ErrForbidden), errors.Is(err, room.ErrUnsupported), errors.Is(err, room.ErrTooComplex):
 		return nil, err
 	case err != nil:
 		s.Log.Info("remote join failed", "room_id", roomID, "user_id", sess.UserID, "err", err)

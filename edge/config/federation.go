@@ -72,6 +72,12 @@ type Federation struct {
 	// room opens at once and the members arrive in the background. Off:
 	// every join waits for the full state.
 	FasterJoins bool `yaml:"faster_joins"`
+
+	// MaxJoinEvents bounds the state and auth chain events a join takes
+	// (default 0: roomfed.DefaultMaxJoinEvents, which keeps the joiner
+	// under ~1 GiB): a join over it is refused with
+	// M_RESOURCE_LIMIT_EXCEEDED.
+	MaxJoinEvents int `yaml:"max_join_events"`
 }
 
 // TrustedKeyServer is one notary: its server name and the verify keys
@@ -155,6 +161,8 @@ func (f *Federation) validate() error {
 		return field("retry_min_interval", "must be positive")
 	case f.RetryMaxInterval < f.RetryMinInterval:
 		return field("retry_max_interval", "must not be below retry_min_interval")
+	case f.MaxJoinEvents < 0:
+		return field("max_join_events", "must not be negative")
 	}
 	return nil
 }

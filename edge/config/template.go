@@ -63,8 +63,11 @@ federation:
   # Join rooms without waiting for their members (partial-state joins);
   # the full state is fetched in the background.
   faster_joins: %t
+  # Most state and auth chain events a join takes (0: the default,
+  # 200000, which keeps a join under ~1 GiB); larger rooms are refused.
+  max_join_events: %d
 `, yamlList(f.Nameservers), f.TrustCAFile, f.RequestTimeout, f.MaxRequestBytes, f.MaxResponseBytes, f.KeyCacheSize,
-		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval, f.Presence, f.FasterJoins)
+		f.QueueLimit, f.RetryMinInterval, f.RetryMaxInterval, f.Presence, f.FasterJoins, f.MaxJoinEvents)
 	return b.String()
 }
 

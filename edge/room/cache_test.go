@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"edge/edge/store"
 )
@@ -185,4 +187,90 @@ func TestPowerLevelsMemo(t *testing.T) {
 	if v, ok := second.named[plBan].value(); !ok || v != 70 {
 		t.Errorf("ban level %d (%v), want 70", v, ok)
 	}
+}
+
+// TestEvictStaleReader: a read that began before a write rewrote an event
+// (its flags here; a partial-state room's join its state) and loads the
+// event after that write committed must not leave the old record in the
+// cache for every later reader.
+func TestEvictStaleReader(t *testing.T) {
+	st := tempStore(t)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s := New(Signer{ServerName: "example.org", KeyID: "ed25519:a", Key: priv},
+		CacheSizes{StateSnapshots: 8, StateEntries: 1 << 16, Events: 256, AuthChainIDs: 1 << 16, Resolutions: 8})
+	const alice = "@alice:example.org"
+	var nid uint64
+	if err := st.Write(func(tx *store.Tx) error {
+		roomID, err := s.CreateRoom(tx, CreateOptions{Creator: alice, Version: "10", Preset: "public_chat"})
+		if err != nil {
+			return err
+		}
+		ev, err := s.Send(tx, roomID, Proto{Type: "m.room.message", Sender: alice, Content: json.RawMessage(`{"msgtype":"m.text","body":"hi"}`)})
+		if err != nil {
+			return err
+		}
+		nid = ev.NID
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.events.Purge()
+	// Room to write in without growing the file: bbolt remaps a growing
+	// file only once no read is open, which would hold the write up.
+	if err := st.Write(func(tx *store.Tx) error {
+		for i := range 64 {
+			tx.PutKV("test-padding", fmt.Sprint(i), make([]byte, 64<<10))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Write(func(tx *store.Tx) error {
+		for i := range 64 {
+			tx.DeleteKV("test-padding", fmt.Sprint(i))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	began, written, read := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		read <- st.View(func(tx *store.Tx) error {
+			close(began)
+			select {
+			case <-written:
+			case <-time.After(10 * time.Second):
+				return errors.New("the write did not commit while a read was open")
+			}
+			_, err := s.Event(tx, nid) // the old record: this read's snapshot
+			return err
+		})
+	}()
+	<-began
+	if err := st.Write(func(tx *store.Tx) error {
+		se, err := tx.Event(nid)
+		if err != nil {
+			return err
+		}
+		se.Flags |= store.FlagSoftFailed
+		tx.UpdateEvent(se)
+		s.Evict(tx, nid)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(written)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	_ = st.View(func(tx *store.Tx) error {
+		ev, err := s.Event(tx, nid)
+		if err != nil {
+			t.Error(err)
+		} else if ev.Flags&store.FlagSoftFailed == 0 {
+			t.Error("a later reader got the record as it was before the write: a stale reader cached it")
+		}
+		return nil
+	})
 }

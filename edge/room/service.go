@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	jsonv2 "encoding/json/v2"
@@ -27,6 +28,9 @@ var (
 	ErrForbidden     = errors.New("forbidden by the room's auth rules")
 	ErrTooLarge      = errors.New("event exceeds 65536 bytes")
 	ErrUnsupported   = errors.New("unsupported room version")
+	// ErrTooComplex refuses a join whose answer holds more events than
+	// this server is configured to take.
+	ErrTooComplex = errors.New("room too large to join")
 )
 
 // Signer is the identity that signs this node's events.
@@ -41,6 +45,12 @@ type Service struct {
 	signer Signer
 	states *stateCache
 	events *lru.Cache[uint64, *Event]
+	// evictVer is the Version of the latest write that evicted an event:
+	// a reader from an older snapshot may hold the record as it was, and
+	// does not cache it. evictMu orders that check and the caching
+	// against evictions.
+	evictMu  sync.Mutex
+	evictVer uint64
 	// chains and resolutions serve the resolutions of forks (forks.go).
 	chains      *AuthChainLRU
 	resolutions *weighted[string, uint64]
@@ -76,7 +86,10 @@ func New(signer Signer, sizes CacheSizes) *Service {
 // the event cache, now and again when tx commits (a reader may have cached
 // the old record meanwhile). Cached events are shared and never mutated.
 func (s *Service) Evict(tx *store.Tx, nid uint64) {
+	s.evictMu.Lock()
+	s.evictVer = max(s.evictVer, tx.Version())
 	s.events.Remove(nid)
+	s.evictMu.Unlock()
 	tx.OnCommit(func() { s.events.Remove(nid) })
 }
 
@@ -119,7 +132,15 @@ func (s *Service) Event(tx *store.Tx, nid uint64) (*Event, error) {
 	if tx.Writable() {
 		tx.OnCommit(func() { s.events.Add(nid, ev) })
 	} else {
-		s.events.Add(nid, ev)
+		// A read that began before a write rewrote this record (its
+		// snapshot is older) would cache the old record after the
+		// write's commit-time eviction, for every later reader: a
+		// partial-state room's join kept its partial state that way.
+		s.evictMu.Lock()
+		if tx.Version() >= s.evictVer {
+			s.events.Add(nid, ev)
+		}
+		s.evictMu.Unlock()
 	}
 	return ev, nil
 }

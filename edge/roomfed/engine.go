@@ -1,6 +1,7 @@
 package roomfed
 
 import (
+	"cmp"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -21,6 +22,9 @@ type Deps struct {
 	Log   *slog.Logger
 	// FasterJoins asks for partial-state joins (omit_members).
 	FasterJoins bool
+	// MaxJoinEvents bounds the state and auth chain events a join, or a
+	// state fetch, takes (0: DefaultMaxJoinEvents).
+	MaxJoinEvents int
 }
 
 // Engine federates the node's rooms. New plugs it into the federation
@@ -31,8 +35,9 @@ type Engine struct {
 	store *store.Store
 	log   *slog.Logger
 	name  string
-	// fasterJoins: see Deps.
-	fasterJoins bool
+	// fasterJoins, maxJoinEvents: see Deps.
+	fasterJoins   bool
+	maxJoinEvents int
 
 	mu    sync.Mutex
 	locks map[string]*roomLock
@@ -57,7 +62,8 @@ func New(d Deps) *Engine {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{fed: d.Fed, rooms: d.Rooms, store: d.Store, log: d.Log.With("component", "roomfed"),
-		name: d.Rooms.ServerName(), locks: map[string]*roomLock{}, fasterJoins: d.FasterJoins}
+		name: d.Rooms.ServerName(), locks: map[string]*roomLock{}, fasterJoins: d.FasterJoins,
+		maxJoinEvents: cmp.Or(d.MaxJoinEvents, DefaultMaxJoinEvents)}
 	d.Fed.OnPDUs = e.onPDUs
 	d.Rooms.InTx = e.queueLocal
 	e.routes()

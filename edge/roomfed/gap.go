@@ -105,17 +105,21 @@ func (e *Engine) fetchStateAt(ctx context.Context, srv, version, roomID, eventID
 	if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/state_ids/"+url.PathEscape(roomID)+q, &ids); err != nil {
 		return ids, err
 	}
-	wanted := make(map[string]bool, len(ids.PDUs)+len(ids.AuthChain))
+	// The IDs we lack, each once: /state's answer is read as a stream
+	// and only these are kept of it (streamState).
+	seen := make(map[string]bool, len(ids.PDUs)+len(ids.AuthChain))
+	unknownSet := map[string]bool{}
 	var unknown []string
 	err := e.store.View(func(tx *store.Tx) error {
 		for _, list := range [][]string{ids.AuthChain, ids.PDUs} {
 			for _, eid := range list {
-				if wanted[eid] {
+				if seen[eid] {
 					continue
 				}
-				wanted[eid] = true
+				seen[eid] = true
 				if _, err := tx.EventNID(eid); err != nil {
 					unknown = append(unknown, eid)
+					unknownSet[eid] = true
 				}
 			}
 		}
@@ -127,14 +131,7 @@ func (e *Engine) fetchStateAt(ctx context.Context, srv, version, roomID, eventID
 	if len(unknown) <= stateFetchAbove {
 		return ids, e.fetchEvents(ctx, srv, version, roomID, unknown)
 	}
-	var st struct {
-		PDUs      []json.RawMessage `json:"pdus"`
-		AuthChain []json.RawMessage `json:"auth_chain"`
-	}
-	if err := e.fed.Client.Get(ctx, srv, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, &st); err != nil {
-		return ids, err
-	}
-	return ids, e.storeFetched(version, roomID, append(st.AuthChain, st.PDUs...), wanted)
+	return ids, e.streamState(ctx, srv, version, roomID, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, unknownSet)
 }
 
 // fetchEvents fetches from srv, checks and stores as outliers the events

@@ -128,7 +128,7 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 	start := time.Now()
 	err = e.fed.Client.DoStream(ctx, http.MethodPut, srv, path, json.RawMessage(signed), maxJoinAnswerBytes, func(r io.Reader) error {
 		if known {
-			return decodeJoinAnswer(r, ans, func([]byte, bool) bool { return true })
+			return decodeJoinAnswer(r, ans, "state", func([]byte, bool) bool { return true })
 		}
 		var err error
 		ans, err = e.readJoin(ctx, version, roomID, roomNID, r)
@@ -255,6 +255,67 @@ func authLevels(ordered []*joinEvent) [][]*joinEvent {
 	return out
 }
 
+// byDepth lists the answer's stored events oldest first (stable), so
+// each one's auth events come before it.
+func (ans *joinAnswer) byDepth() []*joinEvent {
+	ordered := make([]*joinEvent, 0, len(ans.stored))
+	for _, ev := range ans.stored {
+		ordered = append(ordered, ans.events[ev.ID])
+	}
+	slices.SortStableFunc(ordered, func(a, b *joinEvent) int { return cmp.Compare(a.Depth, b.Depth) })
+	return ordered
+}
+
+// find looks an event up among the answer's, else in outside (events
+// judged before); nil when it is in neither.
+func (ans *joinAnswer) find(outside map[string]*room.Event) func(string) *room.Event {
+	return func(eid string) *room.Event {
+		if je := ans.events[eid]; je != nil {
+			return je.Event
+		}
+		return outside[eid]
+	}
+}
+
+// authoriseByLevels judges ordered (oldest first) against their auth
+// events, which find looks up; an event whose auth event failed fails
+// too. It returns the rejected.
+// By levels of the auth graph within ordered, each level on every core:
+// an event's level is one more than its auth events' highest, so one
+// level's events are judged on the verdicts of lower levels only (in a
+// big room nearly every member event is on one level). rejected is
+// written between levels, never while they are judged.
+func (e *Engine) authoriseByLevels(ordered []*joinEvent, find func(string) *room.Event) (rejected map[string]bool, rejectedEvs []*room.Event) {
+	rejected = map[string]bool{}
+	lookup := func(eid string) (*room.Event, error) {
+		if ev := find(eid); ev != nil && !rejected[eid] {
+			return ev, nil
+		}
+		return nil, room.ErrEventNotFound
+	}
+	for _, lvl := range authLevels(ordered) {
+		errs := make([]error, len(lvl))
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range min(runtime.GOMAXPROCS(0), max(1, len(lvl)/256)) {
+			wg.Go(func() {
+				for i := int(next.Add(1) - 1); i < len(lvl); i = int(next.Add(1) - 1) {
+					errs[i] = room.Authorize(lvl[i].Event, lookup, e.fed.Keyring.GetKey)
+				}
+			})
+		}
+		wg.Wait()
+		for i, je := range lvl {
+			if errs[i] != nil {
+				e.log.Info("fetched state event fails auth", "event_id", je.ID, "err", errs[i])
+				rejected[je.ID] = true
+				rejectedEvs = append(rejectedEvs, je.Event)
+			}
+		}
+	}
+	return rejected, rejectedEvs
+}
+
 // holds tells whether this server has accepted eventID before: a rejoin's
 // auth events name the user's own last membership, which a members-omitted
 // answer need not carry.
@@ -277,43 +338,13 @@ func (e *Engine) holds(eventID string) bool {
 // // events without the join) with its greatest depth, and the rejected
 // events.
 func (e *Engine) verifyJoinAnswer(version string, join *room.Event, ans *joinAnswer) (state []*room.Event, depth int64, rejectedEvs []*room.Event, err error) {
-	// Authorise oldest first so each event's auth events were judged.
-	ordered := make([]*joinEvent, 0, len(ans.events))
-	for _, ev := range ans.stored {
-		ordered = append(ordered, ans.events[ev.ID])
-	}
-	slices.SortStableFunc(ordered, func(a, b *joinEvent) int { return cmp.Compare(a.Depth, b.Depth) })
-	rejected := map[string]bool{}
+	ordered := ans.byDepth()
+	rejected, rejectedEvs := e.authoriseByLevels(ordered, ans.find(nil))
 	lookup := func(eid string) (*room.Event, error) {
 		if je := ans.events[eid]; je != nil && !rejected[eid] {
 			return je.Event, nil
 		}
 		return nil, room.ErrEventNotFound
-	}
-	// By levels of the auth graph within the answer, each level on every
-	// core: an event's level is one more than its auth events' highest,
-	// so one level's events are judged on the verdicts of lower levels
-	// only (in a big room nearly every member event is on one level).
-	// rejected is written between levels, never while they are judged.
-	for _, lvl := range authLevels(ordered) {
-		errs := make([]error, len(lvl))
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for range min(runtime.GOMAXPROCS(0), max(1, len(lvl)/256)) {
-			wg.Go(func() {
-				for i := int(next.Add(1) - 1); i < len(lvl); i = int(next.Add(1) - 1) {
-					errs[i] = room.Authorize(lvl[i].Event, lookup, e.fed.Keyring.GetKey)
-				}
-			})
-		}
-		wg.Wait()
-		for i, je := range lvl {
-			if errs[i] != nil {
-				e.log.Info("send_join state event fails auth", "event_id", je.ID, "err", errs[i])
-				rejected[je.ID] = true
-				rejectedEvs = append(rejectedEvs, je.Event)
-			}
-		}
 	}
 	for _, aid := range join.AuthEvents {
 		if _, err := lookup(aid); err != nil && !e.holds(aid) {

@@ -8,6 +8,7 @@ import (
 	"encoding/json/jsontext"
 	"fmt"
 	"io"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -29,6 +30,15 @@ const (
 	joinChunk = 2000
 	// maxJoinAnswerBytes bounds a send_join answer read as a stream.
 	maxJoinAnswerBytes = 1 << 30
+	// DefaultMaxJoinEvents bounds the events a join (or a resync's state
+	// fetch) holds parsed until its final transaction, the answer's byte
+	// bound being no bound on them: 1 GiB of tiny events is ~5 million.
+	// Measured on a 100k-member room (BENCHMARKS.md): a full join peaks
+	// at 236 MiB, ~2.4 KiB an event with the GC's headroom; a faster
+	// join's resync at ~500 MiB, ~5 KiB an event (it completes the state
+	// in one transaction). 200,000 keeps either under ~1 GiB and takes a
+	// room twice that size; a hostile answer's tiny events cost less.
+	DefaultMaxJoinEvents = 200_000
 )
 
 // joinEvent is a checked event of the answer, and whether the answer
@@ -68,6 +78,13 @@ func (e *Engine) dropJoin(ans *joinAnswer) {
 // state and auth chain (format, signatures, content hash; see check) and
 // storing those passing as outliers of the room whose NID is roomNID.
 func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID uint64, r io.Reader) (*joinAnswer, error) {
+	return e.readEvents(ctx, version, roomID, roomNID, r, "state", nil)
+}
+
+// readEvents reads an answer holding events under stateName (a send_join
+// answer's "state", a /state answer's "pdus") and "auth_chain" as
+// readJoin does, keeping only the events in wanted unless it is nil.
+func (e *Engine) readEvents(ctx context.Context, version, roomID string, roomNID uint64, r io.Reader, stateName string, wanted map[string]bool) (*joinAnswer, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type item struct {
@@ -94,6 +111,7 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 
 	ans := &joinAnswer{events: map[string]*joinEvent{}}
 	s := newJoinStorer(e, roomNID, ans, cancel)
+	s.limit = e.maxJoinEvents
 	collected := make(chan error, 1)
 	go func() {
 		for res := range results {
@@ -102,7 +120,10 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 				if res.ev != nil {
 					eventID = res.ev.ID
 				}
-				e.log.Info("send_join answer holds an invalid event; dropped", "event_id", eventID, "err", res.err)
+				e.log.Info("send_join or /state answer holds an invalid event; dropped", "event_id", eventID, "err", res.err)
+				continue
+			}
+			if wanted != nil && !wanted[res.ev.ID] {
 				continue
 			}
 			s.add(res.ev, res.state)
@@ -110,7 +131,7 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 		collected <- s.finish()
 	}()
 
-	readErr := decodeJoinAnswer(r, ans, func(raw []byte, state bool) bool {
+	readErr := decodeJoinAnswer(r, ans, stateName, func(raw []byte, state bool) bool {
 		select {
 		case work <- item{raw, state}:
 			return true
@@ -119,6 +140,7 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 		}
 	})
 	close(work)
+	// The storer's error first: over the limit, it cancelled the rest.
 	err := cmp.Or(<-collected, readErr, ctx.Err())
 	if err != nil {
 		e.dropJoin(ans)
@@ -127,11 +149,12 @@ func (e *Engine) readJoin(ctx context.Context, version, roomID string, roomNID u
 	return ans, nil
 }
 
-// decodeJoinAnswer walks a send_join answer's members, handing each event
-// of state and auth_chain to send (which returns false to stop).
-func decodeJoinAnswer(r io.Reader, ans *joinAnswer, send func(raw []byte, state bool) bool) error {
+// decodeJoinAnswer walks a send_join or /state answer's members, handing
+// each event of stateName ("state" or "pdus") and auth_chain to send
+// (which returns false to stop).
+func decodeJoinAnswer(r io.Reader, ans *joinAnswer, stateName string, send func(raw []byte, state bool) bool) error {
 	d := jsontext.NewDecoder(r)
-	bad := func(err error) error { return fmt.Errorf("%w: send_join answer: %v", room.ErrBadEvent, err) }
+	bad := func(err error) error { return fmt.Errorf("%w: send_join or /state answer: %v", room.ErrBadEvent, err) }
 	if tok, err := d.ReadToken(); err != nil || tok.Kind() != '{' {
 		return bad(fmt.Errorf("not an object (%v)", err))
 	}
@@ -141,7 +164,7 @@ func decodeJoinAnswer(r io.Reader, ans *joinAnswer, send func(raw []byte, state 
 			return bad(err)
 		}
 		switch name := tok.String(); name {
-		case "state", "auth_chain":
+		case stateName, "auth_chain":
 			if d.PeekKind() != '[' {
 				if _, err := d.ReadValue(); err != nil {
 					return bad(err)
@@ -157,7 +180,7 @@ func decodeJoinAnswer(r io.Reader, ans *joinAnswer, send func(raw []byte, state 
 					return bad(err)
 				}
 				// v is the decoder's buffer, reused by the next read.
-				if !send(bytes.Clone(v), name == "state") {
+				if !send(bytes.Clone(v), name == stateName) {
 					return nil
 				}
 			}
@@ -198,10 +221,15 @@ type joinStorer struct {
 	// interned strings: every event names the same room and version, and
 	// mostly the same few auth events.
 	strs map[string]string
+	// limit bounds the events held (0: none); over is the refusal once
+	// an answer passed it, and fail stops the reading.
+	limit int
+	over  error
+	fail  func()
 }
 
 func newJoinStorer(e *Engine, roomNID uint64, ans *joinAnswer, fail func()) *joinStorer {
-	s := &joinStorer{e: e, roomNID: roomNID, ans: ans, chunks: make(chan []*room.Event, 4), done: make(chan error, 1), strs: map[string]string{}}
+	s := &joinStorer{e: e, roomNID: roomNID, ans: ans, chunks: make(chan []*room.Event, 4), done: make(chan error, 1), strs: map[string]string{}, fail: fail}
 	go func() {
 		var err error
 		for evs := range s.chunks {
@@ -231,6 +259,14 @@ func (s *joinStorer) add(ev *room.Event, state bool) {
 		je.state = je.state || state
 		return
 	}
+	if s.over != nil {
+		return
+	}
+	if s.limit > 0 && len(s.ans.events) >= s.limit {
+		s.over = fmt.Errorf("%w: its state and auth chain hold more than %d events (federation.max_join_events)", room.ErrTooComplex, s.limit)
+		s.fail()
+		return
+	}
 	ev.RoomID, ev.Version = s.intern(ev.RoomID), s.intern(ev.Version)
 	ev.Type = s.intern(ev.Type)
 	for i, id := range ev.AuthEvents {
@@ -244,13 +280,14 @@ func (s *joinStorer) add(ev *room.Event, state bool) {
 	}
 }
 
-// finish stores the last chunk and returns the first storing error.
+// finish stores the last chunk and returns the refusal over the limit,
+// else the first storing error.
 func (s *joinStorer) finish() error {
 	if len(s.chunk) > 0 {
 		s.chunks <- s.chunk
 	}
 	close(s.chunks)
-	return <-s.done
+	return cmp.Or(s.over, <-s.done)
 }
 
 // store writes one chunk, then drops its events' JSON.
@@ -270,5 +307,87 @@ func (s *joinStorer) store(evs []*room.Event) error {
 			ev.Raw = nil
 		}
 	}
+	return nil
+}
+
+// streamState reads a /state answer (path) from srv as a join's answer
+// is read: checked on every core as it arrives, the events of wanted
+// stored in chunks as unindexed records of the room; then authorised by
+// levels (against each other and the events stored before) and indexed,
+// those failing flagged rejected, in one transaction. A failure drops
+// what it stored.
+func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path string, wanted map[string]bool) error {
+	var roomNID uint64
+	err := e.store.View(func(tx *store.Tx) error {
+		r, err := tx.Room(roomID)
+		if err != nil {
+			return fmt.Errorf("%w: %s", ErrUnknownRoom, roomID)
+		}
+		roomNID = r.NID
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var ans *joinAnswer
+	err = e.fed.Client.DoStream(ctx, http.MethodGet, srv, path, nil, maxJoinAnswerBytes, func(r io.Reader) error {
+		var err error
+		ans, err = e.readEvents(ctx, version, roomID, roomNID, r, "pdus", wanted)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	ordered := ans.byDepth()
+	// The auth events stored before (the partial state's, mostly), those
+	// not rejected; looked up once, not on every core in one transaction.
+	outside := map[string]*room.Event{}
+	_ = e.store.View(func(tx *store.Tx) error {
+		// The create event too: from room version 12 the auth rules find
+		// it by the room ID, not among the auth events.
+		if r, err := tx.Room(roomID); err == nil {
+			if st, err := e.rooms.State(tx, r.State); err == nil {
+				if create, err := e.rooms.StateEvent(tx, st, "m.room.create", ""); err == nil {
+					outside[create.ID] = create
+				}
+			}
+		}
+		looked := map[string]bool{}
+		for _, je := range ordered {
+			for _, aid := range je.AuthEvents {
+				if looked[aid] || ans.events[aid] != nil {
+					continue
+				}
+				looked[aid] = true
+				if ev, err := e.rooms.EventByID(tx, aid); err == nil && ev.Flags&store.FlagRejected == 0 {
+					outside[aid] = ev
+				}
+			}
+		}
+		return nil
+	})
+	rejected, _ := e.authoriseByLevels(ordered, ans.find(outside))
+	err = e.store.Write(func(tx *store.Tx) error {
+		ix, err := e.rooms.IndexJoinEvents(tx, ans.stored, nil)
+		if err != nil {
+			return err
+		}
+		for _, ev := range ans.stored {
+			// One stored meanwhile under its ID keeps that record's verdict.
+			if !rejected[ev.ID] || ix.NID[ev] != ev.NID {
+				continue
+			}
+			if se, err := tx.Event(ev.NID); err == nil {
+				se.Flags |= store.FlagRejected
+				tx.UpdateEvent(se)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		e.dropJoin(ans)
+		return err
+	}
+	PartialStats.EventsFetched.Add(uint64(len(ans.stored)))
 	return nil
 }

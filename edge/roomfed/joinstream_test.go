@@ -18,7 +18,7 @@ func TestDecodeJoinAnswer(t *testing.T) {
 	decode := func(body string, stopAfter int) ([]got, *joinAnswer, error) {
 		var out []got
 		ans := &joinAnswer{}
-		err := decodeJoinAnswer(iotest.OneByteReader(strings.NewReader(body)), ans, func(raw []byte, state bool) bool {
+		err := decodeJoinAnswer(iotest.OneByteReader(strings.NewReader(body)), ans, "state", func(raw []byte, state bool) bool {
 			out = append(out, got{string(raw), state})
 			return stopAfter == 0 || len(out) < stopAfter
 		})

@@ -269,6 +269,11 @@ type Tx struct {
 // Writable tells whether this is a write transaction.
 func (t *Tx) Writable() bool { return t.writable }
 
+// Version is the version of the database this transaction reads: bbolt's
+// transaction ID, which a write raises by one. A reader whose Version is
+// below a write's started before that write committed and does not see it.
+func (t *Tx) Version() uint64 { return uint64(t.tx.ID()) }
+
 // OnCommit registers f to run after the transaction is durable.
 func (t *Tx) OnCommit(f func()) { t.hooks = append(t.hooks, f) }
 

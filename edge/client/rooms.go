@@ -550,7 +550,8 @@ func (s *Server) forget(r *http.Request, sess *Session) (any, error) {
 // through /invite but our copy of the room (we take part in it) has not
 // received the invite event yet, which travels in the inviter's next
 // transaction, a join waits a little for it: built before, it would be
-// refused by our copy's auth rules.
+// refused by our copy's auth rules. A copy none of our users is joined to
+// never receives it, so then there is no wait.
 func (s *Server) awaitInviteEvent(ctx context.Context, userID, roomID string) {
 	deadline := time.NewTimer(5 * time.Second)
 	defer deadline.Stop()
@@ -561,9 +562,16 @@ func (s *Server) awaitInviteEvent(ctx context.Context, userID, roomID string) {
 			if s.pendingRemoteInvite(tx, userID, roomID) == nil {
 				return nil
 			}
-			if _, st, err := s.roomState(tx, roomID); err == nil {
-				waiting = s.membershipIn(tx, st, userID) != "invite"
+			rm, st, err := s.roomState(tx, roomID)
+			if err != nil {
+				return nil
 			}
+			// A copy no user of ours is joined to receives no events: the
+			// join goes through another server, which has the invite.
+			if servers, err := s.Rooms.JoinedServers(tx, rm.State); err != nil || servers[s.Config.ServerName] == 0 {
+				return nil
+			}
+			waiting = s.membershipIn(tx, st, userID) != "invite"
 			return nil
 		})
 		if !waiting {

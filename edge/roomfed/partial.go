@@ -290,12 +290,38 @@ func (e *Engine) resyncLoop(roomID string) {
 			return
 		}
 		PartialStats.Failures.Add(1)
+		if !e.weAreJoined(roomID) {
+			// Our users left (or were banned) while the state was partial:
+			// the residents may refuse us the state now, and nobody here
+			// needs it. A rejoin flags the room again and starts a resync
+			// of its own, which a loop asleep here would hold up.
+			log.Info("partial-state resync stopped: no user of this server is joined", "err", err)
+			return
+		}
 		log.Warn("partial-state resync failed; retrying", "attempt", attempt, "after", backoff, "took", time.Since(start), "err", err)
 		if !e.sleepOpen(roomID, backoff) {
 			return
 		}
 		backoff = min(backoff*2, resyncMaxBackoff)
 	}
+}
+
+// weAreJoined reports whether a user of this server is joined to the room
+// in our copy's current state.
+func (e *Engine) weAreJoined(roomID string) bool {
+	joined := true // unknown: keep trying
+	_ = e.store.View(func(tx *store.Tx) error {
+		r, err := tx.Room(roomID)
+		if err != nil {
+			return nil
+		}
+		counts, err := e.rooms.JoinedServers(tx, r.State)
+		if err == nil {
+			joined = counts[e.name] > 0
+		}
+		return nil
+	})
+	return joined
 }
 
 // sleepOpen waits d, checking every second that the store is open and

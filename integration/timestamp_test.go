@@ -135,13 +135,14 @@ func TestTimestampToEventFederated(t *testing.T) {
 	wantJump(t, jump(t, bob, roomID, stamps[0], "f"), ids[0].String())
 }
 
-// TestEventStampsBetweenClockReadings: an event's origin_server_ts is
-// strictly after any time its client read before the request that made it
-// and strictly before any time read after the answer, even when the
-// request takes less than a millisecond; so timestamp_to_event, inclusive
-// at ts, finds nothing before a room created after ts was read, nor a
-// later event at a ts read right after an earlier one (Complement's
-// TestJumpToDateEndpoint raced this).
+// TestEventStampsBetweenClockReadings: a new room's events are stamped
+// strictly after any time its client read before createRoom and strictly
+// before any time read after the answer, and a message strictly before
+// any time read after its send's answer (not before the previous reading),
+// even when a request takes less than a millisecond; so
+// timestamp_to_event, inclusive at ts, finds nothing before a room created
+// after ts was read, nor a later event at a ts read right after an earlier
+// one (Complement's TestJumpToDateEndpoint raced this).
 func TestEventStampsBetweenClockReadings(t *testing.T) {
 	n := startNode(t)
 	alice := n.register(t, "")
@@ -162,8 +163,8 @@ func TestEventStampsBetweenClockReadings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ev.Timestamp <= before || ev.Timestamp >= after {
-			t.Fatalf("message %d stamped %d, not strictly between the clock readings %d and %d around its send", i, ev.Timestamp, before, after)
+		if ev.Timestamp < before || ev.Timestamp >= after {
+			t.Fatalf("message %d stamped %d, not in [%d, %d), the clock readings around its send", i, ev.Timestamp, before, after)
 		}
 		wantJump(t, jump(t, alice, roomID, before, "f"), resp.EventID.String())
 		wantJump(t, jump(t, alice, roomID, after, "b"), resp.EventID.String())

@@ -148,9 +148,7 @@ func (s *Server) handle(pattern string, h handlerFunc) {
 
 // authed registers a handler that requires an access token.
 func (s *Server) authed(pattern string, h authedFunc) {
-	if createsEvents(pattern) {
-		h = stampedApart(h)
-	}
+	h = s.stamped(stampRuleFor(pattern), h)
 	s.handle(pattern, func(r *http.Request) (any, error) {
 		sess, err := s.authenticate(r)
 		if err != nil {

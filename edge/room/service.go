@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	jsonv2 "encoding/json/v2"
@@ -65,6 +66,23 @@ type Service struct {
 	// CreateRoom), so federation queues it atomically; an error aborts it.
 	InTx func(tx *store.Tx, ev *Event) error
 	now  func() time.Time
+	// lastStamp is the latest origin_server_ts this server read from its
+	// clock for an event it built (LastStamp).
+	lastStamp atomic.Int64
+}
+
+// LastStamp is the latest origin_server_ts, in ms, that this server took
+// from its clock for an event it built (not one a sender chose).
+func (s *Service) LastStamp() int64 { return s.lastStamp.Load() }
+
+// noteStamp records ts as taken from the clock.
+func (s *Service) noteStamp(ts int64) {
+	for {
+		old := s.lastStamp.Load()
+		if ts <= old || s.lastStamp.CompareAndSwap(old, ts) {
+			return
+		}
+	}
 }
 
 // New makes a Service with the given cache sizes.
@@ -281,6 +299,8 @@ func (s *Service) build(tx *store.Tx, r *store.Room, st *State, p Proto) (*Event
 	ts := s.now().UnixMilli()
 	if p.TS > 0 {
 		ts = p.TS
+	} else {
+		s.noteStamp(ts)
 	}
 	var redacts *id.EventID
 	content := p.Content

@@ -944,3 +944,118 @@ func TestSlidingSyncPartialState(t *testing.T) {
 		t.Fatalf("after the resync: %+v", got)
 	}
 }
+
+// TestSlidingSyncRejectedInviteLeavesInviteList: a client whose only list
+// is filtered to invites is still told of a rejected invite (as a leave)
+// once, though no list covers a left room, so it drops the invite.
+func TestSlidingSyncRejectedInviteLeavesInviteList(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	body := map[string]any{"lists": map[string]any{
+		"invites": map[string]any{"ranges": [][]int{{0, 9}}, "timeline_limit": 1, "filters": map[string]any{"is_invite": true}},
+	}}
+	r1 := ssOK(t, bob, "", 0, body)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Invite: []id.UserID{bob.UserID}})
+	r2 := ssOK(t, bob, r1.Pos, 5000, body)
+	if r2.Rooms[roomID.String()].Membership != "invite" {
+		t.Fatalf("invite: %+v", r2.Rooms)
+	}
+	if _, err := bob.LeaveRoom(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	r3 := ssOK(t, bob, r2.Pos, 5000, body)
+	left, ok := r3.Rooms[roomID.String()]
+	if !ok || left.Membership != "leave" || len(left.TimelineEvents) == 0 || left.TimelineEvents[len(left.TimelineEvents)-1].Content["membership"] != "leave" || r3.Lists["invites"].Count != 0 {
+		t.Fatalf("rejection: %+v lists %+v raw %s", left, r3.Lists, r3.raw)
+	}
+	if r4 := ssOK(t, bob, r3.Pos, 0, body); len(r4.Rooms) != 0 {
+		t.Fatalf("the rejection was sent twice: %+v", r4.Rooms)
+	}
+}
+
+// TestSlidingSyncToDeviceLimit: the to_device extension's limit caps one
+// response; its next_batch picks up the rest.
+func TestSlidingSyncToDeviceLimit(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	for i := range 3 {
+		if err := sendToDevice(t, bob, "m.test", fmt.Sprint("t", i), map[string]any{alice.UserID.String(): map[string]any{alice.DeviceID.String(): map[string]any{"n": i}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type toDev struct {
+		NextBatch string          `json:"next_batch"`
+		Events    []toDeviceEvent `json:"events"`
+	}
+	get := func(pos, since string) (ssResp, toDev) {
+		td := map[string]any{"enabled": true, "limit": 2}
+		if since != "" {
+			td["since"] = since
+		}
+		r := ssOK(t, alice, pos, 0, map[string]any{"extensions": map[string]any{"to_device": td}})
+		var out toDev
+		if err := json.Unmarshal(r.Extensions["to_device"], &out); err != nil {
+			t.Fatalf("to_device %s: %v", r.Extensions["to_device"], err)
+		}
+		return r, out
+	}
+	r1, td1 := get("", "")
+	if len(td1.Events) != 2 || string(td1.Events[0].Content) != `{"n":0}` || string(td1.Events[1].Content) != `{"n":1}` {
+		t.Fatalf("first page: %+v", td1)
+	}
+	r2, td2 := get(r1.Pos, td1.NextBatch)
+	if len(td2.Events) != 1 || string(td2.Events[0].Content) != `{"n":2}` {
+		t.Fatalf("second page: %+v", td2)
+	}
+	if _, td3 := get(r2.Pos, td2.NextBatch); len(td3.Events) != 0 {
+		t.Fatalf("after all were acknowledged: %+v", td3)
+	}
+}
+
+// TestSlidingSyncTagFilters: lists filtered by tags and not_tags (the
+// favourites and low-priority lists some Element X versions keep).
+func TestSlidingSyncTagFilters(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	fav := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "fav"})
+	low := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "low"})
+	plain := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "plain"})
+	if err := alice.AddTag(ctxT(t), fav, event.RoomTagFavourite, 0.5); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddTag(ctxT(t), low, event.RoomTagLowPriority, 0.5); err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{"lists": map[string]any{
+		"fav":  map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"tags": []string{"m.favourite"}}},
+		"low":  map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"tags": []string{"m.lowpriority"}}},
+		"rest": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"not_tags": []string{"m.favourite", "m.lowpriority"}}},
+		// not_tags wins over tags
+		"none": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"tags": []string{"m.favourite"}, "not_tags": []string{"m.favourite"}}},
+	}}
+	r := ssOK(t, alice, "", 0, body)
+	if r.Lists["fav"].Count != 1 || r.Lists["low"].Count != 1 || r.Lists["rest"].Count != 1 || r.Lists["none"].Count != 0 {
+		t.Fatalf("counts = %+v", r.Lists)
+	}
+	var raw struct {
+		Rooms map[string]struct {
+			Lists []string `json:"lists"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r.raw, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for roomID, want := range map[id.RoomID]string{fav: "fav", low: "low", plain: "rest"} {
+		if ls := raw.Rooms[roomID.String()].Lists; len(ls) != 1 || ls[0] != want {
+			t.Fatalf("room %s lists = %v, want [%s]", roomID, ls, want)
+		}
+	}
+	// Untagging moves the room to the rest.
+	if err := alice.RemoveTag(ctxT(t), fav, event.RoomTagFavourite); err != nil {
+		t.Fatal(err)
+	}
+	r2 := ssOK(t, alice, r.Pos, 5000, body)
+	if r2.Lists["fav"].Count != 0 || r2.Lists["rest"].Count != 2 {
+		t.Fatalf("after untagging: %+v", r2.Lists)
+	}
+}

@@ -210,6 +210,10 @@ type ssFilters struct {
 	// RoomTypes and NotRoomTypes hold null for "no type" (a plain room).
 	RoomTypes    []*string `json:"room_types"`
 	NotRoomTypes []*string `json:"not_room_types"`
+	// Tags and NotTags match the room's m.tag account data: any of
+	// Tags, none of NotTags (which wins).
+	Tags    []string `json:"tags"`
+	NotTags []string `json:"not_tags"`
 	// children is what Spaces names, worked out once per request.
 	children map[string]bool
 }
@@ -493,6 +497,7 @@ type ssCandidate struct {
 	encrypted bool
 	roomType  *string
 	dm        bool
+	tags      map[string]bool // read only when a list filters by tags
 }
 
 // ssCandidates gathers the rooms to list: joined, invited and knocked
@@ -699,6 +704,12 @@ func (f *ssFilters) matches(c *ssCandidate) bool {
 	if f.Spaces != nil && !f.children[c.roomID] {
 		return false
 	}
+	if slices.ContainsFunc(f.NotTags, func(t string) bool { return c.tags[t] }) {
+		return false
+	}
+	if f.Tags != nil && !slices.ContainsFunc(f.Tags, func(t string) bool { return c.tags[t] }) {
+		return false
+	}
 	return true
 }
 
@@ -772,6 +783,18 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	if slices.ContainsFunc(names, func(n string) bool {
+		f := req.Lists[n].Filters
+		return f != nil && (f.Tags != nil || f.NotTags != nil)
+	}) {
+		for _, c := range cands {
+			_, tags, _ := roomTags(tx, sess.UserID, c.roomID)
+			c.tags = map[string]bool{}
+			for t := range tags {
+				c.tags[t] = true
+			}
+		}
+	}
 	for _, name := range names {
 		l := req.Lists[name]
 		if l.Filters != nil && l.Filters.Spaces != nil {
@@ -816,6 +839,21 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 			want[id] = cfg
 		}
 		cfg.merge(sub.TimelineLimit, sub.RequiredState)
+	}
+	// A room the client was sent while the user was in it (or invited,
+	// or knocking) and has since left, rejected or been removed from is
+	// sent once as such even when no list or subscription covers it any
+	// more (a list filtered to is_invite drops a rejected invite), so the
+	// client removes it rather than keeping a stale invite (MSC4186).
+	if base != nil {
+		for _, c := range cands {
+			if c.membership != "leave" && c.membership != "ban" || want[c.roomID] != nil {
+				continue
+			}
+			if prev, ok := base.rooms[c.roomID]; ok && prev.membership != "leave" && prev.membership != "ban" {
+				want[c.roomID] = &ssRoomConfig{TimelineLimit: prev.timelineLimit}
+			}
+		}
 	}
 	for id, cfg := range want {
 		// As Synapse: a room with partial state (a faster join) is held

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -1057,5 +1058,52 @@ func TestSlidingSyncTagFilters(t *testing.T) {
 	r2 := ssOK(t, alice, r.Pos, 5000, body)
 	if r2.Lists["fav"].Count != 0 || r2.Lists["rest"].Count != 2 {
 		t.Fatalf("after untagging: %+v", r2.Lists)
+	}
+}
+
+// TestSlidingSyncPosInMessagesAndRelations: a pos token pages /messages
+// and /relations from where the sliding sync response stood (MSC4186).
+func TestSlidingSyncPosInMessagesAndRelations(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{})
+	before := mustSendText(t, alice, roomID, "before")
+	react := func(key string) id.EventID {
+		resp, err := alice.SendMessageEvent(ctxT(t), roomID, event.EventReaction, &event.ReactionEventContent{RelatesTo: event.RelatesTo{
+			Type: event.RelAnnotation, EventID: before, Key: key,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.EventID
+	}
+	early := react("👍")
+	r := ssOK(t, alice, "", 0, map[string]any{"lists": map[string]any{"all": ssList([][]int{{0, 9}}, 1, nil)}})
+	after := mustSendText(t, alice, roomID, "after")
+	late := react("🎉")
+	back, err := alice.Messages(ctxT(t), roomID, r.Pos, "", mautrix.DirectionBackward, nil, 10)
+	if err != nil {
+		t.Fatalf("/messages from a pos: %v", err)
+	}
+	if len(back.Chunk) == 0 || back.Chunk[0].ID != early {
+		t.Fatalf("backwards from pos starts at %v, want %s", back.Chunk, early)
+	}
+	fwd, err := alice.Messages(ctxT(t), roomID, r.Pos, "", mautrix.DirectionForward, nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fwd.Chunk) != 2 || fwd.Chunk[0].ID != after || fwd.Chunk[1].ID != late {
+		t.Fatalf("forwards from pos = %v, want %s %s", fwd.Chunk, after, late)
+	}
+	rel, err := alice.GetRelations(ctxT(t), roomID, before, &mautrix.ReqGetRelations{Dir: mautrix.DirectionBackward, From: r.Pos})
+	if err != nil {
+		t.Fatalf("/relations from a pos: %v", err)
+	}
+	if len(rel.Chunk) != 1 || rel.Chunk[0].ID != early {
+		t.Fatalf("relations from pos = %v, want only %s", rel.Chunk, early)
+	}
+	// Not every string with underscores is a pos.
+	if _, err := alice.Messages(ctxT(t), roomID, "zz_1_2", "", mautrix.DirectionBackward, nil, 10); !errors.Is(err, mautrix.MInvalidParam) {
+		t.Fatalf("bogus token: %v", err)
 	}
 }

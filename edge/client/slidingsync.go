@@ -314,7 +314,10 @@ func (c *ssConn) token(seq, stream uint64) string {
 // posStream is the stream position inside a pos token.
 func posStream(pos string) (uint64, bool) {
 	parts := strings.Split(pos, "_")
-	if len(parts) != 3 {
+	if len(parts) != 3 || parts[0] == "" || strings.Trim(parts[0], "0123456789abcdef") != "" {
+		return 0, false
+	}
+	if _, err := strconv.ParseUint(parts[1], 10, 64); err != nil {
 		return 0, false
 	}
 	v, err := strconv.ParseUint(parts[2], 10, 64)

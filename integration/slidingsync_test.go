@@ -15,7 +15,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"edge/edge/room"
 	"edge/edge/roomfed"
+	"edge/edge/store"
 )
 
 // Simplified sliding sync (MSC4186), driven with raw HTTP: mautrix-go
@@ -1105,5 +1107,92 @@ func TestSlidingSyncPosInMessagesAndRelations(t *testing.T) {
 	// Not every string with underscores is a pos.
 	if _, err := alice.Messages(ctxT(t), roomID, "zz_1_2", "", mautrix.DirectionBackward, nil, 10); !errors.Is(err, mautrix.MInvalidParam) {
 		t.Fatalf("bogus token: %v", err)
+	}
+}
+
+// TestSlidingSyncStateResetStub: state the client was sent that a state
+// reset removes (carol's topic, undone when bob's concurrent demotion of
+// carol wins state resolution) comes back as a stub, type and state_key
+// without content (MSC4186's StateStub).
+func TestSlidingSyncStateResetStub(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	carol := &rfSyncer{c: a.register(t, "carol")}
+	if _, err := carol.c.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	rfPromote(t, alice, carol, roomID, 50)
+	rfPromote(t, alice, bob, roomID, 100)
+
+	// The partition: each side writes with its federation queue hook off.
+	write := func(n *rfNode, sender, evType string, content any) json.RawMessage {
+		hook := n.Rooms.InTx
+		n.Rooms.InTx = nil
+		defer func() { n.Rooms.InTx = hook }()
+		var raw json.RawMessage
+		sk := ""
+		body, _ := json.Marshal(content)
+		err := n.Store.Write(func(tx *store.Tx) error {
+			ev, err := n.Rooms.Send(tx, roomID.String(), room.Proto{Type: evType, StateKey: &sk, Sender: sender, Content: body})
+			if err == nil {
+				raw = ev.Raw
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	body := map[string]any{"room_subscriptions": map[string]any{roomID.String(): map[string]any{
+		"timeline_limit": 1, "required_state": [][]string{{"m.room.topic", ""}},
+	}}}
+	r1 := ssOK(t, alice.c, "", 0, body)
+	write(a, carol.c.UserID.String(), "m.room.topic", map[string]string{"topic": "carol's topic"})
+	r2 := ssOK(t, alice.c, r1.Pos, 5000, body)
+	if rs := r2.Rooms[roomID.String()].RequiredState; len(rs) != 1 || rs[0].Content["topic"] != "carol's topic" {
+		t.Fatalf("topic before the reset: %+v", rs)
+	}
+	var pl map[string]any
+	if err := bob.c.StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		t.Fatal(err)
+	}
+	pl["users"].(map[string]any)[carol.c.UserID.String()] = 0
+	demotion := write(b, bob.c.UserID.String(), "m.room.power_levels", pl)
+	var resp struct {
+		PDUs map[string]struct {
+			Error string `json:"error"`
+		} `json:"pdus"`
+	}
+	txn := map[string]any{"origin": b.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{demotion}}
+	if err := b.Fed.Client.Put(ctx, a.Name, "/_matrix/federation/v1/send/reset-1", txn, &resp); err != nil {
+		t.Fatal(err)
+	}
+	for id, r := range resp.PDUs {
+		if r.Error != "" {
+			t.Fatalf("A refused %s: %s", id, r.Error)
+		}
+	}
+	r3 := ssOK(t, alice.c, r2.Pos, 5000, body)
+	var raw struct {
+		Rooms map[string]struct {
+			RequiredState []map[string]json.RawMessage `json:"required_state"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r3.raw, &raw); err != nil {
+		t.Fatal(err)
+	}
+	stub := false
+	for _, ev := range raw.Rooms[roomID.String()].RequiredState {
+		if string(ev["type"]) == `"m.room.topic"` && string(ev["state_key"]) == `""` {
+			if _, has := ev["content"]; has {
+				t.Fatalf("the reset topic came back with content: %s", r3.raw)
+			}
+			stub = true
+		}
+	}
+	if !stub {
+		t.Fatalf("no stub for the reset topic: %s", r3.raw)
 	}
 }

@@ -1002,12 +1002,16 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		}
 	}
 	// changed is the state that changed since the room was last sent.
-	var changed, stateEvs []*room.Event
+	// removed is the state gone since then (a state reset).
+	var changed, stateEvs, removed []*room.Event
 	var err error
 	if !initial && c.r.LastPos > lower {
 		var old *room.State
 		if old, err = s.stateAtPos(tx, c.r, lower); err == nil {
 			changed, err = s.stateDiff(tx, old, st)
+		}
+		if err == nil {
+			removed, err = s.stateRemoved(tx, old, st)
 		}
 	}
 	stateEvs = changed
@@ -1022,12 +1026,19 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		memberUpdates = changed
 	}
 	required := s.requiredState(tx, sess, cfg, st, stateEvs, tl, memberUpdates)
+	// Removed state the client asked for is a stub: type and state_key,
+	// no content (MSC4186's StateStub), so the client drops its copy.
+	for _, ev := range removed {
+		if slices.ContainsFunc(cfg.required, func(rs ssRequiredState) bool { return rs.wants(ev, sess.UserID) }) {
+			required = append(required, map[string]any{"type": ev.Type, "state_key": *ev.StateKey})
+		}
+	}
 	// Name, avatar, heroes and counts: sent when first seen or changed
 	// (null: removed). They change only with state (members: with member
 	// events), so a room without such changes keeps what it was sent. A
 	// room the user is no longer in shows them as of the leave, without
 	// members or counts it may no longer see.
-	if initial || len(changed) > 0 {
+	if initial || len(changed) > 0 || len(removed) > 0 {
 		sent.name = stateString(tx, s, st, "m.room.name", "name")
 		sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
 	} else {
@@ -1085,6 +1096,26 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	}
 	out["num_live"] = numLive
 	return out, sent, true, nil
+}
+
+// stateRemoved is the state in from whose keys are not in to at all.
+func (s *Server) stateRemoved(tx *store.Tx, from, to *room.State) ([]*room.Event, error) {
+	var out []*room.Event
+	var err error
+	from.Each(func(k, nid uint64) bool {
+		if _, ok := to.Get(k); ok {
+			return true
+		}
+		var ev *room.Event
+		if ev, err = s.Rooms.Event(tx, nid); err != nil {
+			return false
+		}
+		if ev.StateKey != nil {
+			out = append(out, ev)
+		}
+		return true
+	})
+	return out, err
 }
 
 func toAny[T any](v []T) []any {

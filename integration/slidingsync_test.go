@@ -1196,3 +1196,37 @@ func TestSlidingSyncStateResetStub(t *testing.T) {
 		t.Fatalf("no stub for the reset topic: %s", r3.raw)
 	}
 }
+
+// TestSlidingSyncRequiredStateAnyKeyOfType: Element X's required_state
+// names types with any state key (["m.call.member", "*"]) beside exact
+// pairs: every event of those types comes, each once, and no other state.
+func TestSlidingSyncRequiredStateAnyKeyOfType(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "calls", Topic: "not asked for"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"_call_a", "_call_b"} {
+		if _, err := alice.SendStateEvent(ctxT(t), roomID, event.Type{Type: "m.call.member", Class: event.StateEventType}, key, map[string]any{"k": key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := map[string]any{"lists": map[string]any{"all": ssList([][]int{{0, 9}}, 1, [][]string{
+		{"m.room.name", ""}, {"m.call.member", "*"}, {"m.call.member", "_call_a"}, {"m.room.member", "$ME"}, {"m.space.child", "*"},
+	})}}
+	r := ssOK(t, alice, "", 0, body)
+	got := map[string]int{}
+	for _, ev := range r.Rooms[roomID.String()].RequiredState {
+		got[ev.Type+"|"+*ev.StateKey]++
+	}
+	want := map[string]int{"m.room.name|": 1, "m.call.member|_call_a": 1, "m.call.member|_call_b": 1, "m.room.member|" + alice.UserID.String(): 1}
+	if len(got) != len(want) {
+		t.Fatalf("required_state = %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("required_state = %v, want %v", got, want)
+		}
+	}
+}

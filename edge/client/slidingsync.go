@@ -1165,25 +1165,51 @@ func (s *Server) heroes(tx *store.Tx, st *room.State, ids []string) []any {
 }
 
 // ssWantedState is the state a room's rules may ask for: looked up one by
-// one when they name exact types and state keys (as Element X does), or
-// all of it when they use wildcards.
+// one when they name exact types and state keys, the entries of a type
+// when they name a type with any state key (Element X asks for
+// ["m.call.member", "*"] and the space parents and children of every
+// room: only those events are read, not the room's whole state), and all
+// of it when they ask for any type.
 func (s *Server) ssWantedState(tx *store.Tx, st *room.State, cfg *ssRoomConfig, self string) ([]*room.Event, error) {
 	var keys [][2]string
+	anyKey := map[string]bool{} // types asked for with any state key
 	for _, rs := range cfg.required {
 		for _, p := range rs.include {
-			if p[0] == "*" || p[1] == "*" {
+			switch {
+			case p[0] == "*":
 				return s.stateDiff(tx, nil, st)
-			}
-			if p[1] == "$ME" {
+			case p[1] == "*":
+				anyKey[p[0]] = true
+				continue
+			case p[1] == "$ME":
 				p[1] = self
 			}
 			keys = append(keys, p)
 		}
 	}
 	var out []*room.Event
+	var err error
+	if len(anyKey) > 0 {
+		st.Each(func(k, nid uint64) bool {
+			typ, _, kerr := tx.StateKey(k)
+			if kerr != nil || !anyKey[typ] {
+				return true
+			}
+			var ev *room.Event
+			if ev, err = s.Rooms.Event(tx, nid); err != nil {
+				return false
+			}
+			out = append(out, ev)
+			return true
+		})
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
+	}
 	seen := map[[2]string]bool{}
 	for _, k := range keys {
-		if seen[k] {
+		if seen[k] || anyKey[k[0]] {
 			continue
 		}
 		seen[k] = true

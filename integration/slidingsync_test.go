@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,7 +15,9 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"edge/edge/room"
 	"edge/edge/roomfed"
+	"edge/edge/store"
 )
 
 // Simplified sliding sync (MSC4186), driven with raw HTTP: mautrix-go
@@ -942,5 +945,288 @@ func TestSlidingSyncPartialState(t *testing.T) {
 	got := r2.Rooms[roomID.String()]
 	if !got.Initial || len(got.RequiredState) != 7 { // alice, five members, bob
 		t.Fatalf("after the resync: %+v", got)
+	}
+}
+
+// TestSlidingSyncRejectedInviteLeavesInviteList: a client whose only list
+// is filtered to invites is still told of a rejected invite (as a leave)
+// once, though no list covers a left room, so it drops the invite.
+func TestSlidingSyncRejectedInviteLeavesInviteList(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	body := map[string]any{"lists": map[string]any{
+		"invites": map[string]any{"ranges": [][]int{{0, 9}}, "timeline_limit": 1, "filters": map[string]any{"is_invite": true}},
+	}}
+	r1 := ssOK(t, bob, "", 0, body)
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Invite: []id.UserID{bob.UserID}})
+	r2 := ssOK(t, bob, r1.Pos, 5000, body)
+	if r2.Rooms[roomID.String()].Membership != "invite" {
+		t.Fatalf("invite: %+v", r2.Rooms)
+	}
+	if _, err := bob.LeaveRoom(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	r3 := ssOK(t, bob, r2.Pos, 5000, body)
+	left, ok := r3.Rooms[roomID.String()]
+	if !ok || left.Membership != "leave" || len(left.TimelineEvents) == 0 || left.TimelineEvents[len(left.TimelineEvents)-1].Content["membership"] != "leave" || r3.Lists["invites"].Count != 0 {
+		t.Fatalf("rejection: %+v lists %+v raw %s", left, r3.Lists, r3.raw)
+	}
+	if r4 := ssOK(t, bob, r3.Pos, 0, body); len(r4.Rooms) != 0 {
+		t.Fatalf("the rejection was sent twice: %+v", r4.Rooms)
+	}
+}
+
+// TestSlidingSyncToDeviceLimit: the to_device extension's limit caps one
+// response; its next_batch picks up the rest.
+func TestSlidingSyncToDeviceLimit(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	for i := range 3 {
+		if err := sendToDevice(t, bob, "m.test", fmt.Sprint("t", i), map[string]any{alice.UserID.String(): map[string]any{alice.DeviceID.String(): map[string]any{"n": i}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type toDev struct {
+		NextBatch string          `json:"next_batch"`
+		Events    []toDeviceEvent `json:"events"`
+	}
+	get := func(pos, since string) (ssResp, toDev) {
+		td := map[string]any{"enabled": true, "limit": 2}
+		if since != "" {
+			td["since"] = since
+		}
+		r := ssOK(t, alice, pos, 0, map[string]any{"extensions": map[string]any{"to_device": td}})
+		var out toDev
+		if err := json.Unmarshal(r.Extensions["to_device"], &out); err != nil {
+			t.Fatalf("to_device %s: %v", r.Extensions["to_device"], err)
+		}
+		return r, out
+	}
+	r1, td1 := get("", "")
+	if len(td1.Events) != 2 || string(td1.Events[0].Content) != `{"n":0}` || string(td1.Events[1].Content) != `{"n":1}` {
+		t.Fatalf("first page: %+v", td1)
+	}
+	r2, td2 := get(r1.Pos, td1.NextBatch)
+	if len(td2.Events) != 1 || string(td2.Events[0].Content) != `{"n":2}` {
+		t.Fatalf("second page: %+v", td2)
+	}
+	if _, td3 := get(r2.Pos, td2.NextBatch); len(td3.Events) != 0 {
+		t.Fatalf("after all were acknowledged: %+v", td3)
+	}
+}
+
+// TestSlidingSyncTagFilters: lists filtered by tags and not_tags (the
+// favourites and low-priority lists some Element X versions keep).
+func TestSlidingSyncTagFilters(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	fav := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "fav"})
+	low := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "low"})
+	plain := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Name: "plain"})
+	if err := alice.AddTag(ctxT(t), fav, event.RoomTagFavourite, 0.5); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddTag(ctxT(t), low, event.RoomTagLowPriority, 0.5); err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{"lists": map[string]any{
+		"fav":  map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"tags": []string{"m.favourite"}}},
+		"low":  map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"tags": []string{"m.lowpriority"}}},
+		"rest": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"not_tags": []string{"m.favourite", "m.lowpriority"}}},
+		// not_tags wins over tags
+		"none": map[string]any{"ranges": [][]int{{0, 9}}, "filters": map[string]any{"tags": []string{"m.favourite"}, "not_tags": []string{"m.favourite"}}},
+	}}
+	r := ssOK(t, alice, "", 0, body)
+	if r.Lists["fav"].Count != 1 || r.Lists["low"].Count != 1 || r.Lists["rest"].Count != 1 || r.Lists["none"].Count != 0 {
+		t.Fatalf("counts = %+v", r.Lists)
+	}
+	var raw struct {
+		Rooms map[string]struct {
+			Lists []string `json:"lists"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r.raw, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for roomID, want := range map[id.RoomID]string{fav: "fav", low: "low", plain: "rest"} {
+		if ls := raw.Rooms[roomID.String()].Lists; len(ls) != 1 || ls[0] != want {
+			t.Fatalf("room %s lists = %v, want [%s]", roomID, ls, want)
+		}
+	}
+	// Untagging moves the room to the rest.
+	if err := alice.RemoveTag(ctxT(t), fav, event.RoomTagFavourite); err != nil {
+		t.Fatal(err)
+	}
+	r2 := ssOK(t, alice, r.Pos, 5000, body)
+	if r2.Lists["fav"].Count != 0 || r2.Lists["rest"].Count != 2 {
+		t.Fatalf("after untagging: %+v", r2.Lists)
+	}
+}
+
+// TestSlidingSyncPosInMessagesAndRelations: a pos token pages /messages
+// and /relations from where the sliding sync response stood (MSC4186).
+func TestSlidingSyncPosInMessagesAndRelations(t *testing.T) {
+	n := startNode(t)
+	alice := n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{})
+	before := mustSendText(t, alice, roomID, "before")
+	react := func(key string) id.EventID {
+		resp, err := alice.SendMessageEvent(ctxT(t), roomID, event.EventReaction, &event.ReactionEventContent{RelatesTo: event.RelatesTo{
+			Type: event.RelAnnotation, EventID: before, Key: key,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.EventID
+	}
+	early := react("👍")
+	r := ssOK(t, alice, "", 0, map[string]any{"lists": map[string]any{"all": ssList([][]int{{0, 9}}, 1, nil)}})
+	after := mustSendText(t, alice, roomID, "after")
+	late := react("🎉")
+	back, err := alice.Messages(ctxT(t), roomID, r.Pos, "", mautrix.DirectionBackward, nil, 10)
+	if err != nil {
+		t.Fatalf("/messages from a pos: %v", err)
+	}
+	if len(back.Chunk) == 0 || back.Chunk[0].ID != early {
+		t.Fatalf("backwards from pos starts at %v, want %s", back.Chunk, early)
+	}
+	fwd, err := alice.Messages(ctxT(t), roomID, r.Pos, "", mautrix.DirectionForward, nil, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fwd.Chunk) != 2 || fwd.Chunk[0].ID != after || fwd.Chunk[1].ID != late {
+		t.Fatalf("forwards from pos = %v, want %s %s", fwd.Chunk, after, late)
+	}
+	rel, err := alice.GetRelations(ctxT(t), roomID, before, &mautrix.ReqGetRelations{Dir: mautrix.DirectionBackward, From: r.Pos})
+	if err != nil {
+		t.Fatalf("/relations from a pos: %v", err)
+	}
+	if len(rel.Chunk) != 1 || rel.Chunk[0].ID != early {
+		t.Fatalf("relations from pos = %v, want only %s", rel.Chunk, early)
+	}
+	// Not every string with underscores is a pos.
+	if _, err := alice.Messages(ctxT(t), roomID, "zz_1_2", "", mautrix.DirectionBackward, nil, 10); !errors.Is(err, mautrix.MInvalidParam) {
+		t.Fatalf("bogus token: %v", err)
+	}
+}
+
+// TestSlidingSyncStateResetStub: state the client was sent that a state
+// reset removes (carol's topic, undone when bob's concurrent demotion of
+// carol wins state resolution) comes back as a stub, type and state_key
+// without content (MSC4186's StateStub).
+func TestSlidingSyncStateResetStub(t *testing.T) {
+	ca := newRFCA(t)
+	a, b, alice, bob, roomID := rfJoinedPair(t, ca, "10")
+	ctx := ctxT(t)
+	carol := &rfSyncer{c: a.register(t, "carol")}
+	if _, err := carol.c.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	rfPromote(t, alice, carol, roomID, 50)
+	rfPromote(t, alice, bob, roomID, 100)
+
+	// The partition: each side writes with its federation queue hook off.
+	write := func(n *rfNode, sender, evType string, content any) json.RawMessage {
+		hook := n.Rooms.InTx
+		n.Rooms.InTx = nil
+		defer func() { n.Rooms.InTx = hook }()
+		var raw json.RawMessage
+		sk := ""
+		body, _ := json.Marshal(content)
+		err := n.Store.Write(func(tx *store.Tx) error {
+			ev, err := n.Rooms.Send(tx, roomID.String(), room.Proto{Type: evType, StateKey: &sk, Sender: sender, Content: body})
+			if err == nil {
+				raw = ev.Raw
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	body := map[string]any{"room_subscriptions": map[string]any{roomID.String(): map[string]any{
+		"timeline_limit": 1, "required_state": [][]string{{"m.room.topic", ""}},
+	}}}
+	r1 := ssOK(t, alice.c, "", 0, body)
+	write(a, carol.c.UserID.String(), "m.room.topic", map[string]string{"topic": "carol's topic"})
+	r2 := ssOK(t, alice.c, r1.Pos, 5000, body)
+	if rs := r2.Rooms[roomID.String()].RequiredState; len(rs) != 1 || rs[0].Content["topic"] != "carol's topic" {
+		t.Fatalf("topic before the reset: %+v", rs)
+	}
+	var pl map[string]any
+	if err := bob.c.StateEvent(ctx, roomID, event.StatePowerLevels, "", &pl); err != nil {
+		t.Fatal(err)
+	}
+	pl["users"].(map[string]any)[carol.c.UserID.String()] = 0
+	demotion := write(b, bob.c.UserID.String(), "m.room.power_levels", pl)
+	var resp struct {
+		PDUs map[string]struct {
+			Error string `json:"error"`
+		} `json:"pdus"`
+	}
+	txn := map[string]any{"origin": b.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{demotion}}
+	if err := b.Fed.Client.Put(ctx, a.Name, "/_matrix/federation/v1/send/reset-1", txn, &resp); err != nil {
+		t.Fatal(err)
+	}
+	for id, r := range resp.PDUs {
+		if r.Error != "" {
+			t.Fatalf("A refused %s: %s", id, r.Error)
+		}
+	}
+	r3 := ssOK(t, alice.c, r2.Pos, 5000, body)
+	var raw struct {
+		Rooms map[string]struct {
+			RequiredState []map[string]json.RawMessage `json:"required_state"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(r3.raw, &raw); err != nil {
+		t.Fatal(err)
+	}
+	stub := false
+	for _, ev := range raw.Rooms[roomID.String()].RequiredState {
+		if string(ev["type"]) == `"m.room.topic"` && string(ev["state_key"]) == `""` {
+			if _, has := ev["content"]; has {
+				t.Fatalf("the reset topic came back with content: %s", r3.raw)
+			}
+			stub = true
+		}
+	}
+	if !stub {
+		t.Fatalf("no stub for the reset topic: %s", r3.raw)
+	}
+}
+
+// TestSlidingSyncRequiredStateAnyKeyOfType: Element X's required_state
+// names types with any state key (["m.call.member", "*"]) beside exact
+// pairs: every event of those types comes, each once, and no other state.
+func TestSlidingSyncRequiredStateAnyKeyOfType(t *testing.T) {
+	n := startNode(t)
+	alice, bob := n.register(t, ""), n.register(t, "")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "calls", Topic: "not asked for"})
+	if _, err := bob.JoinRoomByID(ctxT(t), roomID); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"_call_a", "_call_b"} {
+		if _, err := alice.SendStateEvent(ctxT(t), roomID, event.Type{Type: "m.call.member", Class: event.StateEventType}, key, map[string]any{"k": key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := map[string]any{"lists": map[string]any{"all": ssList([][]int{{0, 9}}, 1, [][]string{
+		{"m.room.name", ""}, {"m.call.member", "*"}, {"m.call.member", "_call_a"}, {"m.room.member", "$ME"}, {"m.space.child", "*"},
+	})}}
+	r := ssOK(t, alice, "", 0, body)
+	got := map[string]int{}
+	for _, ev := range r.Rooms[roomID.String()].RequiredState {
+		got[ev.Type+"|"+*ev.StateKey]++
+	}
+	want := map[string]int{"m.room.name|": 1, "m.call.member|_call_a": 1, "m.call.member|_call_b": 1, "m.room.member|" + alice.UserID.String(): 1}
+	if len(got) != len(want) {
+		t.Fatalf("required_state = %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("required_state = %v, want %v", got, want)
+		}
 	}
 }

@@ -468,10 +468,12 @@ func (s *Server) joinedMembers(r *http.Request, sess *Session) (any, error) {
 
 // parsePos reads the stream position out of a sync or pagination token.
 // Tokens look like "s123_456" (sync) or "t123" (pagination); the number
-// after the first letter is a stream position.
+// after the first letter is a stream position. A sliding sync pos
+// ("<conn>_<seq>_<stream>") is accepted too, as MSC4186 lets /messages
+// and /relations take one.
 func parsePos(token string) (uint64, bool) {
 	if len(token) < 2 || (token[0] != 's' && token[0] != 't') {
-		return 0, false
+		return posStream(token)
 	}
 	num := token[1:]
 	if i := strings.IndexByte(num, '_'); i >= 0 {

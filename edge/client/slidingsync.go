@@ -210,6 +210,10 @@ type ssFilters struct {
 	// RoomTypes and NotRoomTypes hold null for "no type" (a plain room).
 	RoomTypes    []*string `json:"room_types"`
 	NotRoomTypes []*string `json:"not_room_types"`
+	// Tags and NotTags match the room's m.tag account data: any of
+	// Tags, none of NotTags (which wins).
+	Tags    []string `json:"tags"`
+	NotTags []string `json:"not_tags"`
 	// children is what Spaces names, worked out once per request.
 	children map[string]bool
 }
@@ -310,7 +314,10 @@ func (c *ssConn) token(seq, stream uint64) string {
 // posStream is the stream position inside a pos token.
 func posStream(pos string) (uint64, bool) {
 	parts := strings.Split(pos, "_")
-	if len(parts) != 3 {
+	if len(parts) != 3 || parts[0] == "" || strings.Trim(parts[0], "0123456789abcdef") != "" {
+		return 0, false
+	}
+	if _, err := strconv.ParseUint(parts[1], 10, 64); err != nil {
 		return 0, false
 	}
 	v, err := strconv.ParseUint(parts[2], 10, 64)
@@ -493,6 +500,7 @@ type ssCandidate struct {
 	encrypted bool
 	roomType  *string
 	dm        bool
+	tags      map[string]bool // read only when a list filters by tags
 }
 
 // ssCandidates gathers the rooms to list: joined, invited and knocked
@@ -699,6 +707,12 @@ func (f *ssFilters) matches(c *ssCandidate) bool {
 	if f.Spaces != nil && !f.children[c.roomID] {
 		return false
 	}
+	if slices.ContainsFunc(f.NotTags, func(t string) bool { return c.tags[t] }) {
+		return false
+	}
+	if f.Tags != nil && !slices.ContainsFunc(f.Tags, func(t string) bool { return c.tags[t] }) {
+		return false
+	}
 	return true
 }
 
@@ -772,6 +786,18 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	if slices.ContainsFunc(names, func(n string) bool {
+		f := req.Lists[n].Filters
+		return f != nil && (f.Tags != nil || f.NotTags != nil)
+	}) {
+		for _, c := range cands {
+			_, tags, _ := roomTags(tx, sess.UserID, c.roomID)
+			c.tags = map[string]bool{}
+			for t := range tags {
+				c.tags[t] = true
+			}
+		}
+	}
 	for _, name := range names {
 		l := req.Lists[name]
 		if l.Filters != nil && l.Filters.Spaces != nil {
@@ -816,6 +842,21 @@ func (s *Server) slidingOnce(tx *store.Tx, st *ssState, sess *Session, req *ssRe
 			want[id] = cfg
 		}
 		cfg.merge(sub.TimelineLimit, sub.RequiredState)
+	}
+	// A room the client was sent while the user was in it (or invited,
+	// or knocking) and has since left, rejected or been removed from is
+	// sent once as such even when no list or subscription covers it any
+	// more (a list filtered to is_invite drops a rejected invite), so the
+	// client removes it rather than keeping a stale invite (MSC4186).
+	if base != nil {
+		for _, c := range cands {
+			if c.membership != "leave" && c.membership != "ban" || want[c.roomID] != nil {
+				continue
+			}
+			if prev, ok := base.rooms[c.roomID]; ok && prev.membership != "leave" && prev.membership != "ban" {
+				want[c.roomID] = &ssRoomConfig{TimelineLimit: prev.timelineLimit}
+			}
+		}
 	}
 	for id, cfg := range want {
 		// As Synapse: a room with partial state (a faster join) is held
@@ -961,12 +1002,16 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		}
 	}
 	// changed is the state that changed since the room was last sent.
-	var changed, stateEvs []*room.Event
+	// removed is the state gone since then (a state reset).
+	var changed, stateEvs, removed []*room.Event
 	var err error
 	if !initial && c.r.LastPos > lower {
 		var old *room.State
 		if old, err = s.stateAtPos(tx, c.r, lower); err == nil {
 			changed, err = s.stateDiff(tx, old, st)
+		}
+		if err == nil {
+			removed, err = s.stateRemoved(tx, old, st)
 		}
 	}
 	stateEvs = changed
@@ -981,12 +1026,19 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 		memberUpdates = changed
 	}
 	required := s.requiredState(tx, sess, cfg, st, stateEvs, tl, memberUpdates)
+	// Removed state the client asked for is a stub: type and state_key,
+	// no content (MSC4186's StateStub), so the client drops its copy.
+	for _, ev := range removed {
+		if slices.ContainsFunc(cfg.required, func(rs ssRequiredState) bool { return rs.wants(ev, sess.UserID) }) {
+			required = append(required, map[string]any{"type": ev.Type, "state_key": *ev.StateKey})
+		}
+	}
 	// Name, avatar, heroes and counts: sent when first seen or changed
 	// (null: removed). They change only with state (members: with member
 	// events), so a room without such changes keeps what it was sent. A
 	// room the user is no longer in shows them as of the leave, without
 	// members or counts it may no longer see.
-	if initial || len(changed) > 0 {
+	if initial || len(changed) > 0 || len(removed) > 0 {
 		sent.name = stateString(tx, s, st, "m.room.name", "name")
 		sent.avatar = stateString(tx, s, st, "m.room.avatar", "url")
 	} else {
@@ -1046,6 +1098,26 @@ func (s *Server) ssRoom(tx *store.Tx, sess *Session, c *ssCandidate, cfg *ssRoom
 	return out, sent, true, nil
 }
 
+// stateRemoved is the state in from whose keys are not in to at all.
+func (s *Server) stateRemoved(tx *store.Tx, from, to *room.State) ([]*room.Event, error) {
+	var out []*room.Event
+	var err error
+	from.Each(func(k, nid uint64) bool {
+		if _, ok := to.Get(k); ok {
+			return true
+		}
+		var ev *room.Event
+		if ev, err = s.Rooms.Event(tx, nid); err != nil {
+			return false
+		}
+		if ev.StateKey != nil {
+			out = append(out, ev)
+		}
+		return true
+	})
+	return out, err
+}
+
 func toAny[T any](v []T) []any {
 	out := make([]any, len(v))
 	for i, x := range v {
@@ -1093,25 +1165,51 @@ func (s *Server) heroes(tx *store.Tx, st *room.State, ids []string) []any {
 }
 
 // ssWantedState is the state a room's rules may ask for: looked up one by
-// one when they name exact types and state keys (as Element X does), or
-// all of it when they use wildcards.
+// one when they name exact types and state keys, the entries of a type
+// when they name a type with any state key (Element X asks for
+// ["m.call.member", "*"] and the space parents and children of every
+// room: only those events are read, not the room's whole state), and all
+// of it when they ask for any type.
 func (s *Server) ssWantedState(tx *store.Tx, st *room.State, cfg *ssRoomConfig, self string) ([]*room.Event, error) {
 	var keys [][2]string
+	anyKey := map[string]bool{} // types asked for with any state key
 	for _, rs := range cfg.required {
 		for _, p := range rs.include {
-			if p[0] == "*" || p[1] == "*" {
+			switch {
+			case p[0] == "*":
 				return s.stateDiff(tx, nil, st)
-			}
-			if p[1] == "$ME" {
+			case p[1] == "*":
+				anyKey[p[0]] = true
+				continue
+			case p[1] == "$ME":
 				p[1] = self
 			}
 			keys = append(keys, p)
 		}
 	}
 	var out []*room.Event
+	var err error
+	if len(anyKey) > 0 {
+		st.Each(func(k, nid uint64) bool {
+			typ, _, kerr := tx.StateKey(k)
+			if kerr != nil || !anyKey[typ] {
+				return true
+			}
+			var ev *room.Event
+			if ev, err = s.Rooms.Event(tx, nid); err != nil {
+				return false
+			}
+			out = append(out, ev)
+			return true
+		})
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
+	}
 	seen := map[[2]string]bool{}
 	for _, k := range keys {
-		if seen[k] {
+		if seen[k] || anyKey[k[0]] {
 			continue
 		}
 		seen[k] = true

@@ -74,7 +74,15 @@ func (t *ssExtToggle) on() bool { return t != nil && t.Enabled != nil && *t.Enab
 type ssToDeviceExt struct {
 	ssExtToggle
 	Since string `json:"since"`
+	// Limit caps the messages of one response (the rest follow with the
+	// next since); Synapse's default is 100.
+	Limit int `json:"limit"`
 }
+
+const (
+	defaultToDeviceLimit = 100
+	maxToDeviceLimit     = 1000
+)
 
 type ssThreadSubsExt struct {
 	ssExtToggle
@@ -108,14 +116,20 @@ func (s *Server) ssExtensions(tx *store.Tx, sess *Session, req *ssRequest, base 
 		if v, err := strconv.ParseUint(ext.ToDevice.Since, 10, 64); err == nil {
 			from = v
 		}
+		limit := ext.ToDevice.Limit
+		if limit <= 0 {
+			limit = defaultToDeviceLimit
+		}
+		limit = min(limit, maxToDeviceLimit)
 		var msgs []json.RawMessage
+		upTo := next.pos
 		if s.toDeviceAcks != nil {
-			msgs = s.toDeviceSince(tx, s.toDeviceAcks, sess, from, next.pos)
+			msgs, upTo = s.toDeviceLimited(tx, s.toDeviceAcks, sess, from, next.pos, limit)
 		}
 		if msgs == nil {
 			msgs = []json.RawMessage{}
 		}
-		out["to_device"] = map[string]any{"next_batch": strconv.FormatUint(next.pos, 10), "events": msgs}
+		out["to_device"] = map[string]any{"next_batch": strconv.FormatUint(upTo, 10), "events": msgs}
 		news = news || len(msgs) > 0
 	}
 	if ext.E2EE.on() {

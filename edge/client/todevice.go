@@ -218,7 +218,16 @@ func (s *Server) ackToDevice(a *toDeviceAcks, userID, deviceID string, pos uint6
 // toDeviceSince returns the syncing device's messages at positions in
 // (since, next], and acknowledges those at or before since.
 func (s *Server) toDeviceSince(tx *store.Tx, acks *toDeviceAcks, sess *Session, since, next uint64) []json.RawMessage {
-	out := []json.RawMessage{}
+	out, _ := s.toDeviceLimited(tx, acks, sess, since, next, 0)
+	return out
+}
+
+// toDeviceLimited is toDeviceSince with at most limit messages (0: no
+// limit), cut only between stream positions; upTo is the position the
+// messages returned reach (next when none were held back), for the
+// client's next since.
+func (s *Server) toDeviceLimited(tx *store.Tx, acks *toDeviceAcks, sess *Session, since, next uint64, limit int) (out []json.RawMessage, upTo uint64) {
+	out, upTo = []json.RawMessage{}, next
 	p := e2eePrefix(sess.UserID, sess.DeviceID)
 	lower := max(since, acks.acked(e2eeKey(sess.UserID, sess.DeviceID)))
 	stale := false
@@ -229,15 +238,22 @@ func (s *Server) toDeviceSince(tx *store.Tx, acks *toDeviceAcks, sess *Session, 
 	if stale {
 		s.ackToDevice(acks, sess.UserID, sess.DeviceID, since)
 	}
+	var last uint64
 	tx.ScanKVFrom(nsToDevice, p+posKey(lower+1), func(k string, v []byte) bool {
 		if !strings.HasPrefix(k, p) {
 			return false
 		}
-		if parsePosKey(strings.SplitN(strings.TrimPrefix(k, p), e2eeSep, 2)[0]) > next {
+		pos := parsePosKey(strings.SplitN(strings.TrimPrefix(k, p), e2eeSep, 2)[0])
+		if pos > next {
 			return false
 		}
+		if limit > 0 && len(out) >= limit && pos != last {
+			upTo = last
+			return false
+		}
+		last = pos
 		out = append(out, bytes.Clone(v)) // v lives only as long as tx
 		return true
 	})
-	return out
+	return out, upTo
 }

@@ -1,8 +1,16 @@
 package integration
 
 import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,4 +183,177 @@ func u64Key(v uint64) []byte {
 		b[7-i] = byte(v >> (8 * i))
 	}
 	return b
+}
+
+// TestRoomFedJoinKilledSwept: the same crash with a real kill. A hostile
+// resident pads its send_join answer (4100 validly signed tiny events:
+// two chunks and some) and withholds its last byte; once the joining edge
+// process has logged both chunks stored, it gets SIGKILL. On restart it
+// deletes those records, keeps its other events, and joins the room
+// again (unpadded).
+func TestRoomFedJoinKilledSwept(t *testing.T) {
+	bin := buildEdge(t)
+	ca := newRFCA(t)
+	st := &staller{release: make(chan struct{})}
+	a := startRFNodeWrapped(t, ca, st.wrap)
+	alice := a.register(t, "alice")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	st.forgeExtra(t, a, roomID.String(), alice.UserID.String(), 4100)
+
+	// The joining server: an edge process serving federation over TLS
+	// under the name 127.0.0.1:PORT.
+	dir := t.TempDir()
+	name := freeAddr(t)
+	addr := freeAddr(t)
+	cfg := config.Default(name)
+	cfg.Listen = addr
+	cfg.FederationListen = name
+	cfg.AdminListen = freeAddr(t)
+	cfg.RateLimits = config.RateLimits{}
+	cfg.Log.Level = "debug"
+	cfg.Federation.TrustCAFile = filepath.Join(dir, "ca.pem")
+	cfg.Federation.AllowPrivateAddresses = true
+	cfg.Federation.TrustedKeyServers = nil
+	cfg.Federation.FasterJoins = false
+	cfg.TLSCertFile, cfg.TLSKeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writePEM(t, cfg.Federation.TrustCAFile, "CERTIFICATE", ca.pem, true)
+	writePEM(t, cfg.TLSCertFile, "CERTIFICATE", ca.leaf.Certificate[0], false)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.leaf.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, cfg.TLSKeyFile, "PRIVATE KEY", keyDER, false)
+	key, err := config.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := config.WriteSigningKey(filepath.Join(dir, cfg.SigningKeyPath), key); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "edge.yaml")
+	if err := config.WriteFile(cfgPath, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p := startEdge(t, bin, cfgPath, addr)
+	bob, err := mautrix.NewClient(p.url, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := bob.RegisterDummy(ctxT(t), &mautrix.ReqRegister[any]{Username: "bob", Password: testPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.SetCredentials(reg.UserID, reg.AccessToken)
+	own := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	mine := sendText(t, bob, own, "mine")
+
+	st.on.Store(true)
+	go func() {
+		_, _ = bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
+	}()
+	waitFor(t, 60*time.Second, "the joining process to store two chunks", func() bool {
+		return strings.Count(p.stderr.String(), "stored a chunk of a join") >= 2
+	})
+	p.kill()
+	st.on.Store(false)
+	close(st.release)
+
+	dbPath := filepath.Join(dir, cfg.DatabasePath)
+	// Two chunks of 2000, a few of them the room's own events.
+	if n := fillerRecords(t, dbPath); n < 3950 {
+		t.Fatalf("the kill left %d records of the padding on disk, want nearly the two chunks' 4000", n)
+	}
+
+	// The restart sweeps them; the node's own events stay, and the join
+	// succeeds this time.
+	p = startEdge(t, bin, cfgPath, addr)
+	if !strings.Contains(p.stderr.String(), "deleted the stored events of joins left unfinished") {
+		t.Errorf("the restart did not report sweeping the killed join's records:\n%s", p.stderr)
+	}
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("joining again after the kill: %v", err)
+	}
+	if _, err := bob.SendText(ctxT(t), roomID, "back"); err != nil {
+		t.Fatalf("sending in the room joined after the kill: %v", err)
+	}
+	msgs, err := bob.Messages(ctxT(t), own, "", "", mautrix.DirectionBackward, nil, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(eventIDs(msgs.Chunk), mine) {
+		t.Error("the node's own message is gone after the sweep")
+	}
+	p.kill()
+	if n := fillerRecords(t, dbPath); n != 0 {
+		t.Errorf("%d records of the killed join's padding survived the restart", n)
+	}
+	if strings.Contains(p.stderr.String(), "panic") {
+		t.Errorf("the restarted node logged a panic:\n%s", p.stderr)
+	}
+}
+
+// staller is an inflater whose padded send_join answer stops before its
+// last byte, until released: the joiner has every event but cannot finish.
+type staller struct {
+	inflater
+	release chan struct{}
+}
+
+func (s *staller) wrap(h http.Handler) http.Handler {
+	inner := s.inflater.wrap(h)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.on.Load() || !strings.HasPrefix(r.URL.Path, "/_matrix/federation/v2/send_join/") {
+			inner.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		inner.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body[:len(body)-1])
+		http.NewResponseController(w).Flush()
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+		}
+	})
+}
+
+// fillerRecords counts the event records of the database at path (read
+// without edge, which would sweep) holding a padding event.
+func fillerRecords(t *testing.T, path string) int {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n := 0
+	_ = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("eventnid_event"))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			if bytes.Contains(v, []byte(`"filler `)) {
+				n++
+			}
+			return nil
+		})
+	})
+	return n
+}
+
+func writePEM(t *testing.T, path, kind string, der []byte, isPEM bool) {
+	t.Helper()
+	out := der
+	if !isPEM {
+		out = pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})
+	}
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -320,6 +320,7 @@ func (s *joinStorer) store(evs []*room.Event) error {
 	}
 	s.ans.owner = owner
 	s.ans.stored = append(s.ans.stored, evs...)
+	s.e.log.Debug("stored a chunk of a join's or state fetch's answer", "room_nid", s.roomNID, "events", len(evs), "stored", len(s.ans.stored))
 	if JoinChunkStored != nil {
 		JoinChunkStored(s.roomNID, nids)
 	}

@@ -357,3 +357,16 @@ func writePEM(t *testing.T, path, kind string, der []byte, isPEM bool) {
 		t.Fatal(err)
 	}
 }
+
+// rfNoPendingRecords fails unless no join or state fetch of the nodes has
+// records noted unindexed (store.Tx.NotePendingRecords).
+func rfNoPendingRecords(t *testing.T, nodes ...*rfNode) {
+	t.Helper()
+	for _, n := range nodes {
+		var pending uint64
+		_ = n.Store.View(func(tx *store.Tx) error { pending = tx.PendingRecords(); return nil })
+		if pending != 0 {
+			t.Errorf("%s: %d records still noted pending", n.Name, pending)
+		}
+	}
+}

@@ -194,56 +194,15 @@ func u64Key(v uint64) []byte {
 func TestRoomFedJoinKilledSwept(t *testing.T) {
 	bin := buildEdge(t)
 	ca := newRFCA(t)
-	st := &staller{release: make(chan struct{})}
+	st := &staller{stall: "/_matrix/federation/v2/send_join/", release: make(chan struct{})}
 	a := startRFNodeWrapped(t, ca, st.wrap)
 	alice := a.register(t, "alice")
 	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	st.forgeExtra(t, a, roomID.String(), alice.UserID.String(), 4100)
 
-	// The joining server: an edge process serving federation over TLS
-	// under the name 127.0.0.1:PORT.
-	dir := t.TempDir()
-	name := freeAddr(t)
-	addr := freeAddr(t)
-	cfg := config.Default(name)
-	cfg.Listen = addr
-	cfg.FederationListen = name
-	cfg.AdminListen = freeAddr(t)
-	cfg.RateLimits = config.RateLimits{}
-	cfg.Log.Level = "debug"
-	cfg.Federation.TrustCAFile = filepath.Join(dir, "ca.pem")
-	cfg.Federation.AllowPrivateAddresses = true
-	cfg.Federation.TrustedKeyServers = nil
-	cfg.Federation.FasterJoins = false
-	cfg.TLSCertFile, cfg.TLSKeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	writePEM(t, cfg.Federation.TrustCAFile, "CERTIFICATE", ca.pem, true)
-	writePEM(t, cfg.TLSCertFile, "CERTIFICATE", ca.leaf.Certificate[0], false)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.leaf.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, cfg.TLSKeyFile, "PRIVATE KEY", keyDER, false)
-	key, err := config.GenerateSigningKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := config.WriteSigningKey(filepath.Join(dir, cfg.SigningKeyPath), key); err != nil {
-		t.Fatal(err)
-	}
-	cfgPath := filepath.Join(dir, "edge.yaml")
-	if err := config.WriteFile(cfgPath, cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath, addr, dbPath := rfProcConfig(t, ca, false)
 	p := startEdge(t, bin, cfgPath, addr)
-	bob, err := mautrix.NewClient(p.url, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := bob.RegisterDummy(ctxT(t), &mautrix.ReqRegister[any]{Username: "bob", Password: testPassword})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bob.SetCredentials(reg.UserID, reg.AccessToken)
+	bob := rfProcUser(t, p, "bob")
 	own := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	mine := sendText(t, bob, own, "mine")
 
@@ -252,13 +211,12 @@ func TestRoomFedJoinKilledSwept(t *testing.T) {
 		_, _ = bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}})
 	}()
 	waitFor(t, 60*time.Second, "the joining process to store two chunks", func() bool {
-		return strings.Count(p.stderr.String(), "stored a chunk of a join") >= 2
+		return strings.Count(p.stderr.String(), "events=2000 stored=") >= 2
 	})
 	p.kill()
 	st.on.Store(false)
 	close(st.release)
 
-	dbPath := filepath.Join(dir, cfg.DatabasePath)
 	// Two chunks of 2000, a few of them the room's own events.
 	if n := fillerRecords(t, dbPath); n < 3950 {
 		t.Fatalf("the kill left %d records of the padding on disk, want nearly the two chunks' 4000", n)
@@ -292,17 +250,25 @@ func TestRoomFedJoinKilledSwept(t *testing.T) {
 	}
 }
 
-// staller is an inflater whose padded send_join answer stops before its
-// last byte, until released: the joiner has every event but cannot finish.
+// staller is an inflater whose padded answer of requests under stall
+// stops before its last byte, until released: the joiner has every event
+// but cannot finish. Stalling the resync's /state, it leaves the
+// send_join answer unpadded.
 type staller struct {
 	inflater
+	stall   string
 	release chan struct{}
 }
 
 func (s *staller) wrap(h http.Handler) http.Handler {
 	inner := s.inflater.wrap(h)
+	const sendJoin = "/_matrix/federation/v2/send_join/"
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.on.Load() || !strings.HasPrefix(r.URL.Path, "/_matrix/federation/v2/send_join/") {
+		if s.stall != sendJoin && strings.HasPrefix(r.URL.Path, sendJoin) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if !s.on.Load() || !strings.HasPrefix(r.URL.Path, s.stall) {
 			inner.ServeHTTP(w, r)
 			return
 		}
@@ -368,5 +334,137 @@ func rfNoPendingRecords(t *testing.T, nodes ...*rfNode) {
 		if pending != 0 {
 			t.Errorf("%s: %d records still noted pending", n.Name, pending)
 		}
+	}
+}
+
+// rfProcConfig writes the configuration of an edge process federating
+// with the rfCA's nodes, serving federation over TLS under the name
+// 127.0.0.1:PORT, and returns its path, its client listener's address and
+// its database's path.
+func rfProcConfig(t *testing.T, ca *rfCA, fasterJoins bool) (cfgPath, addr, dbPath string) {
+	t.Helper()
+	dir := t.TempDir()
+	name := freeAddr(t)
+	addr = freeAddr(t)
+	cfg := config.Default(name)
+	cfg.Listen = addr
+	cfg.FederationListen = name
+	cfg.AdminListen = freeAddr(t)
+	cfg.RateLimits = config.RateLimits{}
+	cfg.Log.Level = "debug"
+	cfg.Federation.TrustCAFile = filepath.Join(dir, "ca.pem")
+	cfg.Federation.AllowPrivateAddresses = true
+	cfg.Federation.TrustedKeyServers = nil
+	cfg.Federation.FasterJoins = fasterJoins
+	cfg.TLSCertFile, cfg.TLSKeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writePEM(t, cfg.Federation.TrustCAFile, "CERTIFICATE", ca.pem, true)
+	writePEM(t, cfg.TLSCertFile, "CERTIFICATE", ca.leaf.Certificate[0], false)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.leaf.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, cfg.TLSKeyFile, "PRIVATE KEY", keyDER, false)
+	key, err := config.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := config.WriteSigningKey(filepath.Join(dir, cfg.SigningKeyPath), key); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath = filepath.Join(dir, "edge.yaml")
+	if err := config.WriteFile(cfgPath, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath, addr, filepath.Join(dir, cfg.DatabasePath)
+}
+
+// rfProcUser registers name on the edge process p.
+func rfProcUser(t *testing.T, p *edgeProc, name string) *mautrix.Client {
+	t.Helper()
+	c, err := mautrix.NewClient(p.url, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := c.RegisterDummy(ctxT(t), &mautrix.ReqRegister[any]{Username: name, Password: testPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetCredentials(reg.UserID, reg.AccessToken)
+	return c
+}
+
+// TestRoomFedResyncKilledSwept: a faster join's resync killed while it
+// stores the /state answer (a state fetch: its records go under the
+// existing room's NID, never indexed) leaves no garbage either: the
+// restart sweeps them, keeps the partial state's events, and the resumed
+// resync completes the room.
+func TestRoomFedResyncKilledSwept(t *testing.T) {
+	bin := buildEdge(t)
+	ca := newRFCA(t)
+	st := &staller{stall: "/_matrix/federation/v1/state/", release: make(chan struct{})}
+	a := startRFNodeWrapped(t, ca, st.wrap)
+	alice := a.register(t, "alice")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	hello := sendText(t, alice, roomID, "hello")
+	st.forgeExtra(t, a, roomID.String(), alice.UserID.String(), 4100)
+
+	cfgPath, addr, dbPath := rfProcConfig(t, ca, true)
+	p := startEdge(t, bin, cfgPath, addr)
+	bob := rfProcUser(t, p, "bob")
+	own := mustCreateRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	mine := sendText(t, bob, own, "mine")
+
+	// The padded /state_ids makes the resync fetch /state, which stalls
+	// once all its events are sent.
+	st.on.Store(true)
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("the faster join: %v", err)
+	}
+	// Full chunks: the send_join answer's chunk is a few events.
+	waitFor(t, 60*time.Second, "the resync to store two chunks", func() bool {
+		return strings.Count(p.stderr.String(), "events=2000 stored=") >= 2
+	})
+	p.kill()
+	st.on.Store(false)
+	close(st.release)
+	if n := fillerRecords(t, dbPath); n < 3950 {
+		t.Fatalf("the kill left %d records of the padding on disk, want nearly the two chunks' 4000", n)
+	}
+
+	p = startEdge(t, bin, cfgPath, addr)
+	if !strings.Contains(p.stderr.String(), "deleted the stored events of joins left unfinished") {
+		t.Errorf("the restart did not report sweeping the killed resync's records:\n%s", p.stderr)
+	}
+	waitFor(t, 60*time.Second, "the resumed resync to complete", func() bool {
+		return strings.Contains(p.stderr.String(), "partial-state room now has its full state")
+	})
+	if _, err := bob.SendText(ctxT(t), roomID, "back"); err != nil {
+		t.Fatalf("sending in the room after the resync: %v", err)
+	}
+	p.kill()
+	if n := fillerRecords(t, dbPath); n != 0 {
+		t.Errorf("%d records of the killed resync's padding survived the restart", n)
+	}
+	s, err := store.Open(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_ = s.View(func(tx *store.Tx) error {
+		for _, id := range []string{mine.String(), hello.String()} {
+			if _, err := tx.EventByID(id); err != nil {
+				t.Errorf("%s lost: %v", id, err)
+			}
+		}
+		if _, err := tx.PartialState(roomID.String()); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("the room is still partial after the resumed resync (%v)", err)
+		}
+		if n := tx.PendingRecords(); n != 0 {
+			t.Errorf("%d records still noted pending", n)
+		}
+		return nil
+	})
+	if strings.Contains(p.stderr.String(), "panic") {
+		t.Errorf("the restarted node logged a panic:\n%s", p.stderr)
 	}
 }

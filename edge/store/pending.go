@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strconv"
@@ -93,9 +94,13 @@ func (s *Store) sweepPendingRecords() (deleted int, err error) {
 				if v == nil {
 					continue
 				}
-				ev, derr := decodeEvent(nid, v)
-				if derr == nil && getU64(ids.Get([]byte(ev.EventID))) == nid {
-					continue
+				// The ID alone (the header gives its length): a big
+				// join's JSON need not be copied to be deleted.
+				if len(v) >= eventHeader {
+					idLen := int(binary.BigEndian.Uint16(v[25:]))
+					if len(v) >= eventHeader+idLen && getU64(ids.Get(v[eventHeader:eventHeader+idLen])) == nid {
+						continue
+					}
 				}
 				must(events.Delete(u64(nid)))
 				deleted++

@@ -65,6 +65,9 @@ func Open(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if st.Swept > 0 {
+		log.Info("deleted the stored events of joins left unfinished by a killed process", "records", st.Swept)
+	}
 	certs, err := tlsmode.New(cfg, st, log)
 	if err != nil {
 		st.Close()

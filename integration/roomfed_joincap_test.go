@@ -224,4 +224,7 @@ func TestRoomFedJoinEventCap(t *testing.T) {
 	if _, ok := rfStoredFlags(b, createID); !ok {
 		t.Fatal("B joined without storing the create event")
 	}
+	// Refused or completed, no join or state fetch left its records
+	// noted for the sweep on the next start.
+	rfNoPendingRecords(t, b, c, d)
 }

@@ -135,10 +135,12 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		return err
 	})
 	if err != nil {
+		e.dropJoin(ans) // read whole, then the transport failed
 		return remoteErr(err)
 	}
 	join, err := room.ParseEvent(version, signed, eventID)
 	if err != nil {
+		e.dropJoin(ans)
 		return err
 	}
 	if len(ans.Event) > 0 {
@@ -168,6 +170,9 @@ func (e *Engine) joinVia(ctx context.Context, srv, userID, roomID string) error 
 		indexed <- e.store.Write(func(tx *store.Tx) error {
 			var err error
 			ix, err = e.rooms.IndexJoinEvents(tx, ans.stored, listed)
+			if err == nil {
+				tx.ClearPendingRecords(ans.owner)
+			}
 			return err
 		})
 	}()

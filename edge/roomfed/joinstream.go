@@ -25,9 +25,15 @@ import (
 // then only writes the room and its state snapshot. Memory stays at the
 // parsed events and one chunk, whatever the answer's size.
 
+// JoinChunk events are stored per transaction (a variable for tests).
+var JoinChunk = 2000
+
+// JoinChunkStored, when set (tests only), is called after each chunk of a
+// join's or state fetch's answer is committed, with the chunk's NIDs: a
+// test stops the process there as a crash would.
+var JoinChunkStored func(roomNID uint64, nids []uint64)
+
 const (
-	// joinChunk events are stored per transaction.
-	joinChunk = 2000
 	// maxJoinAnswerBytes bounds a send_join answer read as a stream.
 	maxJoinAnswerBytes = 1 << 30
 	// DefaultMaxJoinEvents bounds the events a join (or a resync's state
@@ -58,6 +64,10 @@ type joinAnswer struct {
 	// stored are the events stored so far, as they arrived, unindexed
 	// until the join's final transaction (room.Service.StoreJoinEvents).
 	stored []*room.Event
+	// owner keys the note of the records stored (the NID of the first):
+	// cleared once they are indexed or deleted, else swept when the
+	// store next opens (store.Tx.NotePendingRecords).
+	owner uint64
 }
 
 // dropJoin deletes what a failed join stored of its answer.
@@ -67,6 +77,7 @@ func (e *Engine) dropJoin(ans *joinAnswer) {
 	}
 	err := e.store.Write(func(tx *store.Tx) error {
 		e.rooms.DropJoinEvents(tx, ans.stored)
+		tx.ClearPendingRecords(ans.owner)
 		return nil
 	})
 	if err != nil {
@@ -274,7 +285,7 @@ func (s *joinStorer) add(ev *room.Event, state bool) {
 	}
 	s.ans.events[ev.ID] = &joinEvent{Event: ev, state: state}
 	s.chunk = append(s.chunk, ev)
-	if len(s.chunk) >= joinChunk {
+	if len(s.chunk) >= max(JoinChunk, 1) {
 		s.chunks <- s.chunk
 		s.chunk = nil
 	}
@@ -290,16 +301,29 @@ func (s *joinStorer) finish() error {
 	return cmp.Or(s.over, <-s.done)
 }
 
-// store writes one chunk, then drops its events' JSON.
+// store writes one chunk, noting its records as pending in the same
+// transaction, then drops its events' JSON.
 func (s *joinStorer) store(evs []*room.Event) error {
+	var owner uint64
+	nids := make([]uint64, len(evs))
 	err := s.e.store.Write(func(tx *store.Tx) error {
 		s.e.rooms.StoreJoinEvents(tx, s.roomNID, evs)
+		for i, ev := range evs {
+			nids[i] = ev.NID
+		}
+		owner = cmp.Or(s.ans.owner, nids[0])
+		tx.NotePendingRecords(owner, nids)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	s.ans.owner = owner
 	s.ans.stored = append(s.ans.stored, evs...)
+	s.e.log.Debug("stored a chunk of a join's or state fetch's answer", "room_nid", s.roomNID, "events", len(evs), "stored", len(s.ans.stored))
+	if JoinChunkStored != nil {
+		JoinChunkStored(s.roomNID, nids)
+	}
 	for _, ev := range evs {
 		// Stored: the JSON goes, except where the auth rules read it (a
 		// restricted join's authorising server's signature).
@@ -336,6 +360,7 @@ func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path str
 		return err
 	})
 	if err != nil {
+		e.dropJoin(ans) // read whole, then the transport failed
 		return err
 	}
 	ordered := ans.byDepth()
@@ -372,6 +397,7 @@ func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path str
 		if err != nil {
 			return err
 		}
+		tx.ClearPendingRecords(ans.owner)
 		for _, ev := range ans.stored {
 			// One stored meanwhile under its ID keeps that record's verdict.
 			if !rejected[ev.ID] || ix.NID[ev] != ev.NID {

@@ -31,6 +31,10 @@ type Store struct {
 	idle    sync.Cond // broadcast when the leader steps down; Close waits on it
 	closed  bool
 	err     error
+
+	// Swept is how many records of joins a killed process left
+	// unfinished Open deleted.
+	Swept int
 }
 
 type writeReq struct {
@@ -78,6 +82,10 @@ func Open(path string) (*Store, error) {
 	if err := s.fillOrderings(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: filling the event orderings: %w", path, err)
+	}
+	if s.Swept, err = s.sweepPendingRecords(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := db.View(func(tx *bolt.Tx) error {
 		s.pos.Store(getU64(tx.Bucket(bMeta).Get(keyPos)))

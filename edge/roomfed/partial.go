@@ -684,32 +684,67 @@ func (e *Engine) passesAgain(tx *store.Tx, ev *room.Event) bool {
 
 // fullState maps state-key NIDs to event NIDs for the state events
 // stateIDs (all stored: the resync fetched them), rejected ones left out;
-// it counts the member events.
+// it counts the member events. It reads the stored records and only
+// their type and state key, not whole parsed events: in a write
+// transaction every event the room service parses stays referenced until
+// the commit (to be cached then), and a 100k-member room's were most of
+// the resync's peak heap. The state keys are indexed in sorted order, as
+// for a join (IndexJoinEvents).
 func (e *Engine) fullState(tx *store.Tx, roomID string, stateIDs []string) (map[uint64]uint64, int, error) {
-	full := make(map[uint64]uint64, len(stateIDs))
+	r, err := tx.Room(roomID)
+	if err != nil {
+		return nil, 0, err
+	}
+	type entry struct {
+		typ, key string
+		nid      uint64
+	}
+	list := make([]entry, 0, len(stateIDs))
 	members, missing := 0, 0
 	for _, eid := range stateIDs {
-		ev, err := e.rooms.EventByID(tx, eid)
-		if errors.Is(err, room.ErrEventNotFound) {
+		nid, err := tx.EventNID(eid)
+		if errors.Is(err, store.ErrNotFound) {
 			missing++
 			continue
 		} else if err != nil {
 			return nil, 0, err
 		}
-		if ev.Flags&store.FlagRejected != 0 || ev.RoomID != roomID || ev.StateKey == nil {
+		se, err := tx.Event(nid)
+		if errors.Is(err, store.ErrNotFound) {
+			missing++
 			continue
-		}
-		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
-		if err != nil {
+		} else if err != nil {
 			return nil, 0, err
 		}
-		full[key] = ev.NID
-		if ev.Type == "m.room.member" {
+		if se.Flags&store.FlagRejected != 0 || se.RoomNID != r.NID {
+			continue
+		}
+		var h struct {
+			Type     string  `json:"type"`
+			StateKey *string `json:"state_key"`
+		}
+		if err := json.Unmarshal(se.JSON, &h); err != nil || h.StateKey == nil {
+			continue
+		}
+		list = append(list, entry{h.Type, *h.StateKey, nid})
+		if h.Type == "m.room.member" {
 			members++
 		}
 	}
 	if missing > 0 {
 		return nil, 0, fmt.Errorf("%d state events could not be fetched", missing)
+	}
+	// Stable: of two events at one key, the later in stateIDs wins.
+	slices.SortStableFunc(list, func(a, b entry) int {
+		return cmp.Or(strings.Compare(a.typ, b.typ), strings.Compare(a.key, b.key))
+	})
+	full := make(map[uint64]uint64, len(list))
+	for _, en := range list {
+		key, err := tx.StateKeyNID(en.typ, en.key, true)
+		if err != nil {
+			return nil, 0, err
+		}
+		full[key] = en.nid
 	}
 	return full, members, nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -535,5 +536,58 @@ func TestRoomFedSendJoinV1(t *testing.T) {
 	}
 	if len(answer) != 2 || string(answer[0]) != "200" || json.Unmarshal(answer[1], &body) != nil || len(body.State) == 0 {
 		t.Fatalf("v1 send_join answered %s, want [200, {state, auth_chain}]", answer)
+	}
+}
+
+// TestRoomFedPartialStreamedResync: bob on B faster-joins a room of A
+// with 120 members, more than a resync fetches one by one: B reads A's
+// /state answer as a stream, and completes its state from what that
+// stored (streamState hands the state events' keys to completeState) and
+// from the records of the partial state it already had. B's state and
+// members are then A's.
+func TestRoomFedPartialStreamedResync(t *testing.T) {
+	ca := newRFCA(t)
+	var stateAnswers atomic.Int32
+	a := startRFNodeWrapped(t, ca, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/state/") {
+				stateAnswers.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	b := startRFNode(t, ca)
+	alice := a.register(t, "alice")
+	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "streamed", Topic: "resync", RoomVersion: "12"})
+	const members = 120
+	fillState(t, a, roomID, members)
+	bob := b.register(t, "bob")
+
+	joins := roomfed.PartialStats.Joins.Load()
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	if roomfed.PartialStats.Joins.Load() != joins+1 {
+		t.Fatal("the join was not a members-omitted one")
+	}
+	waitFor(t, 60*time.Second, "B's full state", func() bool { return !roomIsPartial(t, b.Store, roomID) })
+	if stateAnswers.Load() == 0 {
+		t.Fatal("the resync never asked A for /state: the streamed path was not taken")
+	}
+	if want, got := joinedIDs(t, alice, roomID), joinedIDs(t, bob, roomID); len(want) != members+2 || !slices.Equal(want, got) {
+		t.Fatalf("joined members: A %d, B %d, want %d on both", len(want), len(got), members+2)
+	}
+	want, got := partialStateIDs(t, alice, roomID), partialStateIDs(t, bob, roomID)
+	if len(want) < members+5 || len(want) != len(got) {
+		t.Fatalf("state: A %d entries, B %d", len(want), len(got))
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("state %s: A %s, B %s", k, v, got[k])
+		}
+	}
+	// And the room works on from the completed state.
+	if _, err := bob.SendText(ctxT(t), roomID, "after the streamed resync"); err != nil {
+		t.Fatalf("bob sends after the resync: %v", err)
 	}
 }

@@ -67,7 +67,7 @@ func (e *Engine) fetchWithState(ctx context.Context, srv, version, roomID, event
 				return err // arrived meanwhile, with its state
 			}
 		}
-		full, _, err := e.fullState(tx, roomID, ids.PDUs)
+		full, _, err := e.fullState(tx, roomID, ids.PDUs, ids.known)
 		if err != nil {
 			return err
 		}
@@ -131,7 +131,8 @@ func (e *Engine) fetchStateAt(ctx context.Context, srv, version, roomID, eventID
 	if len(unknown) <= stateFetchAbove {
 		return ids, e.fetchEvents(ctx, srv, version, roomID, unknown)
 	}
-	return ids, e.streamState(ctx, srv, version, roomID, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, unknownSet)
+	ids.known, err = e.streamState(ctx, srv, version, roomID, "/_matrix/federation/v1/state/"+url.PathEscape(roomID)+q, unknownSet)
+	return ids, err
 }
 
 // fetchEvents fetches from srv, checks and stores as outliers the events

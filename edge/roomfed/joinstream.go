@@ -340,7 +340,7 @@ func (s *joinStorer) store(evs []*room.Event) error {
 // levels (against each other and the events stored before) and indexed,
 // those failing flagged rejected, in one transaction. A failure drops
 // what it stored.
-func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path string, wanted map[string]bool) error {
+func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path string, wanted map[string]bool) (map[string]knownState, error) {
 	var roomNID uint64
 	err := e.store.View(func(tx *store.Tx) error {
 		r, err := tx.Room(roomID)
@@ -351,7 +351,7 @@ func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path str
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var ans *joinAnswer
 	err = e.fed.Client.DoStream(ctx, http.MethodGet, srv, path, nil, maxJoinAnswerBytes, func(r io.Reader) error {
@@ -361,7 +361,7 @@ func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path str
 	})
 	if err != nil {
 		e.dropJoin(ans) // read whole, then the transport failed
-		return err
+		return nil, err
 	}
 	ordered := ans.byDepth()
 	// The auth events stored before (the partial state's, mostly), those
@@ -392,15 +392,32 @@ func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path str
 		return nil
 	})
 	rejected, _ := e.authoriseByLevels(ordered, ans.find(outside))
+	// The state events' keys are indexed here too, sorted, and what the
+	// caller needs of them returned (fullState): it need not read them.
+	var state []*room.Event
+	for _, ev := range ans.stored {
+		if ev.StateKey != nil {
+			state = append(state, ev)
+		}
+	}
+	var known map[string]knownState
 	err = e.store.Write(func(tx *store.Tx) error {
-		ix, err := e.rooms.IndexJoinEvents(tx, ans.stored, nil)
+		known = make(map[string]knownState, len(state))
+		ix, err := e.rooms.IndexJoinEvents(tx, ans.stored, state)
 		if err != nil {
 			return err
 		}
 		tx.ClearPendingRecords(ans.owner)
 		for _, ev := range ans.stored {
-			// One stored meanwhile under its ID keeps that record's verdict.
-			if !rejected[ev.ID] || ix.NID[ev] != ev.NID {
+			// One stored meanwhile under its ID keeps that record's verdict
+			// (and is read again by fullState).
+			if ix.NID[ev] != ev.NID {
+				continue
+			}
+			if ev.StateKey != nil {
+				known[ev.ID] = knownState{key: ix.Key[ev], nid: ev.NID, member: ev.Type == "m.room.member", rejected: rejected[ev.ID]}
+			}
+			if !rejected[ev.ID] {
 				continue
 			}
 			if se, err := tx.Event(ev.NID); err == nil {
@@ -412,8 +429,8 @@ func (e *Engine) streamState(ctx context.Context, srv, version, roomID, path str
 	})
 	if err != nil {
 		e.dropJoin(ans)
-		return err
+		return nil, err
 	}
 	PartialStats.EventsFetched.Add(uint64(len(ans.stored)))
-	return nil
+	return known, nil
 }

@@ -346,6 +346,8 @@ func (e *Engine) sleepOpen(roomID string, d time.Duration) bool {
 type stateIDs struct {
 	PDUs      []string `json:"pdu_ids"`
 	AuthChain []string `json:"auth_chain_ids"`
+	// known: the state events /state's answer stored (streamState).
+	known map[string]knownState
 }
 
 // resync asks the servers of ps in turn for the full state before our
@@ -423,7 +425,7 @@ func (e *Engine) resyncFrom(ctx context.Context, log *slog.Logger, srv, version 
 		}
 	}
 	log.Info("partial-state resync: state fetched", "server", srv, "at", at, "state", len(state), "auth_chain", len(ids.AuthChain))
-	return e.completeState(log, ps, state)
+	return e.completeState(log, ps, state, ids.known)
 }
 
 // storeFetched checks and stores, oldest first and a chunk per
@@ -475,7 +477,7 @@ func (e *Engine) storeFetched(version, roomID string, raws []json.RawMessage, wa
 // (stateIDs) overlaid with what we had: the current state and the state
 // before each event since the join (the partial state plus the changes
 // since, which are newer). Then it clears the partial flag.
-func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateIDs []string) error {
+func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateIDs []string, known map[string]knownState) error {
 	unlock := e.lock(ps.RoomID)
 	defer unlock()
 	var members, rewritten, rejected, accepted int
@@ -485,7 +487,7 @@ func (e *Engine) completeState(log *slog.Logger, ps *store.PartialState, stateID
 		if err != nil {
 			return err
 		}
-		full, n, err := e.fullState(tx, ps.RoomID, stateIDs)
+		full, n, err := e.fullState(tx, ps.RoomID, stateIDs, known)
 		if err != nil {
 			return err
 		}
@@ -684,32 +686,87 @@ func (e *Engine) passesAgain(tx *store.Tx, ev *room.Event) bool {
 
 // fullState maps state-key NIDs to event NIDs for the state events
 // stateIDs (all stored: the resync fetched them), rejected ones left out;
-// it counts the member events.
-func (e *Engine) fullState(tx *store.Tx, roomID string, stateIDs []string) (map[uint64]uint64, int, error) {
-	full := make(map[uint64]uint64, len(stateIDs))
+// it counts the member events. Those in known (stored by streamState)
+// are taken from it; the others are read from their stored records, only
+// their type and state key: not as parsed events, which in a write
+// transaction stay referenced until the commit (to be cached then), nor
+// all 100k records of a large room's state again (each page read counts
+// in the process's RSS). New state keys are indexed in sorted order, as
+// for a join (IndexJoinEvents).
+func (e *Engine) fullState(tx *store.Tx, roomID string, stateIDs []string, known map[string]knownState) (map[uint64]uint64, int, error) {
+	r, err := tx.Room(roomID)
+	if err != nil {
+		return nil, 0, err
+	}
+	type entry struct {
+		typ, key    string
+		nid, keyNID uint64
+	}
+	list := make([]entry, 0, len(stateIDs))
+	var unresolved []int
 	members, missing := 0, 0
 	for _, eid := range stateIDs {
-		ev, err := e.rooms.EventByID(tx, eid)
-		if errors.Is(err, room.ErrEventNotFound) {
+		if k, ok := known[eid]; ok {
+			if !k.rejected {
+				list = append(list, entry{nid: k.nid, keyNID: k.key})
+				if k.member {
+					members++
+				}
+			}
+			continue
+		}
+		nid, err := tx.EventNID(eid)
+		if errors.Is(err, store.ErrNotFound) {
 			missing++
 			continue
 		} else if err != nil {
 			return nil, 0, err
 		}
-		if ev.Flags&store.FlagRejected != 0 || ev.RoomID != roomID || ev.StateKey == nil {
+		se, err := tx.Event(nid)
+		if errors.Is(err, store.ErrNotFound) {
+			missing++
 			continue
-		}
-		key, err := tx.StateKeyNID(ev.Type, *ev.StateKey, true)
-		if err != nil {
+		} else if err != nil {
 			return nil, 0, err
 		}
-		full[key] = ev.NID
-		if ev.Type == "m.room.member" {
+		if se.Flags&store.FlagRejected != 0 || se.RoomNID != r.NID {
+			continue
+		}
+		var h struct {
+			Type     string  `json:"type"`
+			StateKey *string `json:"state_key"`
+		}
+		if err := json.Unmarshal(se.JSON, &h); err != nil || h.StateKey == nil {
+			continue
+		}
+		unresolved = append(unresolved, len(list))
+		list = append(list, entry{typ: h.Type, key: *h.StateKey, nid: nid})
+		if h.Type == "m.room.member" {
 			members++
 		}
 	}
 	if missing > 0 {
 		return nil, 0, fmt.Errorf("%d state events could not be fetched", missing)
 	}
+	slices.SortFunc(unresolved, func(a, b int) int {
+		return cmp.Or(strings.Compare(list[a].typ, list[b].typ), strings.Compare(list[a].key, list[b].key))
+	})
+	for _, i := range unresolved {
+		if list[i].keyNID, err = tx.StateKeyNID(list[i].typ, list[i].key, true); err != nil {
+			return nil, 0, err
+		}
+	}
+	// In stateIDs' order: of two events at one key, the later wins.
+	full := make(map[uint64]uint64, len(list))
+	for _, en := range list {
+		full[en.keyNID] = en.nid
+	}
 	return full, members, nil
+}
+
+// knownState is what streamState learnt of a state event it stored, so
+// that fullState need not read it again.
+type knownState struct {
+	key, nid         uint64
+	member, rejected bool
 }

@@ -282,32 +282,9 @@ func TestRoomFedPulledEventGap(t *testing.T) {
 // carol's message after it, rejected while partial, accepted ("State
 // rejected incorrectly").
 func TestRoomFedPartialStateRecheck(t *testing.T) {
-	roomfed.PartialResyncDelay = 5 * time.Second
-	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
-	ca := newRFCA(t)
-	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
-	alice := &rfSyncer{c: a.register(t, "alice")}
-	roomID := mustCreateRoom(t, alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "recheck", RoomVersion: "12"})
-	derek := &rfSyncer{c: c.register(t, "derek")}
-	derekID := derek.c.UserID.String()
-	if _, err := derek.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("derek joins: %v", err)
-	}
-	rfPromote(t, alice, derek, roomID, 75)
-	if _, err := derek.c.SendStateEvent(ctxT(t), roomID, event.StateTopic, "", map[string]string{"topic": "derek's topic"}); err != nil {
-		t.Fatalf("derek sets the topic: %v", err)
-	}
-	// carol (on C too) stays; her name event puts her join in the auth
-	// chain B gets.
-	carol := &rfSyncer{c: c.register(t, "carol")}
-	carolID := carol.c.UserID.String()
-	if _, err := carol.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("carol joins: %v", err)
-	}
-	rfPromote(t, alice, carol, roomID, 50)
-	if _, err := carol.c.SendStateEvent(ctxT(t), roomID, event.StateRoomName, "", map[string]string{"name": "carol's name"}); err != nil {
-		t.Fatalf("carol names the room: %v", err)
-	}
+	mr := newRFModRoom(t, "recheck")
+	a, b, c, derek, carol, roomID := mr.a, mr.b, mr.c, mr.derek, mr.carol, mr.roomID
+	derekID, carolID := derek.c.UserID.String(), carol.c.UserID.String()
 	// Templates of derek's while he is joined (their auth events cite his
 	// join): a state event, and a kick of carol; and a message of carol's.
 	var version string
@@ -643,4 +620,45 @@ func TestRoomFedPartialDeviceListsForgotten(t *testing.T) {
 		t.Fatalf("after the resync B has derek as %v; want banned", ev)
 	}
 	waitFor(t, 10*time.Second, "B to stop tracking derek", func() bool { return !tracked() })
+}
+
+// rfModRoom is A's v12 room as two partial-state tests need it: derek (on
+// C, power 75) has set the topic and carol (on C, power 50) has named the
+// room, so both joins are in the auth chain a partial-state joiner gets;
+// B is a server of its own to join from. Resyncs wait 5 s, a window for
+// the test to act while the room is partial.
+type rfModRoom struct {
+	a, b, c             *rfNode
+	alice, derek, carol *rfSyncer
+	roomID              id.RoomID
+}
+
+func newRFModRoom(t *testing.T, name string) *rfModRoom {
+	t.Helper()
+	roomfed.PartialResyncDelay = 5 * time.Second
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	m := &rfModRoom{a: startRFNode(t, ca), b: startRFNode(t, ca), c: startRFNode(t, ca)}
+	m.alice = &rfSyncer{c: m.a.register(t, "alice")}
+	m.roomID = mustCreateRoom(t, m.alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: name, RoomVersion: "12"})
+	for _, u := range []struct {
+		who   **rfSyncer
+		name  string
+		power int
+		state event.Type
+		body  map[string]string
+	}{
+		{&m.derek, "derek", 75, event.StateTopic, map[string]string{"topic": "derek's topic"}},
+		{&m.carol, "carol", 50, event.StateRoomName, map[string]string{"name": "carol's name"}},
+	} {
+		*u.who = &rfSyncer{c: m.c.register(t, u.name)}
+		if _, err := (*u.who).c.JoinRoom(ctxT(t), m.roomID.String(), &mautrix.ReqJoinRoom{Via: []string{m.a.Name}}); err != nil {
+			t.Fatalf("%s joins: %v", u.name, err)
+		}
+		rfPromote(t, m.alice, *u.who, m.roomID, u.power)
+		if _, err := (*u.who).c.SendStateEvent(ctxT(t), m.roomID, u.state, "", u.body); err != nil {
+			t.Fatalf("%s sets %s: %v", u.name, u.state.Type, err)
+		}
+	}
+	return m
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/event"
 
 	"edge/edge/room"
 	"edge/edge/roomfed"
@@ -103,32 +102,9 @@ func TestRoomFedPartialMissedDeviceListsLeft(t *testing.T) {
 // remote server left room" sends such a leave). Once the resync ends the
 // kick is rejected and carol's leave stands.
 func TestRoomFedPartialLeaveAfterWrongKick(t *testing.T) {
-	roomfed.PartialResyncDelay = 5 * time.Second
-	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
-	ca := newRFCA(t)
-	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
-	alice := &rfSyncer{c: a.register(t, "alice")}
-	roomID := mustCreateRoom(t, alice.c, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "kick", RoomVersion: "12"})
-	derek := &rfSyncer{c: c.register(t, "derek")}
-	derekID := derek.c.UserID.String()
-	if _, err := derek.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("derek joins: %v", err)
-	}
-	rfPromote(t, alice, derek, roomID, 75)
-	// derek's topic puts his join in the auth chain B gets.
-	if _, err := derek.c.SendStateEvent(ctxT(t), roomID, event.StateTopic, "", map[string]string{"topic": "derek's topic"}); err != nil {
-		t.Fatalf("derek sets the topic: %v", err)
-	}
-	carol := &rfSyncer{c: c.register(t, "carol")}
-	carolID := carol.c.UserID.String()
-	if _, err := carol.c.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("carol joins: %v", err)
-	}
-	// carol's name event puts her join in the auth chain B gets.
-	rfPromote(t, alice, carol, roomID, 50)
-	if _, err := carol.c.SendStateEvent(ctxT(t), roomID, event.StateRoomName, "", map[string]string{"name": "carol's name"}); err != nil {
-		t.Fatalf("carol names the room: %v", err)
-	}
+	mr := newRFModRoom(t, "kick")
+	a, b, c, derek, carol, roomID := mr.a, mr.b, mr.c, mr.derek, mr.carol, mr.roomID
+	derekID, carolID := derek.c.UserID.String(), carol.c.UserID.String()
 	var version string
 	var kickTmpl, leaveTmpl json.RawMessage
 	leave, _ := json.Marshal(map[string]string{"membership": "leave"})

@@ -411,31 +411,7 @@ func TestRoomFedPartialStateRecheck(t *testing.T) {
 // renames his device meanwhile: C misses the update. Once B's resync shows
 // C in the room, B sends C the missed update, and carol's sync lists bob.
 func TestRoomFedPartialMissedDeviceLists(t *testing.T) {
-	roomfed.PartialResyncDelay = 6 * time.Second
-	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
-	ca := newRFCA(t)
-	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
-	alice := a.register(t, "alice")
-	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "devices", RoomVersion: "12"})
-	carol := c.register(t, "carol")
-	if _, err := carol.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("carol joins: %v", err)
-	}
-	bob := b.register(t, "bob")
-	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("bob joins: %v", err)
-	}
-	if err := b.Store.Write(func(tx *store.Tx) error {
-		ps, err := tx.PartialState(roomID.String())
-		if err != nil {
-			return err
-		}
-		ps.Servers = []string{a.Name}
-		tx.SetPartialState(ps)
-		return nil
-	}); err != nil {
-		t.Fatalf("B's room is not partial after the join: %v", err)
-	}
+	_, b, c, _, carol, bob, roomID := rfPartialCHidden(t, 6*time.Second)
 	// carol's sync past bob's join (which lists bob once).
 	since := ""
 	waitFor(t, 10*time.Second, "bob's join on C", func() bool {
@@ -661,4 +637,38 @@ func newRFModRoom(t *testing.T, name string) *rfModRoom {
 		}
 	}
 	return m
+}
+
+// rfPartialCHidden: carol on C is in A's v12 room; bob on B joins it with
+// partial state, and B is made to take A for the only server in the room
+// (as when the resident's servers_in_room is short), so C misses what B
+// sends until the resync, which waits delay.
+func rfPartialCHidden(t *testing.T, delay time.Duration) (a, b, c *rfNode, alice, carol, bob *mautrix.Client, roomID id.RoomID) {
+	t.Helper()
+	roomfed.PartialResyncDelay = delay
+	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
+	ca := newRFCA(t)
+	a, b, c = startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
+	alice = a.register(t, "alice")
+	roomID = mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "devices", RoomVersion: "12"})
+	carol = c.register(t, "carol")
+	if _, err := carol.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("carol joins: %v", err)
+	}
+	bob = b.register(t, "bob")
+	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
+		t.Fatalf("bob joins: %v", err)
+	}
+	if err := b.Store.Write(func(tx *store.Tx) error {
+		ps, err := tx.PartialState(roomID.String())
+		if err != nil {
+			return err
+		}
+		ps.Servers = []string{a.Name}
+		tx.SetPartialState(ps)
+		return nil
+	}); err != nil {
+		t.Fatalf("B's room is not partial after the join: %v", err)
+	}
+	return a, b, c, alice, carol, bob, roomID
 }

@@ -10,7 +10,6 @@ import (
 	"maunium.net/go/mautrix"
 
 	"edge/edge/room"
-	"edge/edge/roomfed"
 	"edge/edge/store"
 )
 
@@ -24,31 +23,7 @@ import (
 // incorrectly absent servers once partial state join completes even though
 // remote server left room").
 func TestRoomFedPartialMissedDeviceListsLeft(t *testing.T) {
-	roomfed.PartialResyncDelay = 10 * time.Second
-	t.Cleanup(func() { roomfed.PartialResyncDelay = 0 })
-	ca := newRFCA(t)
-	a, b, c := startRFNode(t, ca), startRFNode(t, ca), startRFNode(t, ca)
-	alice := a.register(t, "alice")
-	roomID := mustCreateRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "devices", RoomVersion: "12"})
-	carol := c.register(t, "carol")
-	if _, err := carol.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("carol joins: %v", err)
-	}
-	bob := b.register(t, "bob")
-	if _, err := bob.JoinRoom(ctxT(t), roomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.Name}}); err != nil {
-		t.Fatalf("bob joins: %v", err)
-	}
-	if err := b.Store.Write(func(tx *store.Tx) error {
-		ps, err := tx.PartialState(roomID.String())
-		if err != nil {
-			return err
-		}
-		ps.Servers = []string{a.Name}
-		tx.SetPartialState(ps)
-		return nil
-	}); err != nil {
-		t.Fatalf("B's room is not partial after the join: %v", err)
-	}
+	_, b, c, _, carol, bob, roomID := rfPartialCHidden(t, 10*time.Second)
 	waitFor(t, 10*time.Second, "bob's join on C", func() bool {
 		ev, _ := rfStateEvent(t, c, roomID, "m.room.member", bob.UserID.String())
 		return ev != nil && ev.Membership() == "join"

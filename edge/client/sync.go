@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -513,12 +514,21 @@ func (s *Server) partialStateSenders(tx *store.Tx, roomID string, tl []*room.Eve
 // collectTimeline walks a room's timeline backwards from upper to just
 // above lower, keeping up to limit events the user may see.
 func (s *Server) collectTimeline(tx *store.Tx, sess *Session, r *store.Room, lower, upper uint64, limit int, tf *filter.RoomEventFilter) (evs []*room.Event, limited bool, firstPos uint64, err error) {
+	return s.walkTimeline(tx, sess, r, upper, limit, tf, func(fn func(pos, nid uint64) bool) {
+		tx.Timeline(r.NID, upper, true, func(pos, nid uint64) bool {
+			return pos > lower && fn(pos, nid)
+		})
+	})
+}
+
+// walkTimeline collects, from walk (newest first; it stops when fn says
+// false), up to limit events the user may see that tf matches, returned
+// oldest first. firstPos is the smallest stream position walked (upper+1
+// for none), which prev_batch goes back from.
+func (s *Server) walkTimeline(tx *store.Tx, sess *Session, r *store.Room, upper uint64, limit int, tf *filter.RoomEventFilter, walk func(fn func(pos, nid uint64) bool)) (evs []*room.Event, limited bool, firstPos uint64, err error) {
 	vis := s.newVisibility(tx, r.RoomID, sess.UserID)
 	firstPos = upper + 1
-	tx.Timeline(r.NID, upper, true, func(pos, nid uint64) bool {
-		if pos <= lower {
-			return false
-		}
+	walk(func(pos, nid uint64) bool {
 		if len(evs) >= limit {
 			limited = true
 			return false
@@ -528,7 +538,7 @@ func (s *Server) collectTimeline(tx *store.Tx, sess *Session, r *store.Room, low
 			err = e
 			return false
 		}
-		firstPos = pos
+		firstPos = min(firstPos, pos)
 		if vis.canSee(ev) && tf.Match(eventView(ev)) {
 			evs = append(evs, ev)
 		}
@@ -541,9 +551,7 @@ func (s *Server) collectTimeline(tx *store.Tx, sess *Session, r *store.Room, low
 		}
 		return true
 	})
-	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
-		evs[i], evs[j] = evs[j], evs[i]
-	}
+	slices.Reverse(evs)
 	return evs, limited, firstPos, err
 }
 

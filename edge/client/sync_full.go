@@ -21,32 +21,9 @@ import (
 // stream position walked, which prev_batch (a stream position, as
 // /messages pages in stream order) goes back from.
 func (s *Server) collectTimelineTopological(tx *store.Tx, sess *Session, r *store.Room, upper uint64, limit int, tf *filter.RoomEventFilter) (evs []*room.Event, limited bool, firstPos uint64, err error) {
-	vis := s.newVisibility(tx, r.RoomID, sess.UserID)
-	firstPos = upper + 1
-	tx.TimelineTopological(r.NID, upper, func(pos, nid uint64) bool {
-		if len(evs) >= limit {
-			limited = true
-			return false
-		}
-		ev, e := s.Rooms.Event(tx, nid)
-		if e != nil {
-			err = e
-			return false
-		}
-		firstPos = min(firstPos, pos)
-		if vis.canSee(ev) && tf.Match(eventView(ev)) {
-			evs = append(evs, ev)
-		}
-		if gapBefore(tx, ev) {
-			limited = true
-			return false
-		}
-		return true
+	return s.walkTimeline(tx, sess, r, upper, limit, tf, func(fn func(pos, nid uint64) bool) {
+		tx.TimelineTopological(r.NID, upper, fn)
 	})
-	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
-		evs[i], evs[j] = evs[j], evs[i]
-	}
-	return evs, limited, firstPos, err
 }
 
 // fullSyncState is a full sync's state block: for each state key, the
